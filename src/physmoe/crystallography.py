@@ -1,7 +1,7 @@
 """Crystallographic tables for the 230 space groups.
 
-Everything here is computed from gemmi's space-group tables (standard settings, origin choice 1,
-hexagonal axes for the rhombohedral groups); nothing is typed by hand. Class labels are 0-based:
+Everything here is computed from gemmi's and spglib's space-group tables (standard settings,
+origin choice 1, hexagonal axes for the rhombohedral groups); nothing is typed by hand. Class labels are 0-based:
 ``label = space_group_number - 1``.
 
 Crystal systems are indexed 0..6 in the order of :data:`CRYSTAL_SYSTEMS`
@@ -15,7 +15,6 @@ by ``scripts/build_rule_matrix.py``.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -65,8 +64,9 @@ class SpaceGroupInfo:
     Attributes:
         number: International Tables number, 1..230.
         label: 0-based class label (``number - 1``).
-        symbol: Short Hermann-Mauguin symbol with screw axes written ``2_1`` (``"P2_1/c"``).
-        full_symbol: Full Hermann-Mauguin symbol as gemmi spells it (``"P 1 21/c 1"``).
+        symbol: Short Hermann-Mauguin symbol in the current ITA spelling with screw axes written
+            ``2_1`` (``"P2_1/c"``, ``"Cmce"``), from spglib.
+        full_symbol: Full Hermann-Mauguin symbol (``"P 1 2_1/c 1"``), from spglib.
         crystal_system: Name of the crystal system.
         crystal_system_index: Index into :data:`CRYSTAL_SYSTEMS`.
         point_group: Hermann-Mauguin symbol of the point group (``"2/m"``).
@@ -90,17 +90,16 @@ class SpaceGroupInfo:
     centrosymmetric: bool
 
 
-def _underscore_screws(axis: str) -> str:
-    """``"21"`` -> ``"2_1"``, ``"42/m"`` -> ``"4_2/m"``, ``"-4"`` and ``"m"`` unchanged."""
-    return re.sub(r"^([2346])([1-5])", r"\1_\2", axis)
+@functools.cache
+def _spglib_standard_types() -> dict[int, object]:
+    """spglib's space-group type of the first (standard) Hall setting of every group."""
+    import spglib
 
-
-def _short_symbol(sg: gemmi.SpaceGroup) -> str:
-    lattice, *axes = sg.hm.split()
-    if sg.crystal_system_str() == "monoclinic":
-        # The full monoclinic symbol spells the two trivial directions as 1 (P 1 21/c 1).
-        axes = [a for a in axes if a != "1"]
-    return lattice + "".join(_underscore_screws(a) for a in axes)
+    types: dict[int, object] = {}
+    for hall_number in range(1, 531):
+        sgt = spglib.get_spacegroup_type(hall_number)
+        types.setdefault(sgt.number, sgt)
+    return types
 
 
 @functools.cache
@@ -111,12 +110,14 @@ def space_group_table() -> tuple[SpaceGroupInfo, ...]:
         sg = gemmi.find_spacegroup_by_number(number)
         ops = sg.operations()
         system = sg.crystal_system_str()
+        # Symbols from spglib: current ITA spelling (Cmce, not Cmca) with screw axes as 2_1.
+        sgt = _spglib_standard_types()[number]
         table.append(
             SpaceGroupInfo(
                 number=number,
                 label=number - 1,
-                symbol=_short_symbol(sg),
-                full_symbol=sg.hm,
+                symbol=sgt.international_short,
+                full_symbol=sgt.international_full,
                 crystal_system=system,
                 crystal_system_index=CRYSTAL_SYSTEMS.index(system),
                 point_group=sg.point_group_hm(),
