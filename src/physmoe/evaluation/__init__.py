@@ -1,0 +1,53 @@
+"""Honest evaluation of space-group classifiers (see ``docs/evaluation-protocol.md``).
+
+* :func:`compute_metrics`: every split-level metric in one dict (top-1/5, balanced accuracy,
+  macro-F1, crystal-system accuracies, shot and reference buckets, ECE, NLL, per-expert accuracy).
+* :func:`bootstrap_ci`: bootstrap intervals for small buckets.
+* :func:`per_class_accuracy`, :func:`confusion_matrix`, :func:`class_buckets`,
+  :func:`hnm_most_confused_pairs`.
+* :class:`TemperatureScaler`, :func:`expected_calibration_error`.
+* :func:`format_metrics_table`, :func:`metrics_markdown_table`.
+* Plots (``physmoe[plot]`` extra): :func:`plot_per_class_accuracy`,
+  :func:`plot_crystal_system_confusion`, :func:`plot_pattern_top5`.
+"""
+
+from .calibration import TemperatureScaler, expected_calibration_error
+from .metrics import (
+    BOOTSTRAP_METRICS,
+    REFERENCE_THRESHOLDS,
+    REFERENCE_TRAIN_SIZE,
+    SHOT_THRESHOLDS,
+    ConfidenceInterval,
+    ConfusedPair,
+    bootstrap_ci,
+    class_buckets,
+    compute_metrics,
+    confusion_matrix,
+    hnm_most_confused_pairs,
+    per_class_accuracy,
+)
+from .plots import plot_crystal_system_confusion, plot_pattern_top5, plot_per_class_accuracy
+from .report import format_metrics_table, metric_display_name, metrics_markdown_table
+
+__all__ = [
+    "BOOTSTRAP_METRICS",
+    "REFERENCE_THRESHOLDS",
+    "REFERENCE_TRAIN_SIZE",
+    "SHOT_THRESHOLDS",
+    "ConfidenceInterval",
+    "ConfusedPair",
+    "TemperatureScaler",
+    "bootstrap_ci",
+    "class_buckets",
+    "compute_metrics",
+    "confusion_matrix",
+    "expected_calibration_error",
+    "format_metrics_table",
+    "hnm_most_confused_pairs",
+    "metric_display_name",
+    "metrics_markdown_table",
+    "per_class_accuracy",
+    "plot_crystal_system_confusion",
+    "plot_pattern_top5",
+    "plot_per_class_accuracy",
+]
