@@ -1,6 +1,35 @@
 """PXRD data: structures, simulation, rendering, datasets and readers."""
 
 from .grid import CU_KA1, CU_KA2, TwoThetaGrid
-from .structures import Crystal, lattice_matrix
+from .readers import (
+    Pattern,
+    ReferenceArrays,
+    SimXRDRecord,
+    iter_simxrd,
+    read_cif,
+    read_pattern,
+    read_reference_npy,
+    read_simxrd,
+)
+from .simulate import PeakList, simulate_peaks
+from .structures import Crystal, as_crystal, element_symbol, lattice_matrix
 
-__all__ = ["CU_KA1", "CU_KA2", "Crystal", "TwoThetaGrid", "lattice_matrix"]
+__all__ = [
+    "CU_KA1",
+    "CU_KA2",
+    "Crystal",
+    "PeakList",
+    "Pattern",
+    "ReferenceArrays",
+    "SimXRDRecord",
+    "TwoThetaGrid",
+    "as_crystal",
+    "element_symbol",
+    "iter_simxrd",
+    "lattice_matrix",
+    "read_cif",
+    "read_pattern",
+    "read_reference_npy",
+    "read_simxrd",
+    "simulate_peaks",
+]

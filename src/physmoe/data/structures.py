@@ -4,17 +4,63 @@
 isotropic displacement) and nothing else, so datasets can store structures as plain columns and
 the simulator needs no optional dependency. :func:`as_crystal` converts the structure types users
 have (pymatgen ``Structure``, ASE ``Atoms``, gemmi ``SmallStructure``, a CIF path).
+
+Conventions shared by all conversions:
+
+* Every site of the unit cell is listed (no symmetry expansion is left to do). A disordered
+  site becomes one :class:`Crystal` site per species, each with its own occupancy.
+* Ions are stored as their neutral element (``"Fe3+"`` -> ``"Fe"``): the simulator uses neutral
+  atom form factors.
+* ``b_iso`` is the isotropic Debye-Waller factor B = 8 pi^2 U_iso in Angstrom^2.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
+import os
+import re
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import gemmi
 import numpy as np
 
-__all__ = ["Crystal", "lattice_matrix"]
+__all__ = ["Crystal", "as_crystal", "element_symbol", "lattice_matrix"]
+
+logger = logging.getLogger(__name__)
+
+_ELEMENT_PREFIX = re.compile(r"^\s*([A-Za-z]{1,2})")
+
+
+@functools.lru_cache(maxsize=512)
+def element_symbol(name: str) -> str:
+    """Canonical element symbol of a species name: ``"Fe3+"``, ``"FE"``, ``"O2-"`` -> ``"Fe"``,
+    ``"Fe"``, ``"O"``.
+
+    Charges, oxidation states and trailing digits are dropped (ions are treated as neutral atoms).
+    Deuterium stays ``"D"`` (gemmi knows it, with hydrogen's form factor).
+
+    Raises:
+        ValueError: ``name`` does not start with a known element symbol (``"X"``, ``"Va"``, ...).
+    """
+    match = _ELEMENT_PREFIX.match(str(name))
+    if match is not None:
+        letters = match.group(1)
+        # "Os" vs "O" + "s...": try the two-letter symbol first, then the one-letter one only when
+        # the second letter is not part of the symbol by case ("Ow" is unusual; "OW" is not).
+        candidates = [letters[0].upper() + letters[1:].lower()]
+        if len(letters) == 2 and not letters[1].islower():
+            candidates.append(letters[0].upper())
+        for candidate in candidates:
+            element = gemmi.Element(candidate)
+            if element.atomic_number > 0 and element.name == candidate:
+                return candidate
+    raise ValueError(f"unknown chemical element in species name {name!r}")
 
 
 def lattice_matrix(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> np.ndarray:
@@ -61,7 +107,7 @@ class Crystal:
     def __post_init__(self) -> None:
         self.lattice = np.asarray(self.lattice, dtype=np.float64)
         self.frac_coords = np.asarray(self.frac_coords, dtype=np.float64).reshape(-1, 3)
-        self.species = [str(s) for s in self.species]
+        self.species = [element_symbol(s) for s in self.species]
         n = len(self.species)
         self.occupancies = (
             np.ones(n) if self.occupancies is None else np.asarray(self.occupancies, dtype=np.float64)
@@ -69,6 +115,8 @@ class Crystal:
         self.b_iso = np.zeros(n) if self.b_iso is None else np.asarray(self.b_iso, dtype=np.float64)
         if self.lattice.shape != (3, 3):
             raise ValueError(f"lattice must be [3, 3], got shape {self.lattice.shape}")
+        if not np.all(np.isfinite(self.lattice)):
+            raise ValueError("lattice contains NaN or inf")
         if abs(np.linalg.det(self.lattice)) < 1e-6:
             raise ValueError("lattice vectors are linearly dependent (cell volume ~ 0)")
         if n == 0:
@@ -80,8 +128,12 @@ class Crystal:
                 raise ValueError(f"{name} contains NaN or inf")
         if np.any(self.occupancies <= 0) or np.any(self.occupancies > 1 + 1e-6):
             raise ValueError("occupancies must lie in (0, 1]")
-        if self.space_group is not None and not 1 <= int(self.space_group) <= 230:
-            raise ValueError(f"space_group must be in 1..230, got {self.space_group}")
+        if np.any(self.b_iso < 0):
+            raise ValueError(f"b_iso must be >= 0 Angstrom^2, got min {self.b_iso.min()}")
+        if self.space_group is not None:
+            if not 1 <= int(self.space_group) <= 230:
+                raise ValueError(f"space_group must be in 1..230, got {self.space_group}")
+            self.space_group = int(self.space_group)
 
     @classmethod
     def from_parameters(
@@ -122,3 +174,217 @@ class Crystal:
             n = counts[element]
             parts.append(element if abs(n - 1) < 1e-6 else f"{element}{n:g}")
         return "".join(parts)
+
+    def __len__(self) -> int:
+        """Number of sites ``N``."""
+        return len(self.species)
+
+    # ----------------------------------------------------------------------------- conversions
+
+    @classmethod
+    def from_pymatgen(cls, structure: Any) -> Crystal:
+        """From a pymatgen ``Structure`` / ``IStructure``.
+
+        A disordered site (``{"Fe": 0.5, "Ni": 0.5}``) becomes one site per species with its
+        occupancy. A site property ``"b_iso"`` (Angstrom^2), if present, gives the Debye-Waller
+        factors. The space group is not detected (``space_group=None``).
+        """
+        species, coords, occupancies, b_iso = [], [], [], []
+        for index, site in enumerate(structure):
+            site_b = float(site.properties.get("b_iso", 0.0) or 0.0)
+            for specie, amount in site.species.items():
+                name = getattr(specie, "symbol", str(specie))
+                try:
+                    species.append(element_symbol(name))
+                except ValueError as error:
+                    raise ValueError(f"site {index} of the pymatgen structure: {error}") from None
+                coords.append(site.frac_coords)
+                occupancies.append(float(amount))
+                b_iso.append(site_b)
+        if not species:
+            raise ValueError("the pymatgen structure has no sites")
+        return cls(np.asarray(structure.lattice.matrix), species, np.asarray(coords), np.asarray(occupancies), np.asarray(b_iso))
+
+    def to_pymatgen(self) -> Any:
+        """As a pymatgen ``Structure`` (pymatgen is imported lazily; it is an optional extra).
+
+        Sites of different elements at the same position (within 1e-4 in fractional
+        coordinates) with equal ``b_iso`` and total occupancy <= 1 are joined into one disordered
+        site. ``b_iso`` is stored as the site property ``"b_iso"`` when any is non-zero.
+        """
+        from pymatgen.core import Lattice, Structure
+
+        # Small O(N^2) grouping loop: conversions are for tests and oracles, not hot paths.
+        groups: list[dict[str, Any]] = []
+        for element, xyz, occ, b in zip(self.species, self.frac_coords, self.occupancies, self.b_iso, strict=True):
+            for group in groups:
+                delta = xyz - group["xyz"]
+                same_place = np.all(np.abs(delta - np.round(delta)) < 1e-4)
+                if same_place and group["b"] == b and element not in group["composition"] and group["total"] + occ <= 1 + 1e-6:
+                    group["composition"][element] = float(occ)
+                    group["total"] += occ
+                    break
+            else:
+                groups.append({"xyz": xyz, "b": float(b), "composition": {element: float(occ)}, "total": float(occ)})
+        site_properties = {"b_iso": [g["b"] for g in groups]} if np.any(self.b_iso > 0) else None
+        return Structure(
+            Lattice(self.lattice),
+            [g["composition"] for g in groups],
+            [g["xyz"] for g in groups],
+            site_properties=site_properties,
+        )
+
+    @classmethod
+    def from_ase(cls, atoms: Any) -> Crystal:
+        """From an ASE ``Atoms`` with a three-dimensional cell.
+
+        Occupancies come from a per-atom array ``atoms.arrays["occupancy"]`` if present, else
+        from ASE's CIF convention ``atoms.info["occupancy"] = {str(kind): {symbol: occupancy}}``
+        keyed by ``atoms.arrays["spacegroup_kinds"]`` (or the tags), where other species listed for
+        the same kind become extra sites at the same position; otherwise 1. ``b_iso`` comes from
+        ``atoms.arrays["b_iso"]`` if present. ``atoms.info["spacegroup"]`` (an ASE ``Spacegroup``
+        or an int) gives the space group.
+        """
+        lattice = np.asarray(atoms.cell[:], dtype=np.float64)
+        if lattice.shape != (3, 3) or abs(np.linalg.det(lattice)) < 1e-6:
+            raise ValueError("the ASE Atoms has no three-dimensional cell (set atoms.cell and pbc=True)")
+        if len(atoms) == 0:
+            raise ValueError("the ASE Atoms has no atoms")
+        symbols = list(atoms.get_chemical_symbols())
+        coords = list(atoms.get_scaled_positions(wrap=True))
+        b_iso = list(np.asarray(atoms.arrays.get("b_iso", np.zeros(len(atoms))), dtype=np.float64))
+        if "occupancy" in atoms.arrays:
+            occupancies = list(np.asarray(atoms.arrays["occupancy"], dtype=np.float64))
+        else:
+            occupancies = [1.0] * len(symbols)
+            occupancy_info = atoms.info.get("occupancy")
+            kinds = atoms.arrays.get("spacegroup_kinds", atoms.get_tags())
+            if occupancy_info:
+                for i in range(len(atoms)):
+                    per_kind = occupancy_info.get(str(kinds[i]))
+                    if per_kind is None or symbols[i] not in per_kind:
+                        raise ValueError(
+                            f"atoms.info['occupancy'] has no entry for atom {i} ({symbols[i]}, kind {kinds[i]})"
+                        )
+                    occupancies[i] = float(per_kind[symbols[i]])
+                    for other, occ in per_kind.items():
+                        if other != symbols[i]:
+                            symbols.append(other)
+                            coords.append(coords[i])
+                            occupancies.append(float(occ))
+                            b_iso.append(b_iso[i])
+        spacegroup = atoms.info.get("spacegroup")
+        number = getattr(spacegroup, "no", spacegroup)
+        number = int(number) if isinstance(number, int | np.integer) and 1 <= number <= 230 else None
+        return cls(lattice, symbols, np.asarray(coords), np.asarray(occupancies), np.asarray(b_iso), space_group=number)
+
+    @classmethod
+    def from_gemmi(cls, small: gemmi.SmallStructure, source: str | None = None) -> Crystal:
+        """From a gemmi ``SmallStructure`` (as read from a CIF): the asymmetric unit is expanded
+        with the space-group operations (``get_all_unit_cell_sites``, which also removes the
+        duplicates on special positions).
+
+        B = 8 pi^2 U_iso; sites with only anisotropic U get U_eq (a third of the trace of the
+        Cartesian U). Sites with zero occupancy are skipped. ``source`` names the file in errors.
+        """
+        where = f"{source}: " if source else ""
+        if small.spacegroup is None and not small.symops and small.spacegroup_hm.strip():
+            raise ValueError(
+                f"{where}space group {small.spacegroup_hm!r} is not recognised and the file lists no "
+                "symmetry operations, so the unit cell cannot be filled"
+            )
+        if small.spacegroup is None and not small.symops:
+            logger.warning("%sno space group or symmetry operations given; assuming P1", where)
+        cell = small.cell
+        lattice = lattice_matrix(cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma)
+        # U_eq = 1/3 sum_ij U^ij a*_i a*_j (a_i . a_j) for sites with only anisotropic U.
+        reciprocal_lengths = np.linalg.norm(np.linalg.inv(lattice), axis=0)
+        metric = lattice @ lattice.T
+        species, coords, occupancies, b_iso = [], [], [], []
+        for site in small.get_all_unit_cell_sites():
+            if site.occ <= 0:
+                continue
+            if site.occ > 1 + 1e-3:
+                raise ValueError(f"{where}site {site.label!r} has occupancy {site.occ} > 1")
+            name = site.element.name if site.element.atomic_number > 0 else site.type_symbol or site.label
+            try:
+                species.append(element_symbol(name))
+            except ValueError as error:
+                raise ValueError(f"{where}site {site.label!r}: {error}") from None
+            u_iso = site.u_iso
+            if u_iso <= 0 and site.aniso.nonzero():
+                u = np.array(site.aniso.as_mat33().tolist())
+                u_iso = float(np.sum(u * np.outer(reciprocal_lengths, reciprocal_lengths) * metric) / 3)
+            coords.append(site.fract.tolist())
+            occupancies.append(min(float(site.occ), 1.0))
+            b_iso.append(8 * math.pi**2 * max(u_iso, 0.0))
+        if not species:
+            raise ValueError(f"{where}no atom sites with non-zero occupancy")
+        number = small.spacegroup.number if small.spacegroup is not None else None
+        return cls(lattice, species, np.mod(coords, 1.0), np.asarray(occupancies), np.asarray(b_iso), space_group=number)
+
+    @classmethod
+    def from_cif(cls, path: str | os.PathLike) -> Crystal:
+        """Read a CIF file with gemmi; if gemmi rejects the syntax (duplicate tags, unquoted
+        strings, ...) fall back to pymatgen's lenient ``CifParser`` when pymatgen is installed.
+
+        Only the first data block with atom sites is read.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"CIF file not found: {path}")
+        try:
+            small = gemmi.read_small_structure(str(path))
+        except (RuntimeError, ValueError) as gemmi_error:
+            try:
+                from pymatgen.io.cif import CifParser
+            except ImportError:
+                raise ValueError(
+                    f"{path}: gemmi could not parse the CIF ({gemmi_error}); install pymatgen for a "
+                    "lenient fallback parser"
+                ) from gemmi_error
+            logger.warning("%s: gemmi could not parse the CIF (%s); using pymatgen's CifParser", path, gemmi_error)
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    structures = CifParser(str(path)).parse_structures(primitive=False)
+            except Exception as pymatgen_error:
+                raise ValueError(
+                    f"{path}: neither gemmi ({gemmi_error}) nor pymatgen ({pymatgen_error}) could parse the CIF"
+                ) from pymatgen_error
+            if not structures:
+                raise ValueError(f"{path}: pymatgen found no structure in the CIF") from gemmi_error
+            return cls.from_pymatgen(structures[0])
+        if len(small.sites) == 0:
+            raise ValueError(f"{path}: no atom sites (_atom_site_fract_x/y/z loop) in the CIF")
+        return cls.from_gemmi(small, source=str(path))
+
+
+def _is_instance_of(obj: Any, module_prefix: str, class_names: tuple[str, ...]) -> bool:
+    """Duck-typed isinstance that does not import the (slow, optional) library."""
+    return any(cls.__module__.startswith(module_prefix) and cls.__name__ in class_names for cls in type(obj).__mro__)
+
+
+def as_crystal(structure: Any) -> Crystal:
+    """Convert any supported structure to a :class:`Crystal`.
+
+    Accepts a :class:`Crystal` (returned as is), a pymatgen ``Structure``/``IStructure``, an ASE
+    ``Atoms``, a gemmi ``SmallStructure``, or a CIF path (``str`` or ``os.PathLike``).
+
+    Raises:
+        TypeError: for any other type.
+    """
+    if isinstance(structure, Crystal):
+        return structure
+    if isinstance(structure, str | os.PathLike):
+        return Crystal.from_cif(structure)
+    if isinstance(structure, gemmi.SmallStructure):
+        return Crystal.from_gemmi(structure)
+    if _is_instance_of(structure, "pymatgen.core", ("IStructure", "Structure")):
+        return Crystal.from_pymatgen(structure)
+    if _is_instance_of(structure, "ase.atoms", ("Atoms",)):
+        return Crystal.from_ase(structure)
+    raise TypeError(
+        "expected a Crystal, pymatgen Structure, ASE Atoms, gemmi SmallStructure or CIF path, got "
+        f"{type(structure).__module__}.{type(structure).__qualname__}"
+    )

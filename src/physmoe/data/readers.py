@@ -1,0 +1,530 @@
+"""Readers for the diffraction data users have: measured patterns, CIFs, SimXRD-4M databases and
+the public reference implementation's ``.npy`` files.
+
+* :func:`read_pattern` -- two- or three-column text (``.xy``, ``.xye``, ``.csv``, ``.txt``, ``.dat``):
+  2θ, intensity and an optional standard deviation, with comments, a header and any of the
+  usual delimiters. The wavelength is never assumed: it is ``None`` unless given or stated in the
+  file's comments/header (``# wavelength: 1.5406``, ``lambda = 0.7093``).
+* :func:`read_cif` -- a CIF file to a :class:`~physmoe.data.structures.Crystal` (gemmi, with
+  pymatgen's lenient parser as a fallback).
+* :func:`iter_simxrd` / :func:`read_simxrd` -- SimXRD-4M ASE SQLite databases, whose per-row
+  key-value pairs are strings: ``latt_dis`` (d-spacings, Angstrom), ``intensity``, ``tager`` =
+  ``"[space_group, crystal_system, lattice_letter]"`` with crystal systems numbered in reverse
+  (1 = cubic ... 7 = triclinic), ``chem_form`` and ``simulation_param``.
+* :func:`read_reference_npy` -- the public Phys-MoE implementation's pickled dicts with
+  ``intensitys`` (or ``features``) ``[N, 8500]`` on 2θ 5-90 deg (step 0.01) and ``labels230``
+  (0-based). Pickles can run arbitrary code, so they load only with ``allow_pickle=True``.
+"""
+
+from __future__ import annotations
+
+import ast
+import logging
+import math
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..crystallography import CRYSTAL_SYSTEMS, NUM_SPACE_GROUPS, crystal_system_index
+from .grid import TwoThetaGrid
+from .structures import Crystal
+
+__all__ = [
+    "Pattern",
+    "ReferenceArrays",
+    "SIMXRD_WAVELENGTH",
+    "SimXRDRecord",
+    "iter_simxrd",
+    "read_cif",
+    "read_pattern",
+    "read_reference_npy",
+    "read_simxrd",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Wavelength SimXRD-4M was simulated with (Cu K-alpha, weighted mean of the doublet), Angstrom.
+SIMXRD_WAVELENGTH = 1.54184
+
+_COMMENT_PREFIXES = ("#", "!", ";", "%", "//", "*")
+# "wavelength", "lambda" or "λ", then (lazily) up to 40 characters, then a decimal number:
+# "# Wavelength (A): 1.5406", "lambda1 = 1.54056", "_diffrn_radiation_wavelength 0.7093".
+_WAVELENGTH_PATTERN = re.compile(r"(?:wavelength|lambda|λ).{0,40}?(\d*\.\d+)", re.IGNORECASE)
+_NUMPY_SCALAR_REPR = re.compile(r"np\.\w+\(([^()]*)\)")
+# Stated values outside this range (Angstrom) are not wavelengths of a diffraction experiment.
+_PLAUSIBLE_WAVELENGTH = (0.01, 10.0)
+
+
+# ---------------------------------------------------------------------------------- patterns
+
+
+@dataclass
+class Pattern:
+    """A measured or simulated powder pattern on its own 2θ axis.
+
+    Attributes:
+        two_theta: 2θ in degrees, float64 ``[L]``, strictly increasing.
+        intensity: Intensities, float64 ``[L]`` (as stored; may be negative after background
+            subtraction).
+        sigma: Standard deviations of the intensities, float64 ``[L]``, or None.
+        wavelength: Wavelength in Angstrom the 2θ axis refers to, or None if unknown.
+        source: Where the pattern came from (file name), for messages.
+    """
+
+    two_theta: np.ndarray
+    intensity: np.ndarray
+    sigma: np.ndarray | None = None
+    wavelength: float | None = None
+    source: str | None = None
+
+    def __post_init__(self) -> None:
+        self.two_theta = np.asarray(self.two_theta, dtype=np.float64)
+        self.intensity = np.asarray(self.intensity, dtype=np.float64)
+        if self.two_theta.ndim != 1 or self.intensity.shape != self.two_theta.shape:
+            raise ValueError(
+                f"two_theta and intensity must be 1-D of equal length, got shapes {self.two_theta.shape} "
+                f"and {self.intensity.shape}"
+            )
+        if self.sigma is not None:
+            self.sigma = np.asarray(self.sigma, dtype=np.float64)
+            if self.sigma.shape != self.two_theta.shape:
+                raise ValueError(f"sigma has shape {self.sigma.shape}, expected {self.two_theta.shape}")
+
+    def __len__(self) -> int:
+        return len(self.two_theta)
+
+    def d_spacing(self) -> np.ndarray:
+        """Bragg d-spacing of every point in Angstrom, ``[L]`` (needs the wavelength)."""
+        if self.wavelength is None:
+            raise ValueError(f"{self.source or 'pattern'}: the wavelength is unknown; pass wavelength= when reading")
+        return self.wavelength / (2 * np.sin(np.radians(self.two_theta) / 2))
+
+    def to_wavelength(self, wavelength: float) -> Pattern:
+        """The same pattern with its 2θ axis recomputed for another wavelength (through d).
+
+        Points whose d-spacing cannot diffract at the new wavelength (``sin(theta) > 1``) are
+        dropped.
+        """
+        if not (math.isfinite(wavelength) and wavelength > 0):
+            raise ValueError(f"wavelength must be a positive number of Angstrom, got {wavelength}")
+        sin_theta = wavelength / (2 * self.d_spacing())
+        keep = sin_theta <= 1.0
+        return Pattern(
+            two_theta=np.degrees(2 * np.arcsin(sin_theta[keep])),
+            intensity=self.intensity[keep],
+            sigma=None if self.sigma is None else self.sigma[keep],
+            wavelength=float(wavelength),
+            source=self.source,
+        )
+
+
+def _split_fields(line: str, delimiter: str | None) -> list[str]:
+    if delimiter is not None:
+        return [field.strip() for field in line.split(delimiter) if field.strip()]
+    for candidate in (",", ";", "\t"):
+        if candidate in line:
+            return [field.strip() for field in line.split(candidate) if field.strip()]
+    return line.split()
+
+
+def read_pattern(
+    path: str | os.PathLike,
+    *,
+    wavelength: float | None = None,
+    delimiter: str | None = None,
+    encoding: str = "utf-8",
+) -> Pattern:
+    """Read a two-column (2θ, intensity) or three-column (2θ, intensity, sigma) text pattern.
+
+    Lines starting with ``#``, ``!``, ``;``, ``%``, ``//`` or ``*`` are comments, as is anything after
+    ``#`` on a data line; blank lines are skipped; non-numeric lines before the first data line are
+    a header. Columns are split on ``delimiter`` if given, else on the first of comma, semicolon
+    or tab found in the line, else on whitespace. All data lines must have the same number of
+    columns (2 or 3). 2θ must be strictly monotonic; a descending file is reversed.
+
+    Args:
+        path: The file.
+        wavelength: Wavelength in Angstrom of the 2θ axis. If None, a value stated in a comment or
+            header line (``wavelength``, ``lambda`` or ``λ`` followed by a number) is used; else
+            the pattern's wavelength stays None (never silently Cu K-alpha).
+        delimiter: Column delimiter; None guesses per line as described.
+        encoding: Text encoding.
+
+    Raises:
+        ValueError: naming the file and line for unparsable lines, a wrong column count,
+            non-finite values, 2θ outside (0, 180) or not monotonic, negative sigma; or an empty
+            file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pattern file not found: {path}")
+    rows: list[list[float]] = []
+    line_numbers: list[int] = []
+    stated_wavelength = None
+    with path.open(encoding=encoding) as handle:
+        for line_number, raw_line in enumerate(handle, start=1):
+            line = raw_line.strip()
+            if not line:
+                continue
+            is_comment = line.startswith(_COMMENT_PREFIXES)
+            if is_comment or not rows:
+                match = _WAVELENGTH_PATTERN.search(line)
+                if match and stated_wavelength is None:
+                    value = float(match.group(1))
+                    if _PLAUSIBLE_WAVELENGTH[0] <= value <= _PLAUSIBLE_WAVELENGTH[1]:
+                        stated_wavelength = value
+            if is_comment:
+                continue
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            fields = _split_fields(line, delimiter)
+            try:
+                values = [float(field) for field in fields]
+            except ValueError:
+                if not rows:  # a header before the data
+                    continue
+                raise ValueError(f"{path}:{line_number}: cannot parse {raw_line.strip()!r} as numbers") from None
+            if len(values) not in (2, 3):
+                raise ValueError(
+                    f"{path}:{line_number}: expected 2 columns (2theta, intensity) or 3 (with sigma), "
+                    f"got {len(values)}"
+                )
+            if rows and len(values) != len(rows[0]):
+                raise ValueError(
+                    f"{path}:{line_number}: {len(values)} columns, but the first data line "
+                    f"(line {line_numbers[0]}) has {len(rows[0])}"
+                )
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"{path}:{line_number}: non-finite value in {raw_line.strip()!r}")
+            rows.append(values)
+            line_numbers.append(line_number)
+    if not rows:
+        raise ValueError(f"{path}: no data lines (2theta, intensity) found")
+
+    data = np.asarray(rows, dtype=np.float64)
+    numbers = np.asarray(line_numbers)
+    two_theta = data[:, 0]
+    bad = np.flatnonzero((two_theta <= 0) | (two_theta >= 180))
+    if bad.size:
+        raise ValueError(f"{path}:{numbers[bad[0]]}: 2theta {two_theta[bad[0]]} is outside (0, 180) degrees")
+    if len(data) > 1:
+        step = np.diff(two_theta)
+        if np.all(step < 0):
+            data, numbers, step = data[::-1], numbers[::-1], -step[::-1]
+        bad = np.flatnonzero(step <= 0)
+        if bad.size:
+            raise ValueError(
+                f"{path}:{numbers[bad[0] + 1]}: 2theta {data[bad[0] + 1, 0]} does not increase "
+                f"(previous {data[bad[0], 0]}); 2theta must be strictly monotonic"
+            )
+    sigma = None
+    if data.shape[1] == 3:
+        sigma = data[:, 2].copy()
+        bad = np.flatnonzero(sigma < 0)
+        if bad.size:
+            raise ValueError(f"{path}:{numbers[bad[0]]}: negative sigma {sigma[bad[0]]}")
+    if wavelength is None:
+        wavelength = stated_wavelength
+    if wavelength is not None and not (math.isfinite(wavelength) and wavelength > 0):
+        raise ValueError(f"{path}: wavelength must be a positive number of Angstrom, got {wavelength}")
+    return Pattern(
+        two_theta=data[:, 0].copy(),
+        intensity=data[:, 1].copy(),
+        sigma=sigma,
+        wavelength=None if wavelength is None else float(wavelength),
+        source=str(path),
+    )
+
+
+def read_cif(path: str | os.PathLike) -> Crystal:
+    """Read a CIF file into a :class:`~physmoe.data.structures.Crystal` (see
+    :meth:`Crystal.from_cif <physmoe.data.structures.Crystal.from_cif>`)."""
+    return Crystal.from_cif(path)
+
+
+# ---------------------------------------------------------------------------------- SimXRD-4M
+
+
+@dataclass
+class SimXRDRecord:
+    """One row of a SimXRD-4M database.
+
+    Attributes:
+        row_id: The database row id.
+        space_group: International number, 1..230.
+        crystal_system: Index into :data:`physmoe.crystallography.CRYSTAL_SYSTEMS` (0 = triclinic
+            ... 6 = cubic; SimXRD's reversed numbering already converted).
+        lattice_letter: Bravais centring letter from ``tager`` (``"P"``, ``"F"``, ...), or None.
+        two_theta: 2θ in degrees at ``wavelength``, float64 ``[L]``, ascending.
+        intensity: Intensities (0-100), float64 ``[L]``, aligned with ``two_theta``.
+        d_spacing: The stored d-spacings in Angstrom, float64 ``[L]``, aligned with ``two_theta``.
+        wavelength: Wavelength of ``two_theta`` in Angstrom.
+        formula: Chemical formula (``chem_form``).
+        simulation_param: ``simulation_param`` parsed as a Python literal when possible, else the
+            raw string (SimXRD's own documentation gives its meaning).
+    """
+
+    row_id: int
+    space_group: int
+    crystal_system: int
+    lattice_letter: str | None
+    two_theta: np.ndarray
+    intensity: np.ndarray
+    d_spacing: np.ndarray
+    wavelength: float
+    formula: str
+    simulation_param: Any = None
+
+    @property
+    def label(self) -> int:
+        """0-based class label (``space_group - 1``)."""
+        return self.space_group - 1
+
+    def to_pattern(self) -> Pattern:
+        """As a :class:`Pattern` (for the feature extractor and plotting)."""
+        return Pattern(self.two_theta, self.intensity, None, self.wavelength, f"SimXRD row {self.row_id}")
+
+
+def _row_value(row: Any, key: str) -> Any:
+    value = row.get(key)
+    if value is None and getattr(row, "data", None):
+        value = row.data.get(key)
+    return value
+
+
+def _parse_number_list(text: Any, key: str, where: str) -> np.ndarray:
+    """A string such as ``"[1.0, 2.5, ...]"`` or ``"[1. 2.5 ...]"`` (or an array) -> float64 ``[n]``."""
+    if text is None:
+        raise ValueError(f"{where}: missing key {key!r}")
+    if not isinstance(text, str):
+        values = np.asarray(text, dtype=np.float64).reshape(-1)
+    else:
+        # str(list(array)) under numpy >= 2 writes "np.float64(1.5)": keep the number.
+        text = _NUMPY_SCALAR_REPR.sub(r"\1", text)
+        tokens = text.strip().strip("[]()").replace(",", " ").split()
+        if "..." in tokens:
+            raise ValueError(f"{where}: {key!r} is a truncated numpy print-out ('...'), not the full list")
+        try:
+            values = np.asarray(tokens, dtype=np.float64)
+        except ValueError as error:
+            raise ValueError(f"{where}: cannot parse {key!r} as a list of numbers ({error})") from None
+    if values.size == 0 or not np.all(np.isfinite(values)):
+        raise ValueError(f"{where}: {key!r} is empty or has non-finite values")
+    return values
+
+
+def _parse_tager(text: Any, where: str) -> tuple[int, int, str | None]:
+    """``"[225, 1, 'F']"`` -> (space group, SimXRD crystal-system number, lattice letter)."""
+    if isinstance(text, str):
+        try:
+            items = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            items = [item.strip().strip("'\"") for item in text.strip().strip("[]()").split(",")]
+    else:
+        items = text
+    if not isinstance(items, list | tuple) or len(items) < 2:
+        raise ValueError(f"{where}: 'tager' must be '[space_group, crystal_system, lattice_letter]', got {text!r}")
+    try:
+        space_group, system = int(items[0]), int(items[1])
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: 'tager' {text!r} does not start with two integers") from None
+    letter = str(items[2]).strip() if len(items) > 2 else None
+    return space_group, system, letter
+
+
+def _parse_literal(text: Any) -> Any:
+    if not isinstance(text, str):
+        return text
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        return text
+
+
+def iter_simxrd(
+    path: str | os.PathLike,
+    *,
+    wavelength: float = SIMXRD_WAVELENGTH,
+    selection: Any = None,
+    limit: int | None = None,
+) -> Iterator[SimXRDRecord]:
+    """Iterate over the rows of a SimXRD-4M ASE database.
+
+    Args:
+        path: The ``.db`` file (opened read-only in effect: it must exist; nothing is written).
+        wavelength: Wavelength in Angstrom at which 2θ is computed from the stored d-spacings,
+            ``2θ = 2 asin(wavelength / (2 d))`` (default: SimXRD's own, Cu K-alpha 1.54184).
+            Points whose d cannot diffract at this wavelength are dropped.
+        selection: An ``ase.db`` selection (e.g. ``"id<100"``), passed to ``db.select``.
+        limit: At most this many rows.
+
+    Yields:
+        :class:`SimXRDRecord` per row.
+
+    Raises:
+        ValueError: naming the row for missing or malformed fields, or a crystal system that
+            contradicts the space group.
+    """
+    try:
+        from ase.db import connect
+    except ImportError as error:
+        raise ImportError("reading SimXRD-4M databases needs ASE: pip install ase (or physmoe[sim])") from error
+
+    path = Path(path)
+    if not path.is_file():  # ase.db.connect would silently create an empty database
+        raise FileNotFoundError(f"SimXRD database not found: {path}")
+    if not (math.isfinite(wavelength) and wavelength > 0):
+        raise ValueError(f"wavelength must be a positive number of Angstrom, got {wavelength}")
+    database = connect(str(path), type="db")
+    select_kwargs = {} if limit is None else {"limit": int(limit)}
+    for row in database.select(selection, **select_kwargs):
+        where = f"{path}: row {row.id}"
+        d_spacing = _parse_number_list(_row_value(row, "latt_dis"), "latt_dis", where)
+        intensity = _parse_number_list(_row_value(row, "intensity"), "intensity", where)
+        if d_spacing.shape != intensity.shape:
+            raise ValueError(f"{where}: latt_dis has {d_spacing.size} values but intensity has {intensity.size}")
+        if np.any(d_spacing <= 0):
+            raise ValueError(f"{where}: latt_dis has non-positive d-spacings")
+        space_group, simxrd_system, letter = _parse_tager(_row_value(row, "tager"), where)
+        if not 1 <= space_group <= NUM_SPACE_GROUPS:
+            raise ValueError(f"{where}: space group {space_group} is outside 1..230")
+        if not 1 <= simxrd_system <= 7:
+            raise ValueError(f"{where}: crystal system {simxrd_system} is outside SimXRD's 1..7")
+        # SimXRD numbers crystal systems in reverse (1 = cubic ... 7 = triclinic).
+        system = 7 - simxrd_system
+        if system != crystal_system_index(space_group):
+            raise ValueError(
+                f"{where}: tager says crystal system {simxrd_system} ({CRYSTAL_SYSTEMS[system]}) but space "
+                f"group {space_group} is {CRYSTAL_SYSTEMS[crystal_system_index(space_group)]}"
+            )
+        sin_theta = wavelength / (2 * d_spacing)
+        keep = sin_theta <= 1.0
+        two_theta = np.degrees(2 * np.arcsin(sin_theta[keep]))
+        order = np.argsort(two_theta, kind="stable")
+        formula = _row_value(row, "chem_form")
+        yield SimXRDRecord(
+            row_id=int(row.id),
+            space_group=space_group,
+            crystal_system=system,
+            lattice_letter=letter,
+            two_theta=two_theta[order],
+            intensity=intensity[keep][order],
+            d_spacing=d_spacing[keep][order],
+            wavelength=float(wavelength),
+            formula=str(formula) if formula is not None else str(row.formula),
+            simulation_param=_parse_literal(_row_value(row, "simulation_param")),
+        )
+
+
+def read_simxrd(path: str | os.PathLike, **kwargs: Any) -> list[SimXRDRecord]:
+    """All (selected) rows of a SimXRD-4M database as a list; see :func:`iter_simxrd`."""
+    return list(iter_simxrd(path, **kwargs))
+
+
+# ---------------------------------------------------------------------- reference .npy files
+
+
+@dataclass
+class ReferenceArrays:
+    """Patterns and labels from the public reference implementation's files.
+
+    Attributes:
+        intensity: Patterns ``[N, 8500]`` on :attr:`grid` (intensities 0-100, binned sticks), in
+            the stored floating dtype (not copied).
+        labels: 0-based space-group labels, int64 ``[N]``.
+        grid: The 2θ grid of the patterns (5-90 deg, step 0.01, Cu K-alpha1).
+        source: The file read.
+    """
+
+    intensity: np.ndarray
+    labels: np.ndarray
+    grid: TwoThetaGrid
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+_INTENSITY_KEYS = ("intensitys", "features", "intensities")
+_LABEL_KEYS = ("labels230",)
+
+
+def read_reference_npy(
+    path: str | os.PathLike,
+    *,
+    allow_pickle: bool = False,
+    grid: TwoThetaGrid | None = None,
+) -> ReferenceArrays:
+    """Read the reference implementation's ``.npy`` dict (or an ``.npz`` with the same keys).
+
+    The reference saved ``{"intensitys" (or "features"): [N, 8500], "labels230": [N], ...}`` with
+    ``np.save``, i.e. as a pickle. Unpickling can execute arbitrary code, so a pickled file is
+    refused unless ``allow_pickle=True`` (only for files you trust). ``.npz`` archives of plain
+    arrays need no pickle.
+
+    Args:
+        path: ``.npy`` or ``.npz`` file.
+        allow_pickle: Allow unpickling a ``.npy`` dict.
+        grid: The patterns' grid (default: the reference's, ``TwoThetaGrid()``); its number of
+            points must match the patterns' width.
+
+    Raises:
+        ValueError: a pickled file without ``allow_pickle=True``; missing keys (lists those
+            present); wrong shapes; labels outside 0..229 or not integers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference file not found: {path}")
+    grid = TwoThetaGrid() if grid is None else grid
+    try:
+        loaded = np.load(path, allow_pickle=allow_pickle)
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            raise ValueError(
+                f"{path} holds pickled Python objects (the reference saved a dict with np.save). "
+                "Unpickling can execute arbitrary code, so it is refused by default; pass "
+                "allow_pickle=True only if you trust where the file came from."
+            ) from None
+        raise
+    if isinstance(loaded, np.lib.npyio.NpzFile):
+        with loaded:
+            content: Any = {key: loaded[key] for key in loaded.files}
+    elif isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.shape == ():
+        content = loaded.item()
+    else:
+        content = loaded
+    if not isinstance(content, dict):
+        raise ValueError(
+            f"{path}: expected a dict with {_INTENSITY_KEYS[0]!r} (or {_INTENSITY_KEYS[1]!r}) and "
+            f"'labels230', got {type(content).__name__}"
+        )
+    intensity_key = next((k for k in _INTENSITY_KEYS if k in content), None)
+    label_key = next((k for k in _LABEL_KEYS if k in content), None)
+    if intensity_key is None or label_key is None:
+        raise ValueError(
+            f"{path}: need keys {' or '.join(map(repr, _INTENSITY_KEYS))} and 'labels230'; found {sorted(map(str, content))}"
+        )
+    intensity = np.asarray(content[intensity_key])
+    if not np.issubdtype(intensity.dtype, np.floating):
+        intensity = intensity.astype(np.float32)
+    if intensity.ndim != 2 or intensity.shape[1] != grid.num_points:
+        raise ValueError(
+            f"{path}: {intensity_key!r} must be [N, {grid.num_points}] (the grid's points), got shape {intensity.shape}"
+        )
+    raw_labels = np.asarray(content[label_key]).reshape(-1)
+    if raw_labels.shape[0] != intensity.shape[0]:
+        raise ValueError(f"{path}: {raw_labels.shape[0]} labels for {intensity.shape[0]} patterns")
+    if not np.issubdtype(raw_labels.dtype, np.number) or np.any(raw_labels != np.round(raw_labels)):
+        raise ValueError(f"{path}: 'labels230' must be integers, got dtype {raw_labels.dtype}")
+    labels = raw_labels.astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= NUM_SPACE_GROUPS):
+        raise ValueError(
+            f"{path}: 'labels230' must be 0-based labels in 0..229, got range {labels.min()}..{labels.max()}"
+        )
+    return ReferenceArrays(intensity=intensity, labels=labels, grid=grid, source=str(path))

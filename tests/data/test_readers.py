@@ -1,0 +1,297 @@
+"""Readers on small files the tests write themselves: text patterns, CIF, a SimXRD-4M-like ASE
+database and the reference implementation's pickled .npy dicts."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from physmoe.data.grid import TwoThetaGrid
+from physmoe.data.readers import (
+    SIMXRD_WAVELENGTH,
+    Pattern,
+    iter_simxrd,
+    read_cif,
+    read_pattern,
+    read_reference_npy,
+    read_simxrd,
+)
+
+# ------------------------------------------------------------------------------ text patterns
+
+
+def write(tmp_path, name: str, text: str):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_xy_with_comments_header_and_stated_wavelength(tmp_path):
+    path = write(
+        tmp_path,
+        "scan.xy",
+        "# Instrument: lab diffractometer\n# Wavelength (A): 0.70930\n2theta intensity\n\n"
+        "10.00 120.5\n10.02 130.0  # inline note\n! another comment\n10.04 -3.5\n",
+    )
+    pattern = read_pattern(path)
+    np.testing.assert_array_equal(pattern.two_theta, [10.0, 10.02, 10.04])
+    np.testing.assert_array_equal(pattern.intensity, [120.5, 130.0, -3.5])
+    assert pattern.sigma is None
+    assert pattern.wavelength == 0.7093
+    assert pattern.source == str(path)
+    # An explicit wavelength wins over the stated one.
+    assert read_pattern(path, wavelength=1.5406).wavelength == 1.5406
+
+
+def test_wavelength_is_never_assumed(tmp_path):
+    pattern = read_pattern(write(tmp_path, "plain.xy", "10 1\n11 2\n"))
+    assert pattern.wavelength is None
+    with pytest.raises(ValueError, match="wavelength is unknown"):
+        pattern.d_spacing()
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("comma.csv", "two_theta,intensity,sigma\n10.0,5.0,0.5\n10.5,6.0,0.6\n11.0,7.0,0.7\n"),
+        ("semicolon.csv", "10.0;5.0;0.5\n10.5;6.0;0.6\n11.0;7.0;0.7\n"),
+        ("tabs.xye", "10.0\t5.0\t0.5\n10.5\t6.0\t0.6\n11.0\t7.0\t0.7\n"),
+        ("spaces.xye", "  10.0   5.0 0.5\n10.5 6.0   0.6\n11.0 7.0 0.7\n"),
+        ("descending.xye", "11.0 7.0 0.7\n10.5 6.0 0.6\n10.0 5.0 0.5\n"),
+    ],
+)
+def test_delimiters_sigma_and_descending(tmp_path, name, text):
+    pattern = read_pattern(write(tmp_path, name, text))
+    np.testing.assert_array_equal(pattern.two_theta, [10.0, 10.5, 11.0])
+    np.testing.assert_array_equal(pattern.intensity, [5.0, 6.0, 7.0])
+    np.testing.assert_array_equal(pattern.sigma, [0.5, 0.6, 0.7])
+
+
+def test_explicit_delimiter(tmp_path):
+    pattern = read_pattern(write(tmp_path, "pipe.txt", "10|1\n20|2\n"), delimiter="|")
+    np.testing.assert_array_equal(pattern.intensity, [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("10 1\n11 2\n12 oops\n", r"bad\.xy:3: cannot parse '12 oops'"),
+        ("10 1\n11 2 0.1\n", r"bad\.xy:2: 3 columns, but the first data line \(line 1\) has 2"),
+        ("10 1 2 3\n", r"bad\.xy:1: expected 2 columns"),
+        ("10\n", r"bad\.xy:1: expected 2 columns"),
+        ("10 1\n11 nan\n", r"bad\.xy:2: non-finite value"),
+        ("10 1\n12 2\n11 3\n", r"bad\.xy:3: 2theta 11.0 does not increase"),
+        ("10 1\n10 2\n", r"bad\.xy:2: 2theta 10.0 does not increase"),
+        ("10 1 0.1\n11 2 -0.1\n", r"bad\.xy:2: negative sigma"),
+        ("0 1\n11 2\n", r"bad\.xy:1: 2theta 0.0 is outside"),
+        ("# only a comment\n", r"bad\.xy: no data lines"),
+    ],
+)
+def test_malformed_patterns_name_file_and_line(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        read_pattern(write(tmp_path, "bad.xy", text))
+
+
+def test_missing_pattern_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.xy"):
+        read_pattern(tmp_path / "nothing.xy")
+
+
+def test_pattern_to_wavelength_goes_through_d_spacing():
+    # Co K-alpha1 -> Cu K-alpha1: Bragg's law by hand for one point.
+    pattern = Pattern(np.array([20.0, 40.0, 170.0]), np.array([1.0, 2.0, 3.0]), wavelength=1.78897)
+    d = 1.78897 / (2 * math.sin(math.radians(10.0)))
+    converted = pattern.to_wavelength(1.54056)
+    assert converted.two_theta[0] == pytest.approx(math.degrees(2 * math.asin(1.54056 / (2 * d))), abs=1e-12)
+    assert len(converted) == 3  # 170 deg at Co: d = 0.898 A, Cu / (2 d) = 0.858 still diffracts
+    to_long = pattern.to_wavelength(2.5)  # 2.5 / (2 * 0.898) > 1: that point is dropped
+    assert len(to_long) == 2 and to_long.wavelength == 2.5
+    np.testing.assert_array_equal(to_long.intensity, [1.0, 2.0])
+
+
+# ------------------------------------------------------------------------------------- CIF
+
+
+def test_read_cif(tmp_path):
+    path = write(
+        tmp_path,
+        "cscl.cif",
+        "data_CsCl\n_cell_length_a 4.12\n_cell_length_b 4.12\n_cell_length_c 4.12\n_cell_angle_alpha 90\n"
+        "_cell_angle_beta 90\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'P m -3 m'\nloop_\n"
+        "_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\nCs1 0 0 0\nCl1 0.5 0.5 0.5\n",
+    )
+    crystal = read_cif(path)
+    assert crystal.species == ["Cs", "Cl"] and crystal.space_group == 221
+
+
+# ------------------------------------------------------------------------------- SimXRD-4M
+
+SIMXRD_GRID = np.arange(10.0, 80.0 + 1e-9, 0.02)  # 3501 points
+
+
+def simxrd_d_spacing() -> np.ndarray:
+    return SIMXRD_WAVELENGTH / (2 * np.sin(np.radians(SIMXRD_GRID) / 2))
+
+
+@pytest.fixture
+def simxrd_db(tmp_path):
+    """A database written the way SimXRD-4M's do: Atoms with only symbols (no cell), every
+    value a string."""
+    ase_db = pytest.importorskip("ase.db")
+    from ase import Atoms
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "simxrd.db"
+    d = simxrd_d_spacing()
+    rows = [
+        ("[225, 1, 'F']", "NaCl", ["Na", "Cl"]),
+        ("[2, 7, 'P']", "CuSO4H10O5", ["Cu", "S", "O"]),
+        ("[194, 2, 'P']", "Mg", ["Mg"]),
+    ]
+    with ase_db.connect(str(path)) as database:
+        for tager, formula, symbols in rows:
+            intensity = rng.uniform(0, 100, size=d.size)
+            intensity *= 100 / intensity.max()
+            database.write(
+                Atoms(symbols),
+                latt_dis=str(d.tolist()),
+                intensity=str(intensity.tolist()),
+                tager=tager,
+                chem_form=formula,
+                simulation_param=str((20, 0.1, 0.3, 1.5)),
+            )
+    return path
+
+
+def test_simxrd_records(simxrd_db):
+    records = read_simxrd(simxrd_db)
+    assert [r.space_group for r in records] == [225, 2, 194]
+    assert [r.label for r in records] == [224, 1, 193]
+    # SimXRD's 1 = cubic ... 7 = triclinic -> ours 6 = cubic ... 0 = triclinic.
+    assert [r.crystal_system for r in records] == [6, 0, 5]
+    assert [r.lattice_letter for r in records] == ["F", "P", "P"]
+    assert [r.formula for r in records] == ["NaCl", "CuSO4H10O5", "Mg"]
+    assert records[0].simulation_param == (20, 0.1, 0.3, 1.5)
+    first = records[0]
+    assert first.two_theta.shape == first.intensity.shape == (3501,)
+    np.testing.assert_allclose(first.two_theta, SIMXRD_GRID, atol=1e-9)
+    assert first.intensity.max() == pytest.approx(100.0)
+    assert first.to_pattern().wavelength == SIMXRD_WAVELENGTH
+
+
+def test_simxrd_other_wavelength_selection_and_limit(simxrd_db):
+    (record,) = list(iter_simxrd(simxrd_db, wavelength=0.7093, limit=1))
+    expected = np.degrees(2 * np.arcsin(0.7093 / (2 * simxrd_d_spacing())))
+    np.testing.assert_allclose(record.two_theta, expected, atol=1e-9)
+    assert [r.row_id for r in iter_simxrd(simxrd_db, selection="id>=2")] == [2, 3]
+    # A longer wavelength cannot reach the smallest d-spacings: those points are dropped.
+    long = next(iter_simxrd(simxrd_db, wavelength=3.0))
+    assert len(long.two_theta) < 3501 and np.all(np.diff(long.two_theta) > 0)
+
+
+def _write_row(path, **values):
+    import ase.db
+    from ase import Atoms
+
+    defaults = {"latt_dis": "[3.0, 2.0, 1.5]", "intensity": "[10, 100, 50]", "tager": "[225, 1, 'F']", "chem_form": "X"}
+    defaults.update(values)
+    with ase.db.connect(str(path)) as database:
+        database.write(Atoms("Na"), **defaults)
+
+
+def test_simxrd_numpy_printed_lists_are_parsed(tmp_path):
+    pytest.importorskip("ase.db")
+    path = tmp_path / "np.db"
+    _write_row(path, latt_dis="[3. 2. 1.5]", intensity="[ 10. 100.  50.]", tager="[221, 1]")
+    _write_row(path, latt_dis=str(list(np.array([3.0, 2.0, 1.5]))), tager="[221, 1]")  # "np.float64(3.0)"
+    for record in read_simxrd(path):
+        np.testing.assert_allclose(record.d_spacing, [3.0, 2.0, 1.5])  # 2θ ascending, d descending
+        np.testing.assert_allclose(record.intensity, [10.0, 100.0, 50.0])
+        assert np.all(np.diff(record.two_theta) > 0)
+        assert record.lattice_letter is None
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"tager": "[225, 3, 'F']"}, r"row 1: tager says crystal system 3 \(trigonal\) but space group 225 is cubic"),
+        ({"tager": "[231, 1, 'F']"}, r"row 1: space group 231 is outside 1..230"),
+        ({"tager": "[225]"}, r"row 1: 'tager' must be"),
+        ({"latt_dis": "[3.0, oops, 1.5]"}, r"row 1: cannot parse 'latt_dis'"),
+        ({"latt_dis": "[3.0 2.0 ... 1.5]"}, r"row 1: 'latt_dis' is a truncated numpy print-out"),
+        ({"latt_dis": "[3.0, 2.0]"}, r"row 1: latt_dis has 2 values but intensity has 3"),
+        ({"latt_dis": "[3.0, -2.0, 1.0]"}, r"row 1: latt_dis has non-positive"),
+    ],
+)
+def test_simxrd_malformed_rows_name_the_row(tmp_path, values, message):
+    pytest.importorskip("ase.db")
+    path = tmp_path / "bad.db"
+    _write_row(path, **values)
+    with pytest.raises(ValueError, match=message):
+        read_simxrd(path)
+
+
+def test_simxrd_missing_file_is_not_created(tmp_path):
+    pytest.importorskip("ase.db")
+    path = tmp_path / "absent.db"
+    with pytest.raises(FileNotFoundError, match="absent.db"):
+        read_simxrd(path)
+    assert not path.exists()
+
+
+# ----------------------------------------------------------------------- reference .npy dicts
+
+
+def reference_arrays(n: int = 5, width: int = 8500):
+    rng = np.random.default_rng(1)
+    return rng.uniform(0, 100, size=(n, width)).astype(np.float32), rng.integers(0, 230, size=n)
+
+
+def test_reference_pickled_dict_needs_opt_in(tmp_path):
+    intensity, labels = reference_arrays()
+    path = tmp_path / "train.npy"
+    np.save(path, {"intensitys": intensity, "labels230": labels, "labels7": labels % 7})
+    with pytest.raises(ValueError, match=r"train\.npy holds pickled Python objects.*allow_pickle=True"):
+        read_reference_npy(path)
+    data = read_reference_npy(path, allow_pickle=True)
+    np.testing.assert_array_equal(data.intensity, intensity)
+    np.testing.assert_array_equal(data.labels, labels)
+    assert data.labels.dtype == np.int64 and len(data) == 5
+    assert data.grid == TwoThetaGrid()
+
+
+def test_reference_features_key_and_npz(tmp_path):
+    intensity, labels = reference_arrays()
+    path = tmp_path / "features.npy"
+    np.save(path, {"features": intensity, "labels230": labels.astype(np.float64)})
+    np.testing.assert_array_equal(read_reference_npy(path, allow_pickle=True).labels, labels)
+    npz = tmp_path / "data.npz"
+    np.savez(npz, intensitys=intensity, labels230=labels)
+    data = read_reference_npy(npz)  # plain arrays: no pickle needed
+    np.testing.assert_array_equal(data.intensity, intensity)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ({"intensitys": np.zeros((2, 8500)), "labels230": np.array([0, 230])}, r"labels in 0..229, got range 0..230"),
+        ({"intensitys": np.zeros((2, 8500)), "labels230": np.array([0.5, 3])}, "must be integers"),
+        ({"intensitys": np.zeros((2, 100)), "labels230": np.array([0, 1])}, r"must be \[N, 8500\]"),
+        ({"intensitys": np.zeros((2, 8500)), "labels230": np.array([0, 1, 2])}, "3 labels for 2 patterns"),
+        ({"patterns": np.zeros((2, 8500)), "labels": np.array([0, 1])}, r"found \['labels', 'patterns'\]"),
+    ],
+)
+def test_reference_bad_content(tmp_path, content, message):
+    path = tmp_path / "bad.npy"
+    np.save(path, content)
+    with pytest.raises(ValueError, match=message):
+        read_reference_npy(path, allow_pickle=True)
+
+
+def test_reference_plain_array_is_not_a_dict(tmp_path):
+    path = tmp_path / "array.npy"
+    np.save(path, np.zeros((2, 8500)))
+    with pytest.raises(ValueError, match="expected a dict"):
+        read_reference_npy(path)
