@@ -1,5 +1,7 @@
 """PXRD data: structures, simulation, rendering, datasets and readers."""
 
+from .collator import PXRDCollator
+from .feature_extraction import XRDFeatureExtractor
 from .grid import CU_KA1, CU_KA2, TwoThetaGrid
 from .readers import (
     Pattern,
@@ -11,6 +13,14 @@ from .readers import (
     read_reference_npy,
     read_simxrd,
 )
+from .render import (
+    MeasurementConditions,
+    PatternRenderer,
+    SampledConditions,
+    pad_peaks,
+    render_padded,
+    render_patterns,
+)
 from .simulate import PeakList, simulate_peaks
 from .structures import Crystal, as_crystal, element_symbol, lattice_matrix
 
@@ -18,6 +28,14 @@ __all__ = [
     "CU_KA1",
     "CU_KA2",
     "Crystal",
+    "MeasurementConditions",
+    "PXRDCollator",
+    "PatternRenderer",
+    "SampledConditions",
+    "XRDFeatureExtractor",
+    "pad_peaks",
+    "render_padded",
+    "render_patterns",
     "PeakList",
     "Pattern",
     "ReferenceArrays",

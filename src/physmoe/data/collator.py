@@ -1,0 +1,180 @@
+"""A data collator that renders patterns from stored peaks on the fly (or stacks stored patterns).
+
+Datasets keep one stick pattern per structure (``peak_two_theta``, ``peak_intensity``); the
+collator turns a list of such rows into a model batch ``{"input_values": [B, L], "labels": [B]}``.
+In training every call draws fresh measurement conditions for every pattern, so each epoch sees
+new broadening, shifts, background and noise; in evaluation the clean conditions make batches
+deterministic.
+
+Example::
+
+    >>> collator = PXRDCollator(TwoThetaGrid(), train=True, seed=0)
+    >>> loader = DataLoader(dataset["train"], batch_size=32, collate_fn=collator, num_workers=2)
+    >>> trainer = Trainer(model, args, train_dataset=..., data_collator=collator)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..crystallography import NUM_SPACE_GROUPS
+from .grid import CU_KA1, TwoThetaGrid
+from .render import MeasurementConditions, render_patterns
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PXRDCollator"]
+
+_LABEL_KEYS = ("labels", "label", "space_group")
+
+
+def _as_numpy(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+@dataclass
+class PXRDCollator:
+    """Collate dataset rows into ``{"input_values": FloatTensor [B, L], "labels": LongTensor [B]}``.
+
+    Rows are mappings with ``peak_two_theta`` and ``peak_intensity`` (rendered on ``grid``) or with
+    ``input_values`` (a stored pattern of ``grid.num_points`` values, stacked as it is), and a
+    0-based label under ``labels``, ``label`` or ``space_group``. Without labels in any row the
+    batch has no ``labels`` key (inference).
+
+    Args:
+        grid: The model's grid (default: 2θ 5-90 deg, 8500 points, Cu Kα1).
+        conditions: Measurement conditions for training (default
+            :meth:`MeasurementConditions.default`). Evaluation always uses
+            :meth:`MeasurementConditions.clean`.
+        train: Random conditions per pattern and call (True) or clean, deterministic rendering.
+        peaks_wavelength: Wavelength (Angstrom) the stored peak positions were computed at
+            (datasets record it; physmoe's are at Cu Kα1, 1.54056).
+        seed: Seed of the collator's own generator. In DataLoader workers the generator is
+            seeded from ``seed`` and the worker's seed (which DataLoader draws anew for every
+            epoch), so workers and epochs differ but a seeded run repeats. With ``seed=None`` the
+            generator is seeded from torch's global generator at first use.
+        mode: ``"profile"`` (realistic) or ``"sticks"`` (the public reference's binning).
+        num_labels: Labels must lie in ``[0, num_labels)`` (230 space groups).
+    """
+
+    grid: TwoThetaGrid = field(default_factory=TwoThetaGrid)
+    conditions: MeasurementConditions | None = None
+    train: bool = True
+    peaks_wavelength: float = CU_KA1
+    seed: int | None = None
+    mode: str = "profile"
+    num_labels: int = NUM_SPACE_GROUPS
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.grid, TwoThetaGrid):
+            raise TypeError(f"grid must be a TwoThetaGrid, got {type(self.grid).__name__}")
+        if self.mode not in ("profile", "sticks"):
+            raise ValueError(f"mode must be 'profile' or 'sticks', got {self.mode!r}")
+        if self.conditions is not None and not isinstance(self.conditions, MeasurementConditions):
+            raise TypeError(
+                f"conditions must be MeasurementConditions, got {type(self.conditions).__name__}"
+            )
+        self._generator: torch.Generator | None = None
+        self._generator_owner: tuple | None = None
+
+    # The generator is per process: never pickle it into DataLoader workers.
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_generator"], state["_generator_owner"] = None, None
+        return state
+
+    def _training_generator(self) -> torch.Generator:
+        """This process's generator, (re)seeded when first used in a new worker or epoch."""
+        info = torch.utils.data.get_worker_info()
+        owner = None if info is None else (info.id, info.seed)
+        if self._generator is None or owner != self._generator_owner:
+            if self.seed is None:  # torch's global RNG (DataLoader seeds it per worker and epoch)
+                seed = int(torch.randint(0, 2**62, (1,)))
+            elif info is None:
+                seed = int(self.seed)
+            else:  # mix the user's seed with this worker's seed for this epoch
+                mixed = np.random.SeedSequence([int(self.seed), info.seed % 2**63])
+                seed = int(mixed.generate_state(1, np.uint64)[0] >> 2)
+            self._generator = torch.Generator().manual_seed(seed)
+            self._generator_owner = owner
+        return self._generator
+
+    def _labels(self, features: Sequence[Mapping]) -> torch.Tensor | None:
+        keys = [
+            next((k for k in _LABEL_KEYS if k in row and row[k] is not None), None)
+            for row in features
+        ]
+        if all(k is None for k in keys):
+            return None
+        if any(k is None for k in keys):
+            missing = keys.index(None)
+            raise ValueError(
+                f"feature {missing} has no label ({'/'.join(_LABEL_KEYS)}) but others do"
+            )
+        labels = np.array(
+            [int(_as_numpy(row[k])) for row, k in zip(features, keys, strict=True)], dtype=np.int64
+        )
+        bad = (labels < 0) | (labels >= self.num_labels)
+        if bad.any():
+            index = int(np.flatnonzero(bad)[0])
+            raise ValueError(
+                f"feature {index} has label {labels[index]}; labels must be 0-based space-group labels in "
+                f"[0, {self.num_labels})"
+            )
+        return torch.from_numpy(labels)
+
+    def __call__(self, features: Sequence[Mapping]) -> dict[str, torch.Tensor]:
+        if len(features) == 0:
+            raise ValueError("cannot collate an empty list of features")
+        stored = [i for i, row in enumerate(features) if "input_values" in row]
+        to_render = [i for i, row in enumerate(features) if "input_values" not in row]
+        input_values = torch.empty(len(features), self.grid.num_points, dtype=torch.float32)
+        if stored:
+            patterns = [
+                np.asarray(_as_numpy(features[i]["input_values"]), dtype=np.float32).reshape(-1)
+                for i in stored
+            ]
+            for i, pattern in zip(stored, patterns, strict=True):
+                if pattern.shape[0] != self.grid.num_points:
+                    raise ValueError(
+                        f"feature {i}: input_values has {pattern.shape[0]} points, the grid has {self.grid.num_points}"
+                    )
+            input_values[stored] = torch.from_numpy(np.stack(patterns))
+        if to_render:
+            peaks = []
+            for i in to_render:
+                row = features[i]
+                if "peak_two_theta" not in row or "peak_intensity" not in row:
+                    raise ValueError(
+                        f"feature {i} needs 'peak_two_theta' and 'peak_intensity' (or 'input_values'); "
+                        f"it has {sorted(row)}"
+                    )
+                peaks.append((_as_numpy(row["peak_two_theta"]), _as_numpy(row["peak_intensity"])))
+            if self.train:
+                conditions = self.conditions or MeasurementConditions.default()
+                generator = self._training_generator()
+            else:
+                conditions = MeasurementConditions.clean()
+                generator = torch.Generator().manual_seed(
+                    0 if self.seed is None else int(self.seed)
+                )
+            input_values[to_render] = render_patterns(
+                peaks,
+                self.grid,
+                conditions,
+                mode=self.mode,
+                generator=generator,
+                peaks_wavelength=self.peaks_wavelength,
+            )
+        batch = {"input_values": input_values}
+        labels = self._labels(features)
+        if labels is not None:
+            batch["labels"] = labels
+        return batch
