@@ -51,8 +51,12 @@ def test_eval_is_clean_and_deterministic():
     assert torch.equal(batch["input_values"], expected)
 
 
-def test_train_draws_new_conditions_every_call_and_is_reproducible_with_a_seed():
-    features = rows(4)
+def _without_ids(features: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "structure_id"} for row in features]
+
+
+def test_train_without_ids_draws_new_conditions_every_call_and_is_reproducible_with_a_seed():
+    features = _without_ids(rows(4))
     collator = PXRDCollator(SMALL_GRID, train=True, seed=123)
     first, second = collator(features)["input_values"], collator(features)["input_values"]
     assert not torch.allclose(first, second, atol=1e-2)
@@ -63,6 +67,24 @@ def test_train_draws_new_conditions_every_call_and_is_reproducible_with_a_seed()
     assert torch.equal(again(features)["input_values"], first)
     assert torch.equal(again(features)["input_values"], second)
     # Identical rows in one batch get different conditions.
+    same = PXRDCollator(SMALL_GRID, train=True, seed=1)([features[0]] * 3)["input_values"]
+    assert not torch.allclose(same[0], same[1], atol=1e-2)
+
+
+def test_train_with_ids_is_a_function_of_seed_epoch_and_structures():
+    features = rows(4)
+    collator = PXRDCollator(SMALL_GRID, train=True, seed=123)
+    first = collator(features)["input_values"]
+    # Call history does not matter (a resumed run renders what an uninterrupted one did) ...
+    collator(rows(3, seed=9))
+    assert torch.equal(collator(features)["input_values"], first)
+    assert torch.equal(PXRDCollator(SMALL_GRID, train=True, seed=123)(features)["input_values"], first)
+    # ... while the epoch, the seed and the batch's structures do.
+    collator.set_epoch(1)
+    assert not torch.allclose(collator(features)["input_values"], first, atol=1e-2)
+    other_seed = PXRDCollator(SMALL_GRID, train=True, seed=124)(features)["input_values"]
+    assert not torch.allclose(other_seed, first, atol=1e-2)
+    assert torch.isfinite(first).all() and torch.allclose(first.amax(1), torch.ones(4))
     same = PXRDCollator(SMALL_GRID, train=True, seed=1)([features[0]] * 3)["input_values"]
     assert not torch.allclose(same[0], same[1], atol=1e-2)
 
@@ -152,7 +174,7 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def _epochs(collator: PXRDCollator, num_epochs: int) -> list[list[torch.Tensor]]:
-    loader = DataLoader(_Rows(rows(1)[0], 8), batch_size=2, num_workers=2, collate_fn=collator)
+    loader = DataLoader(_Rows(_without_ids(rows(1))[0], 8), batch_size=2, num_workers=2, collate_fn=collator)
     return [[batch["input_values"] for batch in loader] for _ in range(num_epochs)]
 
 

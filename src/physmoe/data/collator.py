@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -56,10 +57,13 @@ class PXRDCollator:
         train: Random conditions per pattern and call (True) or clean, deterministic rendering.
         peaks_wavelength: Wavelength (Angstrom) the stored peak positions were computed at
             (datasets record it; physmoe's are at Cu Kα1, 1.54056).
-        seed: Seed of the collator's own generator. In DataLoader workers the generator is
-            seeded from ``seed`` and the worker's seed (which DataLoader draws anew for every
-            epoch), so workers and epochs differ but a seeded run repeats. With ``seed=None`` the
-            generator is seeded from torch's global generator at first use.
+        seed: Seed of the training conditions. When every row carries a ``structure_id`` (physmoe
+            datasets do), a batch's conditions are a pure function of ``seed``, the epoch (see
+            :meth:`set_epoch`) and the batch's structure ids: whichever process, DataLoader worker
+            or resumed run renders the batch gets the same pattern, and every epoch differs.
+            Without ids the collator keeps its own generator, seeded from ``seed`` (in DataLoader
+            workers mixed with the worker's per-epoch seed) and advanced by every call. With
+            ``seed=None`` the generator is seeded from torch's global generator at first use.
         mode: ``"profile"`` (realistic) or ``"sticks"`` (the public reference's binning).
         num_labels: Labels must lie in ``[0, num_labels)`` (230 space groups).
     """
@@ -71,6 +75,7 @@ class PXRDCollator:
     seed: int | None = None
     mode: str = "profile"
     num_labels: int = NUM_SPACE_GROUPS
+    epoch: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.grid, TwoThetaGrid):
@@ -105,6 +110,19 @@ class PXRDCollator:
             self._generator = torch.Generator().manual_seed(seed)
             self._generator_owner = owner
         return self._generator
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the training epoch that keys the conditions of batches with structure ids
+        (:class:`~physmoe.training.PhysMoETrainer` calls it at the start of every epoch)."""
+        self.epoch = int(epoch)
+
+    def _keyed_generator(self, features: Sequence[Mapping]) -> torch.Generator | None:
+        """A generator seeded from (seed, epoch, structure ids), or None if a row has no id."""
+        if self.seed is None or not all("structure_id" in row for row in features):
+            return None
+        ids = [zlib.crc32(str(row["structure_id"]).encode()) for row in features]
+        state = np.random.SeedSequence([int(self.seed), self.epoch, *ids]).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(state >> 2))
 
     def _labels(self, features: Sequence[Mapping]) -> torch.Tensor | None:
         keys = [
@@ -159,7 +177,7 @@ class PXRDCollator:
                 peaks.append((_as_numpy(row["peak_two_theta"]), _as_numpy(row["peak_intensity"])))
             if self.train:
                 conditions = self.conditions or MeasurementConditions.default()
-                generator = self._training_generator()
+                generator = self._keyed_generator(features) or self._training_generator()
             else:
                 conditions = MeasurementConditions.clean()
                 generator = torch.Generator().manual_seed(
