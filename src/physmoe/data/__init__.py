@@ -1,8 +1,18 @@
 """PXRD data: structures, simulation, rendering, datasets and readers."""
 
 from .collator import PXRDCollator
+from .dataset import (
+    FEATURES,
+    crystal_from_row,
+    default_dataset,
+    load_dataset_dict,
+    rows_from_crystals,
+    split_dataset,
+)
 from .feature_extraction import XRDFeatureExtractor
+from .generate import generate_dataset
 from .grid import CU_KA1, CU_KA2, TwoThetaGrid
+from .priors import space_group_counts, space_group_prior
 from .readers import (
     Pattern,
     ReferenceArrays,
@@ -27,6 +37,15 @@ from .structures import Crystal, as_crystal, element_symbol, lattice_matrix
 __all__ = [
     "CU_KA1",
     "CU_KA2",
+    "FEATURES",
+    "crystal_from_row",
+    "default_dataset",
+    "generate_dataset",
+    "load_dataset_dict",
+    "rows_from_crystals",
+    "space_group_counts",
+    "space_group_prior",
+    "split_dataset",
     "Crystal",
     "MeasurementConditions",
     "PXRDCollator",

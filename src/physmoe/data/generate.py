@@ -1,0 +1,895 @@
+"""Long-tailed synthetic datasets: random crystals from pyxtal, relabelled by spglib.
+
+Structure ``i`` of a run with global seed ``s``:
+
+1. Its requested space group is drawn from the prior (ICSD by default, see :mod:`.priors`) with
+   ``numpy.random.default_rng(SeedSequence([s, i]))``.
+2. Attempt ``k`` (0-based, at most ``max_attempts``) uses ``default_rng(SeedSequence([s, i, k +
+   1]))`` for everything random: a Wyckoff combination sampled from the Materials Project
+   statistics that pyxtal ships (``pyxtal/database/spg_num_wps_mp.csv``: space group, atoms per
+   conventional cell, Wyckoff indices, number of MP structures; weighted by that number, limited
+   to ``max_atoms`` atoms per conventional cell), elements for the Wyckoff orbits (palette
+   below), then ``pyxtal.from_random(..., sites=..., random_state=rng)``. Groups without usable
+   MP entries (1, 168, 184, 207, 222, and those whose MP cells exceed ``max_atoms``) get 1-4
+   random Wyckoff orbits instead. An attempt that raises, is invalid or exceeds ``time_limit``
+   seconds is retried with the next derived seed; after ``max_attempts`` failures the structure
+   is dropped (counted in the run's statistics).
+3. spglib (``symprec`` 1e-3 A) detects the group; the structure is stored in spglib's
+   standardised conventional cell of the detected group, which labels it. The requested group is
+   kept in ``requested_space_group``: sampling real Wyckoff combinations makes the two agree for
+   most structures, the rest land in a supergroup (e.g. 97 -> 139).
+4. The stick pattern is simulated at Cu K-alpha1 over 2θ 2-100 deg (:mod:`.dataset`).
+
+Every random draw depends only on ``(s, i, k)``, so a run gives identical structures for any
+number of processes and across kill/resume. (pyxtal 1.1 draws everything on this path from the
+``random_state`` Generator; a test checks that numpy's and Python's global RNGs stay untouched.) (The wall-clock ``time_limit`` is the one exception:
+an attempt that times out on a slow machine may finish on a fast one. The limit is generous
+and timeouts are counted; with ``max_atoms=64`` we saw none.)
+
+Elements: a structure has 1-5 distinct elements (probabilities 0.05/0.35/0.40/0.15/0.05, at most
+one per Wyckoff orbit). With two or more, 80% of structures are ionic: the element with the most
+atoms is an anion (O 45%, S, F, Cl, N, Se, Br, P, I, C, Te) and the others are cations drawn
+uniformly from 43 common metals and metalloids; 20% are intermetallic (all from that cation
+palette). Single-element structures use the cation palette.
+
+Runs write resumable shards: ``out_dir/manifest.json`` (all parameters that define the content),
+``out_dir/shards/shard-00000.parquet`` ... (``shard_size`` structures each, written atomically,
+with generation statistics in the Parquet metadata) and, when all shards exist,
+``out_dir/dataset`` (the split ``DatasetDict``, see :func:`build_dataset_dict`). Worker
+processes are started with ``spawn``: call :func:`generate_dataset` under
+``if __name__ == "__main__":`` in scripts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Dataset, DatasetDict
+from tqdm.auto import tqdm
+
+from .. import __version__
+from ..crystallography import NUM_SPACE_GROUPS
+from .dataset import (
+    DEFAULT_SYMPREC,
+    FEATURES,
+    PEAK_TWO_THETA_RANGE,
+    PEAK_WAVELENGTH,
+    load_dataset_dict,
+    save_dataset_dict,
+    split_dataset,
+    standardize_crystal,
+    structure_row,
+)
+from .priors import resolve_prior, sample_space_groups
+from .structures import Crystal
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ANION_WEIGHTS",
+    "CATIONS",
+    "GENERATOR_VERSION",
+    "GeneratedStructure",
+    "GenerationSettings",
+    "PlacementBudgetExceeded",
+    "build_dataset_dict",
+    "generate_dataset",
+    "generate_structure",
+    "random_crystal",
+    "sample_composition",
+    "wyckoff_statistics",
+]
+
+#: Bumped whenever a change makes the same parameters produce different structures.
+GENERATOR_VERSION = 1
+
+#: Anion palette with relative weights (oxides dominate inorganic databases).
+ANION_WEIGHTS: dict[str, float] = {
+    "O": 0.45, "S": 0.10, "F": 0.08, "Cl": 0.08, "N": 0.07, "Se": 0.05,
+    "Br": 0.04, "P": 0.04, "I": 0.03, "C": 0.03, "Te": 0.03,
+}  # fmt: skip
+#: Cation / metal palette (drawn uniformly, without replacement within a structure).
+CATIONS: tuple[str, ...] = tuple(
+    "Li Na K Rb Cs Be Mg Ca Sr Ba Sc Y La Ce Nd Ti Zr Hf V Nb Ta Cr Mo W Mn Fe Co Ni Cu Ag Zn Cd "
+    "Hg B Al Ga In Tl Si Ge Sn Pb Sb Bi".split()
+)
+_NUM_ELEMENTS_PROBABILITIES = np.array([0.05, 0.35, 0.40, 0.15, 0.05])
+_IONIC_PROBABILITY = 0.8
+_FALLBACK_MAX_ORBITS = 4
+
+_MANIFEST = "manifest.json"
+_SHARDS = "shards"
+_DATASET = "dataset"
+_SHARD_METADATA_KEY = b"physmoe_shard"
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How one structure is generated.
+
+    Attributes:
+        max_atoms: Most atoms per conventional cell of the requested group (the stored
+            standardised cell of a detected supergroup can differ; it is larger in rare cases).
+        symprec: spglib tolerance in Angstrom for relabelling.
+        max_attempts: Attempts per structure before it is dropped.
+        time_limit: Seconds per attempt (enforced with SIGALRM in the main thread of a process;
+            not enforced where that is unavailable, e.g. Windows or a non-main thread).
+        placement_budget: Site trials pyxtal may make per attempt (see :func:`random_crystal`).
+        wavelength: Wavelength in Angstrom of the stored peaks.
+        two_theta_range: 2θ window in degrees of the stored peaks.
+    """
+
+    max_atoms: int = 64
+    symprec: float = DEFAULT_SYMPREC
+    max_attempts: int = 10
+    time_limit: float = 10.0
+    placement_budget: int = 600
+    wavelength: float = PEAK_WAVELENGTH
+    two_theta_range: tuple[float, float] = PEAK_TWO_THETA_RANGE
+
+    def __post_init__(self) -> None:
+        if int(self.max_atoms) != self.max_atoms or self.max_atoms < 1:
+            raise ValueError(f"max_atoms must be a positive integer, got {self.max_atoms}")
+        if int(self.max_attempts) != self.max_attempts or self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be a positive integer, got {self.max_attempts}")
+        if not (math.isfinite(self.symprec) and self.symprec > 0):
+            raise ValueError(f"symprec must be a positive number of Angstrom, got {self.symprec}")
+        if not self.time_limit > 0:
+            raise ValueError(f"time_limit must be > 0 seconds, got {self.time_limit}")
+        if int(self.placement_budget) != self.placement_budget or self.placement_budget < 1:
+            raise ValueError(
+                f"placement_budget must be a positive integer, got {self.placement_budget}"
+            )
+
+
+@dataclass
+class GeneratedStructure:
+    """Outcome of :func:`generate_structure`.
+
+    Attributes:
+        index: Index of the structure within its run.
+        requested_space_group: Group pyxtal was asked for (1..230).
+        space_group: Group spglib detects (1..230), or None when every attempt failed.
+        crystal: Standardised conventional cell of ``space_group``, or None when every attempt
+            failed.
+        attempts: Attempts made (>= 1).
+        timeouts: Attempts stopped by the time limit.
+        errors: Short description of each failed attempt.
+    """
+
+    index: int
+    requested_space_group: int
+    space_group: int | None = None
+    crystal: Crystal | None = None
+    attempts: int = 0
+    timeouts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def _pyxtal_database_file(name: str):
+    try:
+        return resources.files("pyxtal").joinpath("database", name)
+    except ModuleNotFoundError as error:
+        raise ImportError(
+            "random-crystal generation needs pyxtal: pip install 'physmoe[sim]'"
+        ) from error
+
+
+@functools.lru_cache(maxsize=1)
+def wyckoff_statistics() -> dict[int, tuple[np.ndarray, tuple[tuple[int, ...], ...], np.ndarray]]:
+    """Materials Project Wyckoff statistics shipped with pyxtal, per space-group number.
+
+    Returns:
+        ``{space_group: (n_atoms int64 [K], wyckoff index tuples (K), counts int64 [K])}``: ``K``
+        observed combinations; Wyckoff indices refer to ``pyxtal.symmetry.Group(n)
+        .Wyckoff_positions`` (0 = general position), ``n_atoms`` counts the conventional cell.
+    """
+    source = _pyxtal_database_file("spg_num_wps_mp.csv")
+    entries: dict[int, list[tuple[int, tuple[int, ...], int]]] = {}
+    with resources.as_file(source) as path, open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames != ["spg", "n_atoms", "wps", "count"]:
+            raise ValueError(f"{path}: unexpected header {reader.fieldnames}")
+        for row in reader:
+            try:
+                combination = tuple(int(w) for w in row["wps"].split("-"))
+                entry = (int(row["n_atoms"]), combination, int(row["count"]))
+                entries.setdefault(int(row["spg"]), []).append(entry)
+            except ValueError as error:
+                raise ValueError(f"{path} line {reader.line_num}: {error}") from error
+    return {
+        group: (
+            np.array([e[0] for e in rows], dtype=np.int64),
+            tuple(e[1] for e in rows),
+            np.array([e[2] for e in rows], dtype=np.int64),
+        )
+        for group, rows in entries.items()
+    }
+
+
+@functools.lru_cache(maxsize=NUM_SPACE_GROUPS)
+def _pyxtal_group(space_group: int):
+    """pyxtal's ``Group`` (read-only use; building one takes ~10 ms)."""
+    from pyxtal.symmetry import Group
+
+    return Group(space_group)
+
+
+@functools.lru_cache(maxsize=1)
+def _tolerance_matrix():
+    """pyxtal's default atomic distance tolerances, as ``from_random`` uses them."""
+    from pyxtal.tolerance import Tol_matrix
+
+    return Tol_matrix(prototype="atomic", factor=1.0)
+
+
+@functools.lru_cache(maxsize=NUM_SPACE_GROUPS)
+def _wyckoff_positions(space_group: int) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
+    """Labels, multiplicities and free coordinates of each Wyckoff position (pyxtal order)."""
+    positions = _pyxtal_group(space_group).Wyckoff_positions
+    return (
+        tuple(wp.get_label() for wp in positions),
+        np.array([wp.multiplicity for wp in positions], dtype=np.int64),
+        np.array([wp.get_dof() for wp in positions], dtype=np.int64),
+    )
+
+
+def _valid_combination(
+    combination: Sequence[int], multiplicities: np.ndarray, degrees_of_freedom: np.ndarray
+) -> bool:
+    if max(combination) >= len(multiplicities):
+        return False
+    fixed = [w for w in combination if degrees_of_freedom[w] == 0]
+    return len(fixed) == len(set(fixed))  # a fixed position holds one orbit only
+
+
+def _random_combination(
+    space_group: int, rng: np.random.Generator, max_atoms: int
+) -> tuple[int, ...]:
+    """Random Wyckoff orbits for groups without usable MP statistics.
+
+    Half of the structures start with the general position (when it fits); further orbits are
+    drawn with weight ``1 + degrees of freedom``. Orbits on fixed special positions alone often
+    have the symmetry of a supergroup, so this keeps the requested group more often.
+    """
+    _, multiplicities, degrees_of_freedom = _wyckoff_positions(space_group)
+    if multiplicities.min() > max_atoms:
+        raise ValueError(
+            f"space group {space_group} needs at least {multiplicities.min()} atoms per "
+            f"conventional cell, more than max_atoms={max_atoms}"
+        )
+    # Low-multiplicity groups (P1, P2, ...) need more orbits for a non-trivial structure.
+    max_orbits = max(_FALLBACK_MAX_ORBITS, min(12, max_atoms // int(multiplicities[0])))
+    target = int(rng.integers(1, max_orbits + 1))
+    combination: list[int] = []
+    if multiplicities[0] <= max_atoms and rng.random() < 0.5:
+        combination.append(0)
+    atoms = int(multiplicities[combination].sum())
+    weights = 1.0 + degrees_of_freedom
+    while len(combination) < target:
+        taken = np.isin(np.arange(len(weights)), combination)
+        fits = (multiplicities <= max_atoms - atoms) & ((degrees_of_freedom > 0) | ~taken)
+        if not fits.any():
+            break
+        p = np.where(fits, weights, 0.0)
+        choice = int(rng.choice(len(p), p=p / p.sum()))
+        combination.append(choice)
+        atoms += int(multiplicities[choice])
+    return tuple(combination)
+
+
+@functools.lru_cache(maxsize=4 * NUM_SPACE_GROUPS)
+def _combination_probabilities(space_group: int, max_atoms: int) -> np.ndarray | None:
+    """Probability of each MP combination of the group within ``max_atoms`` (None if none)."""
+    statistics = wyckoff_statistics().get(space_group)
+    if statistics is None:
+        return None
+    _, multiplicities, degrees_of_freedom = _wyckoff_positions(space_group)
+    n_atoms, combinations, counts = statistics
+    usable = np.array(
+        [
+            n <= max_atoms and _valid_combination(c, multiplicities, degrees_of_freedom)
+            for n, c in zip(n_atoms, combinations, strict=True)
+        ]
+    )
+    if not usable.any():
+        return None
+    weights = np.where(usable, counts, 0).astype(np.float64)
+    return weights / weights.sum()
+
+
+def _sample_combination(
+    space_group: int, rng: np.random.Generator, max_atoms: int
+) -> tuple[int, ...]:
+    probabilities = _combination_probabilities(space_group, max_atoms)
+    if probabilities is None:
+        return _random_combination(space_group, rng, max_atoms)
+    return wyckoff_statistics()[space_group][1][
+        int(rng.choice(len(probabilities), p=probabilities))
+    ]
+
+
+def sample_composition(
+    space_group: int, rng: np.random.Generator, max_atoms: int = 64
+) -> tuple[list[str], list[int], list[list[str]]]:
+    """Elements, atoms per element and Wyckoff sites for one structure of ``space_group``.
+
+    Returns:
+        ``(species, num_ions, sites)`` as ``pyxtal.from_random`` takes them, e.g.
+        ``(["Fe", "O"], [4, 12], [["4c"], ["8d", "4c"]])`` (conventional-cell counts).
+    """
+    labels, multiplicities, _ = _wyckoff_positions(space_group)
+    combination = _sample_combination(space_group, rng, max_atoms)
+    num_orbits = len(combination)
+    allowed = _NUM_ELEMENTS_PROBABILITIES[: min(num_orbits, len(_NUM_ELEMENTS_PROBABILITIES))]
+    num_elements = int(rng.choice(len(allowed), p=allowed / allowed.sum())) + 1
+    # Every element gets at least one orbit; the remaining orbits go to random elements.
+    element_of_orbit = np.concatenate(
+        [np.arange(num_elements), rng.integers(0, num_elements, num_orbits - num_elements)]
+    )[rng.permutation(num_orbits)]
+    orbit_multiplicities = multiplicities[list(combination)]
+    atoms_per_element = np.bincount(
+        element_of_orbit, weights=orbit_multiplicities, minlength=num_elements
+    )
+    cations = list(rng.choice(CATIONS, size=num_elements, replace=False))
+    if num_elements >= 2 and rng.random() < _IONIC_PROBABILITY:
+        anions = list(ANION_WEIGHTS)
+        weights = np.array([ANION_WEIGHTS[a] for a in anions])
+        anion = anions[int(rng.choice(len(anions), p=weights / weights.sum()))]
+        cations[int(np.argmax(atoms_per_element))] = anion
+    species = [str(s) for s in cations]
+    sites = [
+        [labels[combination[o]] for o in np.flatnonzero(element_of_orbit == e)]
+        for e in range(num_elements)
+    ]
+    return species, [int(n) for n in atoms_per_element], sites
+
+
+class PlacementBudgetExceeded(RuntimeError):
+    """pyxtal tried more site placements than the budget allows (see :func:`random_crystal`)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _budgeted_random_crystal():
+    """pyxtal's random_crystal with a deterministic cap on placement trials."""
+    from pyxtal.crystal import random_crystal as pyxtal_random_crystal
+
+    class BudgetedRandomCrystal(pyxtal_random_crystal):
+        def __init__(self, *args, placement_budget: int, **kwargs):
+            self.placement_budget = placement_budget
+            super().__init__(*args, **kwargs)
+
+        def check_wp(self, *args, **kwargs):
+            self.placement_budget -= 1
+            if self.placement_budget < 0:
+                raise PlacementBudgetExceeded("placement budget exhausted")
+            return super().check_wp(*args, **kwargs)
+
+    return BudgetedRandomCrystal
+
+
+def random_crystal(
+    space_group: int, rng: np.random.Generator, max_atoms: int = 64, placement_budget: int = 600
+) -> Crystal:
+    """One pyxtal structure of ``space_group`` (its conventional cell, pyxtal's setting).
+
+    The composition comes from :func:`sample_composition`. pyxtal's own search (up to 40 cells x
+    10 coordinate sets, each with several trials per Wyckoff site) can run for many seconds on
+    crowded cells; it is cut after ``placement_budget`` site trials instead (a count, so the
+    outcome does not depend on machine speed). Time is ~3 ms per trial; 99% of structures that
+    pyxtal builds at all need fewer than ~460 trials.
+
+    Raises:
+        RuntimeError: pyxtal produced no valid structure (including :class:`PlacementBudgetExceeded`).
+    """
+    from pyxtal.msg import Error as PyxtalError
+
+    species, num_ions, sites = sample_composition(space_group, rng, max_atoms)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            structure = _budgeted_random_crystal()(
+                3,
+                _pyxtal_group(space_group),
+                species,
+                num_ions,
+                sites=sites,
+                tm=_tolerance_matrix(),
+                random_state=rng,
+                placement_budget=placement_budget,
+            )
+        except PyxtalError as error:
+            raise RuntimeError(f"pyxtal: {error}") from error
+    if not structure.valid:
+        raise RuntimeError(
+            f"pyxtal found no valid structure for group {space_group} ({species}, {num_ions})"
+        )
+    return Crystal(
+        lattice=structure.lattice.matrix,
+        species=[site.specie for site in structure.atom_sites for _ in range(len(site.coords))],
+        frac_coords=np.concatenate([site.coords for site in structure.atom_sites]),
+        space_group=space_group,
+    )
+
+
+class _AttemptTimeout(BaseException):
+    """Raised by the attempt timer; a BaseException so that pyxtal's ``except Exception``
+    blocks do not swallow it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise :class:`_AttemptTimeout` after ``seconds`` and every 0.5 s after that until it
+    propagates (no-op where SIGALRM is unavailable: Windows, or not the main thread)."""
+    if (
+        not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _AttemptTimeout
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds, 0.5)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def generate_structure(
+    seed: int,
+    index: int,
+    prior: np.ndarray,
+    settings: GenerationSettings | None = None,
+    space_group: int | None = None,
+) -> GeneratedStructure:
+    """Structure ``index`` of the run with global ``seed`` (deterministic, see module docs).
+
+    Args:
+        seed: Global seed of the run.
+        index: Index of the structure in the run.
+        prior: Space-group prior, float64 ``[230]`` (see :mod:`.priors`).
+        settings: Generation settings (default :class:`GenerationSettings`).
+        space_group: Request this group instead of drawing one from the prior.
+    """
+    settings = settings or GenerationSettings()
+    if space_group is None:
+        group_rng = np.random.default_rng(np.random.SeedSequence([seed, index]))
+        space_group = int(sample_space_groups(prior, 1, group_rng)[0])
+    result = GeneratedStructure(index=index, requested_space_group=int(space_group))
+    for attempt in range(settings.max_attempts):
+        seed_sequence = np.random.SeedSequence([seed, index, attempt + 1])
+        result.attempts += 1
+        try:
+            with _time_limit(settings.time_limit):
+                crystal = random_crystal(
+                    space_group,
+                    np.random.default_rng(seed_sequence),
+                    settings.max_atoms,
+                    settings.placement_budget,
+                )
+                result.space_group, result.crystal = standardize_crystal(crystal, settings.symprec)
+            return result
+        except _AttemptTimeout:
+            result.timeouts += 1
+            result.errors.append(f"attempt {attempt}: over {settings.time_limit} s")
+        except (RuntimeError, ValueError, ArithmeticError, LookupError) as error:
+            # pyxtal signals a failed search, an impossible composition or a degenerate cell.
+            result.errors.append(f"attempt {attempt}: {type(error).__name__}: {error}")
+    logger.debug("structure %d (group %d) failed: %s", index, space_group, result.errors)
+    return result
+
+
+# --------------------------------------------------------------------------- shards
+
+
+@dataclass(frozen=True)
+class _RunConfig:
+    seed: int
+    prior: tuple[float, ...]
+    settings: GenerationSettings
+
+
+_WORKER_CONFIG: _RunConfig | None = None
+
+
+def _init_worker(config: _RunConfig) -> None:
+    global _WORKER_CONFIG
+    _WORKER_CONFIG = config
+
+
+def _generate_chunk(indices: Sequence[int]) -> tuple[list[dict], dict]:
+    """Rows for some structure indices plus their statistics (runs in a worker)."""
+    config = _WORKER_CONFIG
+    prior = np.asarray(config.prior)
+    rows, stats = [], {"attempts": 0, "timeouts": 0, "dropped": [], "agree": 0, "seconds": 0.0}
+    start = time.perf_counter()
+    for index in indices:
+        generated = generate_structure(config.seed, index, prior, config.settings)
+        stats["attempts"] += generated.attempts
+        stats["timeouts"] += generated.timeouts
+        if generated.crystal is None:
+            stats["dropped"].append(int(index))
+            continue
+        stats["agree"] += int(generated.space_group == generated.requested_space_group)
+        rows.append(
+            structure_row(
+                f"{config.seed}-{index}",
+                generated.crystal,
+                generated.space_group,
+                requested_space_group=generated.requested_space_group,
+                source="pyxtal",
+                wavelength=config.settings.wavelength,
+                two_theta_range=config.settings.two_theta_range,
+            )
+        )
+    stats["seconds"] = time.perf_counter() - start
+    return rows, stats
+
+
+def _shard_path(out_dir: Path, shard: int) -> Path:
+    return out_dir / _SHARDS / f"shard-{shard:05d}.parquet"
+
+
+def _shard_range(shard: int, shard_size: int, num_structures: int) -> range:
+    return range(shard * shard_size, min((shard + 1) * shard_size, num_structures))
+
+
+def _write_shard(path: Path, rows: list[dict], stats: dict) -> None:
+    table = pa.Table.from_pylist([_arrow_row(row) for row in rows], schema=FEATURES.arrow_schema)
+    metadata = dict(table.schema.metadata or {})
+    metadata[_SHARD_METADATA_KEY] = json.dumps(stats).encode()
+    table = table.replace_schema_metadata(metadata)
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, temp)
+    os.replace(temp, path)
+
+
+def _arrow_row(row: dict) -> dict:
+    return {
+        key: value.tolist() if isinstance(value, np.ndarray) else value
+        for key, value in row.items()
+    }
+
+
+def _shard_stats(path: Path, expected: range) -> dict | None:
+    """The shard's statistics if the file is a complete shard for ``expected``, else None."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+        stats = json.loads(metadata[_SHARD_METADATA_KEY])
+        num_rows = pq.read_metadata(path).num_rows
+    except (OSError, KeyError, ValueError, pa.ArrowException):
+        return None
+    complete = stats.get("indices") == [expected.start, expected.stop]
+    complete = complete and num_rows + len(stats.get("dropped", ())) == len(expected)
+    return stats if complete else None
+
+
+def _manifest(
+    seed,
+    num_structures,
+    prior_name,
+    prior,
+    shard_size,
+    settings,
+    validation_fraction,
+    test_fraction,
+) -> dict:
+    import spglib
+
+    try:
+        import pyxtal
+    except ModuleNotFoundError as error:
+        raise ImportError(
+            "random-crystal generation needs pyxtal: pip install 'physmoe[sim]'"
+        ) from error
+
+    return {
+        "format": "physmoe-generate-run",
+        "generator_version": GENERATOR_VERSION,
+        "physmoe_version": __version__,
+        "pyxtal_version": pyxtal.__version__,
+        "spglib_version": spglib.__version__,
+        "seed": int(seed),
+        "num_structures": int(num_structures),
+        "prior": prior_name,
+        "prior_probabilities": [float(p) for p in prior],
+        "shard_size": int(shard_size),
+        **{
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(settings).items()
+        },
+        "validation_fraction": float(validation_fraction),
+        "test_fraction": float(test_fraction),
+    }
+
+
+def _write_json(path: Path, content: dict) -> None:
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp.write_text(json.dumps(content, indent=2))
+    os.replace(temp, path)
+
+
+def _prepare_out_dir(out_dir: Path, manifest: dict, overwrite: bool) -> None:
+    """Create, resume or (with ``overwrite``) reset a run directory; refuse anything else."""
+    manifest_path = out_dir / _MANIFEST
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir {out_dir} exists and is not a directory")
+    if manifest_path.is_file():
+        try:
+            previous = json.loads(manifest_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{manifest_path} is not valid JSON ({error}); pass overwrite=True"
+            ) from error
+        if previous == manifest:
+            logger.info("resuming the run in %s", out_dir)
+            return
+        if not overwrite:
+            changed = sorted(
+                k for k in manifest.keys() | previous.keys() if manifest.get(k) != previous.get(k)
+            )
+            details = ", ".join(
+                f"{k}: {previous.get(k)!r} -> {manifest.get(k)!r}"
+                if k != "prior_probabilities"
+                else k
+                for k in changed
+            )
+            raise ValueError(
+                f"{out_dir} holds a run with different parameters ({details}); resume it with the "
+                "same parameters, pass overwrite=True, or choose another out_dir"
+            )
+    elif out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise ValueError(
+            f"{out_dir} is not empty and is not a physmoe generation run; pass overwrite=True or "
+            "choose another out_dir"
+        )
+    if overwrite:
+        # Remove only what a run writes; other files in out_dir are left alone.
+        for name in (_SHARDS, _DATASET):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
+        manifest_path.unlink(missing_ok=True)
+    (out_dir / _SHARDS).mkdir(parents=True, exist_ok=True)
+    _write_json(manifest_path, manifest)
+
+
+def generate_dataset(
+    out_dir: str | os.PathLike,
+    num_structures: int,
+    seed: int = 0,
+    prior: str | Sequence[float] = "icsd",
+    num_proc: int = 2,
+    shard_size: int = 500,
+    max_atoms: int = 64,
+    overwrite: bool = False,
+    *,
+    prior_smoothing: float = 0.0,
+    symprec: float = DEFAULT_SYMPREC,
+    max_attempts: int = 10,
+    time_limit: float = 10.0,
+    validation_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    progress: bool = True,
+) -> DatasetDict:
+    """Generate (or resume) a long-tailed dataset of random crystals and save it as a DatasetDict.
+
+    See the module docstring for the procedure and the on-disk layout. A killed run continues
+    where it stopped when called again with the same arguments (``num_proc`` and ``progress`` may
+    change); complete shards are kept, incomplete ones regenerated, and the result is identical
+    to an uninterrupted run.
+
+    Args:
+        out_dir: Run directory (created; must be empty, a run with the same parameters, or
+            ``overwrite=True``, which deletes only the run's own files in it).
+        num_structures: Structures to generate (structures whose every attempt fails are
+            dropped and reported, so the dataset can hold slightly fewer).
+        seed: Global seed; structure ``i`` has id ``f"{seed}-{i}"``. Also seeds the split.
+        prior: ``"icsd"``, ``"cod"``, ``"ccdc"``, ``"uniform"`` or 230 weights.
+        num_proc: Worker processes (1 = generate in this process).
+        shard_size: Structures per shard file.
+        max_atoms: Most atoms per conventional cell (see :class:`GenerationSettings`).
+        overwrite: Replace a run with different parameters, or start a run in a non-empty
+            directory (files that are not the run's are left alone). A run with the same
+            parameters is resumed either way: regenerating it would give identical content.
+        prior_smoothing: Pseudo-count added to every group's count.
+        symprec: spglib tolerance in Angstrom.
+        max_attempts: Attempts per structure.
+        time_limit: Seconds per attempt.
+        validation_fraction, test_fraction: Split fractions (see ``dataset.split_indices``).
+        progress: Show a progress bar.
+
+    Returns:
+        The saved ``DatasetDict`` (train / validation / test), loaded from ``out_dir/dataset``.
+    """
+    if int(num_structures) != num_structures or num_structures < 1:
+        raise ValueError(f"num_structures must be a positive integer, got {num_structures}")
+    if int(shard_size) != shard_size or shard_size < 1:
+        raise ValueError(f"shard_size must be a positive integer, got {shard_size}")
+    if int(num_proc) != num_proc or num_proc < 1:
+        raise ValueError(f"num_proc must be a positive integer, got {num_proc}")
+    out_dir = Path(out_dir)
+    settings = GenerationSettings(
+        max_atoms=max_atoms, symprec=symprec, max_attempts=max_attempts, time_limit=time_limit
+    )
+    prior_vector = resolve_prior(prior, prior_smoothing)
+    prior_name = prior.lower() if isinstance(prior, str) else "custom"
+    manifest = _manifest(
+        seed,
+        num_structures,
+        prior_name,
+        prior_vector,
+        shard_size,
+        settings,
+        validation_fraction,
+        test_fraction,
+    )
+    _prepare_out_dir(out_dir, manifest, overwrite)
+    if (out_dir / _DATASET).is_dir():
+        return load_dataset_dict(out_dir / _DATASET)
+
+    for stray in (out_dir / _SHARDS).glob(".*.tmp-*"):  # left by a killed run
+        stray.unlink()
+    num_shards = math.ceil(num_structures / shard_size)
+    pending = [
+        k for k in range(num_shards)
+        if _shard_stats(_shard_path(out_dir, k), _shard_range(k, shard_size, num_structures)) is None
+    ]  # fmt: skip
+    done = sum(
+        len(_shard_range(k, shard_size, num_structures))
+        for k in set(range(num_shards)) - set(pending)
+    )
+    if done:
+        logger.info("%d of %d structures already generated in %s", done, num_structures, out_dir)
+    config = _RunConfig(seed=int(seed), prior=tuple(prior_vector.tolist()), settings=settings)
+    _run_shards(out_dir, config, pending, shard_size, num_structures, num_proc, done, progress)
+    return build_dataset_dict(out_dir)
+
+
+def _run_shards(
+    out_dir, config, pending, shard_size, num_structures, num_proc, done, progress
+) -> None:
+    """Generate the pending shards, writing each as soon as all its structures are in."""
+    chunk_size = max(1, min(8, shard_size))
+    chunks = [
+        (shard, range(start, min(start + chunk_size, shard_range.stop)))
+        for shard in pending
+        for shard_range in [_shard_range(shard, shard_size, num_structures)]
+        for start in range(shard_range.start, shard_range.stop, chunk_size)
+    ]
+    buffers: dict[int, tuple[list[dict], dict]] = {}
+    remaining = {shard: len(_shard_range(shard, shard_size, num_structures)) for shard in pending}
+
+    def collect(shard: int, chunk: range, rows: list[dict], stats: dict) -> None:
+        shard_rows, shard_stats = buffers.setdefault(
+            shard, ([], {"attempts": 0, "timeouts": 0, "dropped": [], "agree": 0, "seconds": 0.0})
+        )
+        shard_rows.extend(rows)
+        for key in ("attempts", "timeouts", "agree", "seconds"):
+            shard_stats[key] += stats[key]
+        shard_stats["dropped"].extend(stats["dropped"])
+        remaining[shard] -= len(chunk)
+        if remaining[shard] == 0:
+            shard_range = _shard_range(shard, shard_size, num_structures)
+            shard_stats["indices"] = [shard_range.start, shard_range.stop]
+            _write_shard(_shard_path(out_dir, shard), shard_rows, shard_stats)
+            del buffers[shard]
+
+    tasks = [chunk for _, chunk in chunks]
+    with contextlib.ExitStack() as stack:
+        if num_proc == 1:
+            _init_worker(config)
+            results = map(_generate_chunk, tasks)
+        else:
+            pool = get_context("spawn").Pool(num_proc, initializer=_init_worker, initargs=(config,))
+            results = stack.enter_context(pool).imap(_generate_chunk, tasks)
+        bar = stack.enter_context(
+            tqdm(
+                total=num_structures,
+                initial=done,
+                unit="structure",
+                desc="generating",
+                disable=not progress,
+            )
+        )
+        for (shard, chunk), (rows, stats) in zip(chunks, results, strict=True):
+            collect(shard, chunk, rows, stats)
+            bar.update(len(chunk))
+
+
+def build_dataset_dict(out_dir: str | os.PathLike) -> DatasetDict:
+    """Split the shards of a finished run and save the ``DatasetDict`` to ``out_dir/dataset``.
+
+    Reads the run's parameters from its manifest, checks that every shard is complete, splits
+    by structure (stratified by detected space group, see ``dataset.split_indices``) with the
+    run's seed, and writes atomically. Run statistics (attempts, timeouts, dropped structures,
+    requested-vs-detected agreement) go into ``physmoe_dataset.json``.
+    """
+    out_dir = Path(out_dir)
+    manifest_path = out_dir / _MANIFEST
+    if not manifest_path.is_file():
+        raise ValueError(f"{out_dir} is not a physmoe generation run (no {_MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    if (out_dir / _DATASET).is_dir():
+        return load_dataset_dict(out_dir / _DATASET)
+    num_structures, shard_size = manifest["num_structures"], manifest["shard_size"]
+    paths, totals = [], {"attempts": 0, "timeouts": 0, "dropped": [], "agree": 0, "seconds": 0.0}
+    for shard in range(math.ceil(num_structures / shard_size)):
+        path = _shard_path(out_dir, shard)
+        stats = _shard_stats(path, _shard_range(shard, shard_size, num_structures))
+        if stats is None:
+            raise ValueError(
+                f"shard {path} is missing or incomplete; run generate_dataset again to finish it"
+            )
+        paths.append(str(path))
+        for key in ("attempts", "timeouts", "agree", "seconds"):
+            totals[key] += stats[key]
+        totals["dropped"].extend(stats["dropped"])
+    generated = num_structures - len(totals["dropped"])
+    metadata = {
+        "source": "pyxtal",
+        "wavelength": manifest["wavelength"],
+        "two_theta_range": manifest["two_theta_range"],
+        "generation": {
+            **{k: v for k, v in manifest.items() if k != "prior_probabilities"},
+            "structures": generated,
+            "attempts": totals["attempts"],
+            "failed_attempts": totals["attempts"] - generated,
+            "timeouts": totals["timeouts"],
+            "dropped": totals["dropped"],
+            "requested_equals_detected": totals["agree"] / max(generated, 1),
+            "worker_seconds": totals["seconds"],
+        },
+        "split": {
+            "validation_fraction": manifest["validation_fraction"],
+            "test_fraction": manifest["test_fraction"],
+            "seed": manifest["seed"],
+        },
+    }
+    # The shards are converted to a memory-mapped Arrow file (not held in memory), split, saved.
+    cache_dir = out_dir / ".build-cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    try:
+        dataset = Dataset.from_parquet(paths, features=FEATURES, cache_dir=str(cache_dir))
+        dataset_dict = split_dataset(
+            dataset, manifest["validation_fraction"], manifest["test_fraction"], manifest["seed"]
+        )
+        save_dataset_dict(dataset_dict, out_dir / _DATASET, metadata)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+    generation = metadata["generation"]
+    logger.info(
+        "%d structures saved to %s: %d dropped, %d failed attempts (%d timeouts), %.1f%% requested = detected",
+        generated,
+        out_dir / _DATASET,
+        len(generation["dropped"]),
+        generation["failed_attempts"],
+        generation["timeouts"],
+        100 * generation["requested_equals_detected"],
+    )
+    return load_dataset_dict(out_dir / _DATASET)
