@@ -1,0 +1,973 @@
+"""ResNet1D_MoE: a 1D ResNet with a crystal-system head and a rule-guided mixture of experts.
+
+Architecture (``config`` is a :class:`ResNet1DMoEConfig`)::
+
+    input_values [B, L] ──> (BatchNorm) ──> (stem) ──> residual blocks + pooling ──> features [B, D]
+    features ──> crystal-system projection [B, P] ──> cosine classifier ──> crystal_system_logits [B, 7]
+                                                  └─> gate + softmax(crystal_system_logits) @ rule_bias
+                                                      ──> gating_weights [B, K]
+    features ──> expert stages ──> projections ──> K cosine classifiers ──> expert_logits [B, K, C]
+    ensemble_logits = sum_k gating_weights[:, k] * expert_logits[:, k]      [B, C]
+    logits = hierarchical_space_group_logits(ensemble_logits, crystal_system_logits)
+
+Implementation notes (speed on CPU; every choice is checked against a straightforward
+implementation in the tests):
+
+* The trunk computes on ``[B, C, 1, L]`` tensors in channels-last memory with 2D convolutions of
+  height 1 (oneDNN's fast layout; parameters keep their ``Conv1d`` shapes). Blocks whose input is
+  at most :data:`MATMUL_CONV_MAX_LENGTH` long (the wide late blocks) convolve as one matmul over
+  stacked shifted inputs, 2-4x faster there than oneDNN's direct convolution.
+* The expert stages see the pooled features (length 1), where the published model's 3-tap
+  convolutions only use their centre tap: each stage is a pair of linear maps with BatchNorm,
+  and all experts run as one matmul (first layer) and one batched matmul (second layer).
+* Inference (eval mode, no autograd) folds every BatchNorm into the preceding convolution or
+  matmul and caches the folded weights in the compute dtype until a parameter changes; max
+  pooling skips the index bookkeeping autograd would need.
+* Heads (projections, cosine classifiers, gate, hierarchy) run in fp32 with autocast off: they
+  are cheap and the cosine logits are scaled by 30.
+
+This file must stay importable without physmoe (``trust_remote_code=True`` checkpoints carry a
+copy of it): physmoe is imported only through :func:`_import_physmoe`. Inference works without
+it; training (``labels`` given) needs ``physmoe.loss``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, logging
+
+from .configuration_resnet1d_moe import NUM_CRYSTAL_SYSTEMS, ResNet1DMoEConfig
+
+logger = logging.get_logger(__name__)
+
+__all__ = [
+    "ResNet1DMoEForSpaceGroupClassification",
+    "ResNet1DMoEModel",
+    "ResNet1DMoEModelOutput",
+    "ResNet1DMoEPreTrainedModel",
+    "SpaceGroupClassifierOutput",
+    "hierarchical_space_group_logits",
+]
+
+#: Loss presets that need the rule matrix and the label -> crystal-system map.
+_RULE_LOSS_PRESETS = ("physmoe", "physmoe_no_contrast", "scheme2")
+
+
+def _import_physmoe(name: str) -> ModuleType | None:
+    """Import ``physmoe.<...>``, or ``None`` when physmoe is not installed (remote-code use)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        if error.name == "physmoe":
+            return None
+        raise
+
+
+def _is_compiling() -> bool:
+    return torch.compiler.is_compiling()
+
+
+# ------------------------------------------------------------------------------------------------
+# Outputs
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResNet1DMoEModelOutput(ModelOutput):
+    """Output of the trunk :class:`ResNet1DMoEModel`.
+
+    Args:
+        last_hidden_state (`torch.FloatTensor` of shape `[batch, feature_dim, length]`): the last
+            residual block's output after its pooling (``length`` is 1 for the published grid).
+        pooler_output (`torch.FloatTensor` of shape `[batch, feature_dim]`): its average over the
+            length, the features the heads and the loss use.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*): with ``output_hidden_states``, the
+            input of every residual block (after the stem) and the last output, each
+            `[batch, channels, length]`.
+    """
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class SpaceGroupClassifierOutput(ModelOutput):
+    """Output of :class:`ResNet1DMoEForSpaceGroupClassification`.
+
+    ``B`` is the batch size, ``K`` the number of experts, ``C`` the number of labels (230 space
+    groups), ``D`` the feature size.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `[]`, *optional*): the configured ``physmoe.loss``
+            total, when ``labels`` were given.
+        logits (`torch.FloatTensor` of shape `[B, C]`): final space-group scores after
+            hierarchical inference (``config.hierarchical_inference``): log-probabilities in
+            ``"soft"`` mode, ensemble logits with the groups outside the predicted crystal system
+            at the dtype's lowest value in ``"hard"`` mode, the ensemble logits in ``"none"``
+            mode. ``softmax(logits)`` is the predicted distribution in every mode.
+        ensemble_logits (`torch.FloatTensor` of shape `[B, C]`): the gated sum of the experts'
+            logits.
+        crystal_system_logits (`torch.FloatTensor` of shape `[B, 7]`): crystal-system head
+            (triclinic .. cubic).
+        expert_logits (`torch.FloatTensor` of shape `[B, K, C]`): every expert's logits.
+        gating_weights (`torch.FloatTensor` of shape `[B, K]`): softmax gate (rows sum to 1).
+        features (`torch.FloatTensor` of shape `[B, D]`): pooled trunk features (what the loss's
+            contrastive, centre and HNM terms see).
+        loss_components (`dict[str, torch.FloatTensor]`, *optional*): the loss's unweighted
+            components (detached scalars, e.g. ``loss_dol``, ``loss_sg``).
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    ensemble_logits: torch.FloatTensor | None = None
+    crystal_system_logits: torch.FloatTensor | None = None
+    expert_logits: torch.FloatTensor | None = None
+    gating_weights: torch.FloatTensor | None = None
+    features: torch.FloatTensor | None = None
+    loss_components: dict[str, torch.Tensor] | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# Trunk
+# ------------------------------------------------------------------------------------------------
+
+
+class ResNet1DMoEBatchNorm(nn.BatchNorm1d):
+    """``BatchNorm1d`` that also takes the trunk's ``[B, C, 1, L]`` layout (same state and math:
+    statistics over every dimension but the channels)."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() not in (2, 3, 4):
+            raise ValueError(f"expected a 2D, 3D or 4D input, got {input.dim()}D")
+
+
+#: Sequences up to this length convolve as one matmul over stacked shifted inputs (im2col):
+#: for the wide, short late blocks that is 2-4x faster than oneDNN's direct convolution, whose
+#: weight reorders and backward-weights reduction dominate there (measured on CPU, fp32 and bf16).
+MATMUL_CONV_MAX_LENGTH = 48
+
+
+def _conv(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, padding: int = 0
+) -> torch.Tensor:
+    """Convolve ``[B, C, 1, L]`` (channels-last) along L with ``weight`` ``[O, C, 1, K]``.
+
+    ``weight`` is a ``Conv1d`` weight viewed as 4D or a cached channels-last inference weight.
+    Returns ``[B, O, 1, L']`` in channels-last memory.
+    """
+    if stride == 1 and hidden.shape[-1] <= MATMUL_CONV_MAX_LENGTH:
+        return _conv_as_matmul(hidden, weight, bias, padding)
+    out = F.conv2d(hidden, weight, bias, stride=(1, stride), padding=(0, padding))
+    # From one input channel oneDNN returns NCHW (the layouts coincide for C = 1): switch once.
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def _conv_as_matmul(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
+) -> torch.Tensor:
+    """Stride-1 convolution of ``[B, C, 1, L]`` by ``weight`` ``[O, C, 1, K]`` as one matmul.
+
+    The channels-last input is a ``[B, L, C]`` matrix in memory; its ``K`` shifted copies are
+    stacked to ``[B * L_out, K * C]`` columns, ordered like the weight's memory (taps outer for a
+    channels-last weight, channels outer for a ``Conv1d`` weight) so the weight is used as a
+    ``[O, K * C]`` matrix without a copy. The ``[B, L_out, O]`` product is returned as a
+    channels-last ``[B, O, 1, L_out]`` view.
+    """
+    batch, channels, _, length = hidden.shape
+    out_channels, _, _, kernel = weight.shape
+    rows = hidden.permute(0, 2, 3, 1).reshape(batch, length, channels)  # free for channels-last
+    out_length = length + 2 * padding - kernel + 1
+    taps_outer = weight.stride(1) == 1 or channels == 1
+    if kernel == 1 and padding == 0:
+        columns = rows.reshape(batch * length, channels)
+        matrix = weight.reshape(out_channels, channels)
+    else:
+        rows = F.pad(rows, (0, 0, padding, padding))
+        taps = [rows[:, k : k + out_length] for k in range(kernel)]
+        columns = torch.stack(taps, dim=2 if taps_outer else 3).reshape(batch * out_length, kernel * channels)
+        matrix = (weight.permute(0, 2, 3, 1) if taps_outer else weight).reshape(out_channels, kernel * channels)
+    out = F.linear(columns, matrix, bias)
+    return out.view(batch, 1, out_length, out_channels).permute(0, 3, 1, 2)
+
+
+def _inference_fast_path(module: nn.Module) -> bool:
+    """Eval mode without autograd (and not under torch.compile): use folded cached weights."""
+    return not module.training and not torch.is_grad_enabled() and not _is_compiling()
+
+
+def _compute_dtype(tensor: torch.Tensor, parameter: torch.Tensor) -> torch.dtype:
+    """The autocast dtype if autocast is on for ``tensor``'s device, else ``parameter``'s dtype."""
+    device_type = tensor.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return parameter.dtype
+
+
+def _fold_batch_norm(weight: torch.Tensor, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm(x @ weight)`` in eval mode as one affine map: scale the output rows of ``weight``
+    (dim 0) and return ``(weight * scale, bias)`` in fp32."""
+    scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    return weight.float() * scale.view(shape), norm.bias.float() - norm.running_mean.float() * scale
+
+
+class _InferenceWeights:
+    """Per-module cache of folded, cast inference weights.
+
+    The cache key holds the dtype and the storage address and version counter of every source
+    tensor, so any change (optimiser step, ``load_state_dict``, ``.to()``) rebuilds it; training
+    mode clears it (:meth:`ResNet1DMoEPreTrainedModel.train`). It is plain Python state, never
+    part of the ``state_dict``.
+    """
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.value: tuple[torch.Tensor | None, ...] | None = None
+
+    def get(
+        self, sources: list[torch.Tensor], dtype: torch.dtype, build: Any
+    ) -> tuple[torch.Tensor | None, ...]:
+        key = (dtype, tuple((t.data_ptr(), t._version) for t in sources))
+        if key != self.key:
+            self.key, self.value = None, None  # free the old weights first
+            with torch.inference_mode(False), torch.no_grad():
+                device_type = sources[0].device.type
+                with torch.autocast(device_type=device_type, enabled=False):
+                    self.value = tuple(None if t is None else t.to(dtype) for t in build())
+            self.key = key
+        return self.value
+
+    def clear(self) -> None:
+        self.key, self.value = None, None
+
+
+def _channels_last_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``Conv1d`` weight ``[O, C, K]`` -> ``[O, C, 1, K]`` in channels-last memory."""
+    return weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+class ResNet1DMoEStem(nn.Module):
+    """Strided ``conv-BN-LeakyReLU`` from 1 channel: cheap early downsampling (non-reference
+    presets). ``[B, 1, 1, L] -> [B, stem_channels, 1, ceil(L / stride)]``."""
+
+    def __init__(self, config: ResNet1DMoEConfig) -> None:
+        super().__init__()
+        kernel = config.stem_kernel_size
+        self.conv = nn.Conv1d(
+            1, config.stem_channels, kernel, stride=config.stem_stride, padding=kernel // 2, bias=False
+        )
+        self.norm = ResNet1DMoEBatchNorm(config.stem_channels)
+        self.negative_slope = float(config.negative_slope)
+        self.inference_weights = _InferenceWeights()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        stride, padding = self.conv.stride[0], self.conv.padding[0]
+        if _inference_fast_path(self):
+            weight, bias = self.inference_weights.get(
+                [*self.parameters(), *self.buffers()],
+                _compute_dtype(hidden, self.conv.weight),
+                lambda: _fold_conv_norm(self.conv, self.norm),
+            )
+            out = _conv(hidden.to(weight.dtype), weight, bias, stride, padding)
+        else:
+            out = self.norm(_conv(hidden, self.conv.weight.unsqueeze(2), None, stride, padding))
+        return F.leaky_relu(out, self.negative_slope, inplace=True)
+
+
+def _fold_conv_norm(conv: nn.Conv1d, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+    weight, bias = _fold_batch_norm(conv.weight, norm)
+    return _channels_last_weight(weight), bias
+
+
+class ResNet1DMoEResidualBlock(nn.Module):
+    """``1x1 conv (if the width changes) -> conv3-BN-LeakyReLU-conv3-BN -> + residual ->
+    LeakyReLU``. ``[B, in_channels, 1, L] -> [B, out_channels, 1, L]``.
+
+    In eval mode without autograd the BatchNorms are folded into the convolutions and the
+    weights cached in the compute dtype (:class:`_InferenceWeights`).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, negative_slope: float) -> None:
+        super().__init__()
+        self.shortcut = (
+            nn.Conv1d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else None
+        )
+        self.conv1 = nn.Conv1d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm1 = ResNet1DMoEBatchNorm(out_channels)
+        self.conv2 = nn.Conv1d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = ResNet1DMoEBatchNorm(out_channels)
+        self.negative_slope = float(negative_slope)
+        self.inference_weights = _InferenceWeights()
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if _inference_fast_path(self):
+            return self._forward_folded(hidden)
+        if self.shortcut is not None:
+            hidden = _conv(hidden, self.shortcut.weight.unsqueeze(2), None)
+        # In-place activations/add act on BatchNorm outputs, which no backward needs.
+        out = self.norm1(_conv(hidden, self.conv1.weight.unsqueeze(2), None, padding=1))
+        out = F.leaky_relu(out, self.negative_slope, inplace=True)
+        out = self.norm2(_conv(out, self.conv2.weight.unsqueeze(2), None, padding=1))
+        return F.leaky_relu(out.add_(hidden), self.negative_slope, inplace=True)
+
+    def _forward_folded(self, hidden: torch.Tensor) -> torch.Tensor:
+        shortcut, weight1, bias1, weight2, bias2 = self.inference_weights.get(
+            [*self.parameters(), *self.buffers()],
+            _compute_dtype(hidden, self.conv1.weight),
+            self._fold,
+        )
+        hidden = hidden.to(weight1.dtype)
+        if shortcut is not None:
+            hidden = _conv(hidden, shortcut, None)
+        out = F.leaky_relu(_conv(hidden, weight1, bias1, padding=1), self.negative_slope, inplace=True)
+        out = _conv(out, weight2, bias2, padding=1)
+        return F.leaky_relu(out.add_(hidden), self.negative_slope, inplace=True)
+
+    def _fold(self) -> tuple[torch.Tensor | None, ...]:
+        shortcut = None if self.shortcut is None else _channels_last_weight(self.shortcut.weight)
+        return (shortcut, *_fold_conv_norm(self.conv1, self.norm1), *_fold_conv_norm(self.conv2, self.norm2))
+
+
+def _pool(hidden: torch.Tensor, pool_type: str, padding: int) -> torch.Tensor:
+    """Kernel-2 stride-2 pooling along the length of ``[B, C, 1, L]`` (channels-last)."""
+    if pool_type == "max":
+        if torch.is_grad_enabled():
+            return F.max_pool2d(hidden, (1, 2), (1, 2), (0, padding))
+        # Without autograd, the maximum of the even and odd positions is the same result
+        # without max_pool2d's index bookkeeping (several times faster on CPU).
+        batch, channels, _, length = hidden.shape
+        rows = hidden.permute(0, 2, 3, 1).reshape(batch, length, channels)
+        if padding:
+            rows = F.pad(rows, (0, 0, padding, padding), value=-math.inf)
+        pairs = rows[:, : rows.shape[1] // 2 * 2].unflatten(1, (-1, 2))  # [B, L/2, 2, C]
+        pooled = torch.maximum(pairs[:, :, 0], pairs[:, :, 1])  # [B, L/2, C]
+        return pooled.unsqueeze(1).permute(0, 3, 1, 2)
+    if pool_type == "avg":
+        return F.avg_pool2d(hidden, (1, 2), (1, 2), (0, padding))
+    return hidden
+
+
+class ResNet1DMoEPreTrainedModel(PreTrainedModel):
+    """Weight initialisation, loading rules and the shared input checks."""
+
+    config: ResNet1DMoEConfig
+    config_class = ResNet1DMoEConfig
+    base_model_prefix = "resnet1d_moe"
+    main_input_name = "input_values"
+    input_modalities = ("time",)
+    _no_split_modules = ["ResNet1DMoEResidualBlock"]
+    # The miner's counts and prototypes and the loss's centres stay fp32 when loading in bf16/fp16.
+    _keep_in_fp32_modules_strict = ["hard_negative_miner", "physmoe_loss"]
+    # Checkpoints trained with a loss that has parameters load into models without it (another
+    # preset, or remote code without physmoe) silently.
+    _keys_to_ignore_on_load_unexpected = [r"(^|\.)physmoe_loss\."]
+    # BatchNorm running statistics would be updated twice when a checkpointed block is recomputed.
+    supports_gradient_checkpointing = False
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        slope = float(self.config.negative_slope)
+        if isinstance(module, nn.Conv1d):
+            init.kaiming_normal_(module.weight, a=slope, mode="fan_out", nonlinearity="leaky_relu")
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            bound = 1.0 / math.sqrt(module.in_features)  # torch's default Linear initialisation
+            init.uniform_(module.weight, -bound, bound)
+            if module.bias is not None:
+                init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, nn.BatchNorm1d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            init.zeros_(module.running_mean)
+            init.ones_(module.running_var)
+            init.zeros_(module.num_batches_tracked)
+        elif isinstance(module, ResNet1DMoEExpertStages):
+            std = math.sqrt(2.0 / (1.0 + slope**2) / module.dim)  # Kaiming normal, fan-in D
+            init.normal_(module.weight1, std=std)
+            init.normal_(module.weight2, std=std)
+        elif isinstance(module, ResNet1DMoEBatchedLinear):
+            bound = 1.0 / math.sqrt(module.in_features)
+            init.uniform_(module.weight, -bound, bound)
+            init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, ResNet1DMoECosineClassifier):
+            init.uniform_(module.weight, -1.0, 1.0)  # only directions matter
+        elif isinstance(module, ResNet1DMoEHardNegativeMinerState) or _is_physmoe_miner(module):
+            init.zeros_(module.prototypes)
+            init.zeros_(module.confusion_matrix)
+        elif isinstance(module, ResNet1DMoEForSpaceGroupClassification):
+            module._init_own_state()
+        if module is getattr(self, "physmoe_loss", None):
+            # The loss module belongs to physmoe.loss: use its own initialisation. Inside
+            # `initialize_weights` torch.nn.init is guarded, so loaded centres are kept;
+            # its non-persistent buffers (rule matrix, masks) are always rebuilt.
+            for submodule in module.modules():
+                if hasattr(submodule, "reset_parameters"):
+                    submodule.reset_parameters()
+            if hasattr(module, "reset_buffers"):
+                module.reset_buffers()
+
+    def train(self, mode: bool = True) -> ResNet1DMoEPreTrainedModel:
+        """``nn.Module.train``; also drops the cached inference weights (memory) in training mode."""
+        if mode:
+            for module in self.modules():
+                cache = getattr(module, "inference_weights", None)
+                if isinstance(cache, _InferenceWeights):
+                    cache.clear()
+        return super().train(mode)
+
+    def _check_input_values(self, input_values: torch.Tensor) -> torch.Tensor:
+        """Validate ``[B, L]`` / ``[B, 1, L]`` inputs; return ``[B, 1, 1, L]`` channels-last."""
+        num_points = self.config.num_points
+        if not isinstance(input_values, torch.Tensor):
+            raise TypeError(f"input_values must be a torch.Tensor, got {type(input_values).__name__}")
+        shape = tuple(input_values.shape)
+        if input_values.dim() == 3 and shape[1] == 1:
+            input_values = input_values[:, 0]
+        if input_values.dim() != 2:
+            raise ValueError(
+                f"input_values must be [batch, {num_points}] or [batch, 1, {num_points}], got {list(shape)}"
+            )
+        if input_values.shape[1] != num_points:
+            raise ValueError(
+                f"input_values has {input_values.shape[1]} points, the model expects num_points="
+                f"{num_points} (2θ {self.config.two_theta_min}-{self.config.two_theta_max} deg); "
+                f"resample the pattern onto the model's grid (got shape {list(shape)})"
+            )
+        if input_values.shape[0] == 0:
+            raise ValueError("input_values is an empty batch")
+        if input_values.is_complex() or input_values.dtype == torch.bool:
+            raise TypeError(f"input_values must be real intensities, got dtype {input_values.dtype}")
+        if self.training and input_values.shape[0] == 1:
+            raise ValueError(
+                "a batch of 1 in training mode: BatchNorm needs more than one sample per batch "
+                "(the expert stages see one value per channel). Use model.eval() for single "
+                "patterns, or drop_last=True / a batch size that leaves no final batch of 1."
+            )
+        if self.config.validate_inputs and not _is_compiling() and input_values.is_floating_point():
+            # A sum is ~30x cheaper than isfinite() on CPU and is NaN/inf whenever an entry is;
+            # the exact check runs only if the sum is not finite (or overflowed).
+            if not bool(torch.isfinite(input_values.sum())) and not bool(torch.isfinite(input_values).all()):
+                raise ValueError("input_values contain NaN or inf")
+        dtype = self._parameter_dtype()
+        return input_values.to(dtype)[:, None, None, :].contiguous(memory_format=torch.channels_last)
+
+    def _parameter_dtype(self) -> torch.dtype:
+        for parameter in self.parameters():
+            if parameter.is_floating_point():
+                return parameter.dtype
+        return torch.float32
+
+
+def _is_physmoe_miner(module: nn.Module) -> bool:
+    hnm = _import_physmoe("physmoe.loss.hnm")
+    return hnm is not None and isinstance(module, hnm.HardNegativeMining_Proto)
+
+
+class ResNet1DMoEModel(ResNet1DMoEPreTrainedModel):
+    """The trunk: ``input_values [B, L]`` -> pooled features ``[B, D]``."""
+
+    # A classifier checkpoint loads into the trunk without reporting its heads.
+    _keys_to_ignore_on_load_unexpected = [
+        r"(^|\.)physmoe_loss\.",
+        r"^(crystal_system_projection|crystal_system_classifier|gate|rule_bias|expert_stages|"
+        r"expert_projection|expert_classifier|hard_negative_miner)\b",
+    ]
+
+    def __init__(self, config: ResNet1DMoEConfig) -> None:
+        super().__init__(config)
+        self.input_norm = ResNet1DMoEBatchNorm(1) if config.input_batch_norm else None
+        self.stem = ResNet1DMoEStem(config) if config.stem_channels else None
+        widths = [config.stem_channels or 1, *config.hidden_sizes]
+        self.blocks = nn.ModuleList(
+            ResNet1DMoEResidualBlock(widths[i], widths[i + 1], config.negative_slope)
+            for i in range(len(config.hidden_sizes))
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.post_init()
+
+    def _encode(
+        self, hidden: torch.Tensor, output_hidden_states: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """``[B, 1, 1, L]`` (checked) -> last block output ``[B, D, 1, L']`` (+ hidden states)."""
+        config = self.config
+        if self.input_norm is not None:
+            hidden = self.input_norm(hidden)
+        if self.stem is not None:
+            hidden = self.stem(hidden)
+        hidden_states = [] if output_hidden_states else None
+        dropout_blocks = set(config.dropout_blocks)
+        for index, block in enumerate(self.blocks):
+            if hidden_states is not None:
+                hidden_states.append(hidden[:, :, 0])
+            hidden = _pool(block(hidden), config.pool_types[index], config.pool_paddings[index])
+            if index in dropout_blocks:
+                hidden = self.dropout(hidden)
+        if hidden_states is not None:
+            hidden_states.append(hidden[:, :, 0])
+        return hidden, None if hidden_states is None else tuple(hidden_states)
+
+    def forward_features(self, input_values: torch.Tensor) -> torch.Tensor:
+        """``input_values`` ``[B, L]`` or ``[B, 1, L]`` -> pooled features ``[B, D]`` (fp32)."""
+        hidden, _ = self._encode(self._check_input_values(input_values))
+        return hidden.mean(dim=(2, 3)).float()
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> ResNet1DMoEModelOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `[batch, num_points]` or `[batch, 1, num_points]`):
+                intensities on the config's 2θ grid, scaled to a maximum of 1.
+            output_hidden_states (`bool`, *optional*): also return every block's input.
+            return_dict (`bool`, *optional*): return a :class:`ResNet1DMoEModelOutput` (default).
+        """
+        output_hidden_states = (
+            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        )
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        hidden, hidden_states = self._encode(self._check_input_values(input_values), output_hidden_states)
+        output = ResNet1DMoEModelOutput(
+            last_hidden_state=hidden[:, :, 0],
+            pooler_output=hidden.mean(dim=(2, 3)).float(),
+            hidden_states=hidden_states,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+# ------------------------------------------------------------------------------------------------
+# Heads
+# ------------------------------------------------------------------------------------------------
+
+
+class ResNet1DMoEExpertStages(nn.Module):
+    """``num_stages`` residual stages on pooled features, computed together.
+
+    Each stage is the published per-expert ``ResBlock1D(D, D)`` on a length-1 sequence, where a
+    3-tap convolution with zero padding only uses its centre tap: ``y = LeakyReLU(x +
+    BN2(W2 LeakyReLU(BN1(W1 x))))``. The first layer of all stages is one matmul (they share
+    their input), the second one batched matmul; each BatchNorm normalises ``num_stages * D``
+    features (per stage and channel, as the per-expert BatchNorms did).
+
+    Parameters: ``weight1``, ``weight2`` ``[num_stages, D_out, D_in]``; ``norm1``, ``norm2``
+    ``BatchNorm1d(num_stages * D)``. ``[B, D] -> [B, num_stages, D]``.
+    """
+
+    def __init__(self, num_stages: int, dim: int, negative_slope: float) -> None:
+        super().__init__()
+        self.num_stages = int(num_stages)
+        self.dim = int(dim)
+        self.negative_slope = float(negative_slope)
+        self.weight1 = nn.Parameter(torch.empty(num_stages, dim, dim))
+        self.norm1 = nn.BatchNorm1d(num_stages * dim)
+        self.weight2 = nn.Parameter(torch.empty(num_stages, dim, dim))
+        self.norm2 = nn.BatchNorm1d(num_stages * dim)
+        self.inference_weights = _InferenceWeights()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch, stages, dim = features.shape[0], self.num_stages, self.dim
+        if _inference_fast_path(self):
+            weight1, bias1, weight2, bias2 = self.inference_weights.get(
+                [*self.parameters(), *self.buffers()], _compute_dtype(features, self.weight1), self._fold
+            )
+            features = features.to(weight1.dtype)
+            hidden = F.leaky_relu(F.linear(features, weight1, bias1), self.negative_slope, inplace=True)
+            hidden = torch.baddbmm(bias2.unsqueeze(1), hidden.view(batch, stages, dim).transpose(0, 1), weight2)
+            hidden = hidden.transpose(0, 1)  # [B, K, D]
+        else:
+            dtype = _compute_dtype(features, self.weight1)
+            hidden = F.linear(features, self.weight1.reshape(stages * dim, dim))  # [B, K*D]
+            hidden = F.leaky_relu(self.norm1(hidden), self.negative_slope, inplace=True)
+            # Cast before transposing: autocast would otherwise copy a strided (transposed) view.
+            weight2 = self.weight2.to(dtype).transpose(1, 2)
+            hidden = torch.bmm(hidden.view(batch, stages, dim).transpose(0, 1).to(dtype), weight2)
+            hidden = self.norm2(hidden.transpose(0, 1).reshape(batch, stages * dim)).view(batch, stages, dim)
+        hidden = hidden.add_(features.unsqueeze(1).to(hidden.dtype))
+        return F.leaky_relu(hidden, self.negative_slope, inplace=True)
+
+    def _fold(self) -> tuple[torch.Tensor, ...]:
+        stages, dim = self.num_stages, self.dim
+        weight1, bias1 = _fold_batch_norm(self.weight1.reshape(stages * dim, dim), self.norm1)
+        weight2, bias2 = _fold_batch_norm(self.weight2.reshape(stages * dim, dim), self.norm2)
+        # [K, D_in, D_out] so the batched matmul reads it without a transpose.
+        weight2 = weight2.view(stages, dim, dim).transpose(1, 2).contiguous()
+        return weight1, bias1, weight2, bias2.view(stages, dim)
+
+    def extra_repr(self) -> str:
+        return f"num_stages={self.num_stages}, dim={self.dim}"
+
+
+def _linear_fp32(linear: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+    """``linear(inputs)`` in fp32 (parameters cast if stored in another dtype)."""
+    bias = None if linear.bias is None else linear.bias.float()
+    return F.linear(inputs.float(), linear.weight.float(), bias)
+
+
+class ResNet1DMoEBatchedLinear(nn.Module):
+    """``num_heads`` independent linear maps: ``[B, H, in] -> [B, H, out]``
+    (``weight`` ``[H, out, in]``, ``bias`` ``[H, out]``)."""
+
+    def __init__(self, num_heads: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.weight = nn.Parameter(torch.empty(num_heads, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(num_heads, out_features))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight.to(inputs.dtype), self.bias.to(inputs.dtype)
+        outputs = torch.baddbmm(bias.unsqueeze(1), inputs.transpose(0, 1), weight.transpose(1, 2))
+        return outputs.transpose(0, 1)
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.weight.shape[0]}, in_features={self.in_features}, out_features={self.out_features}"
+
+
+class ResNet1DMoECosineClassifier(nn.Module):
+    """``num_heads`` cosine classifiers: ``scale * cos(input, class weight)``.
+
+    ``weight`` ``[H, C, in]``. ``[B, in]`` (one input for every head) or ``[B, H, in]`` ->
+    ``[B, H, C]``.
+    """
+
+    def __init__(self, num_heads: int, in_features: int, num_classes: int, scale: float) -> None:
+        super().__init__()
+        self.scale = float(scale)
+        self.weight = nn.Parameter(torch.empty(num_heads, num_classes, in_features))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        heads, num_classes, in_features = self.weight.shape
+        weight = F.normalize(self.weight.to(inputs.dtype), dim=2)
+        inputs = F.normalize(inputs, dim=-1)
+        if inputs.dim() == 2:
+            logits = (inputs @ weight.reshape(heads * num_classes, in_features).T).view(-1, heads, num_classes)
+        else:
+            logits = torch.einsum("bhi,hci->bhc", inputs, weight)
+        return self.scale * logits
+
+    def extra_repr(self) -> str:
+        heads, num_classes, in_features = self.weight.shape
+        return f"num_heads={heads}, in_features={in_features}, num_classes={num_classes}, scale={self.scale}"
+
+
+class ResNet1DMoEHardNegativeMinerState(nn.Module):
+    """Inference-only stand-in for ``physmoe.loss.HardNegativeMining_Proto`` when physmoe is not
+    installed: the same persistent float32 buffers ``prototypes`` ``[C, D]`` and
+    ``confusion_matrix`` ``[C, C]``, so checkpoints load and save identically."""
+
+    def __init__(self, num_classes: int, feat_dim: int) -> None:
+        super().__init__()
+        self.register_buffer("prototypes", torch.zeros(num_classes, feat_dim, dtype=torch.float32))
+        self.register_buffer("confusion_matrix", torch.zeros(num_classes, num_classes, dtype=torch.float32))
+
+
+def hierarchical_space_group_logits(
+    ensemble_logits: torch.Tensor,
+    crystal_system_logits: torch.Tensor,
+    label_crystal_systems: torch.Tensor,
+    mode: str,
+) -> torch.Tensor:
+    """Combine the crystal-system head with the space-group ensemble.
+
+    Args:
+        ensemble_logits: ``[B, C]``.
+        crystal_system_logits: ``[B, 7]``.
+        label_crystal_systems: ``[C]`` crystal-system index of every label (long).
+        mode: ``"soft"``: ``log p(sg) = log p(sys(sg)) + log softmax_{sg' in sys(sg)} ensemble``
+            (log-probabilities that sum to 1); ``"hard"``: the ensemble logits with every label
+            outside the argmax crystal system set to the dtype's lowest value (never ``-inf`` or a
+            constant like ``-1e9``: softmax gives those labels exactly 0); ``"none"``: the
+            ensemble logits. Crystal systems without any label are ignored in both.
+
+    Returns ``[B, C]`` in the dtype of ``ensemble_logits``.
+    """
+    if mode == "none":
+        return ensemble_logits
+    systems = torch.arange(NUM_CRYSTAL_SYSTEMS, device=label_crystal_systems.device)
+    members = systems[:, None] == label_crystal_systems[None, :]  # [7, C]
+    present = members.any(dim=1)  # [7]
+    system_logits = crystal_system_logits.masked_fill(~present, torch.finfo(crystal_system_logits.dtype).min)
+    if mode == "hard":
+        predicted = system_logits.argmax(dim=1)  # [B]
+        allowed = label_crystal_systems[None, :] == predicted[:, None]  # [B, C]
+        return ensemble_logits.masked_fill(~allowed, torch.finfo(ensemble_logits.dtype).min)
+    if mode != "soft":
+        raise ValueError(f"hierarchical inference mode must be 'soft', 'hard' or 'none', got {mode!r}")
+    log_p_system = torch.log_softmax(system_logits, dim=1)  # [B, 7]
+    per_system = ensemble_logits.unsqueeze(1).masked_fill(~members, torch.finfo(ensemble_logits.dtype).min)
+    log_normaliser = torch.logsumexp(per_system, dim=2)  # [B, 7]
+    return (
+        log_p_system.index_select(1, label_crystal_systems)
+        + ensemble_logits
+        - log_normaliser.index_select(1, label_crystal_systems)
+    )
+
+
+class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
+    """ResNet1D_MoE for space-group classification (also ``physmoe.ResNet1D_MoE``).
+
+    ``forward(input_values [B, L] or [B, 1, L], labels [B] optional)`` returns a
+    :class:`SpaceGroupClassifierOutput`. With ``labels`` the loss is the configured
+    ``physmoe.loss`` wrapper (``self.physmoe_loss``, preset ``config.loss_preset``); the model's
+    hard-negative miner (``self.hard_negative_miner``) is passed to it and updated only through
+    :meth:`update_hard_negative_miner` / :meth:`apply_epoch_momentum`.
+    """
+
+    # The loss is a per-batch mean: Trainer must keep dividing it by the accumulation steps.
+    accepts_loss_kwargs = False
+
+    def __init__(self, config: ResNet1DMoEConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        num_experts, dim, proj = config.num_experts, config.feature_dim, config.projection_dim
+        self.resnet1d_moe = ResNet1DMoEModel(config)
+
+        self.crystal_system_projection = nn.Linear(dim, proj)
+        self.crystal_system_classifier = ResNet1DMoECosineClassifier(
+            1, proj, NUM_CRYSTAL_SYSTEMS, config.logit_scale
+        )
+        self.gate = nn.Linear(proj, num_experts)
+        self.rule_bias = nn.Parameter(torch.empty(NUM_CRYSTAL_SYSTEMS, num_experts))
+
+        independent = config.expert_mode == "independent"
+        self.expert_stages = ResNet1DMoEExpertStages(
+            num_experts if independent else 1, dim, config.negative_slope
+        )
+        # Shared mode projects the shared stage with the crystal-system projection (as published).
+        self.expert_projection = ResNet1DMoEBatchedLinear(num_experts, dim, proj) if independent else None
+        self.expert_classifier = ResNet1DMoECosineClassifier(
+            num_experts, proj, config.num_labels, config.logit_scale
+        )
+
+        label_systems = config.label_crystal_systems
+        if label_systems is None and config.hierarchical_inference != "none":
+            raise ValueError(
+                f"hierarchical_inference={config.hierarchical_inference!r} needs the crystal system of "
+                f"every label: set config.label_space_groups (one space-group number per label) or "
+                f"id2label names ending in '(n)', or use hierarchical_inference='none'"
+            )
+        self._label_crystal_systems = label_systems or [0] * config.num_labels
+        self.register_buffer(
+            "label_crystal_systems", torch.tensor(self._label_crystal_systems, dtype=torch.long), persistent=False
+        )
+
+        loss_module = _import_physmoe("physmoe.loss")
+        if loss_module is None:
+            logger.info("physmoe is not installed: ResNet1D_MoE runs inference only (no loss)")
+            self.hard_negative_miner = ResNet1DMoEHardNegativeMinerState(config.num_labels, dim)
+            self.physmoe_loss = None
+        else:
+            self.hard_negative_miner = loss_module.HardNegativeMining_Proto(
+                config.num_labels,
+                dim,
+                momentum=config.hnm_momentum,
+                temperature=config.hnm_temperature,
+                k=min(config.hnm_k, config.num_labels - 1),
+                validate=config.validate_inputs,
+            )
+            self.physmoe_loss = self._build_loss(loss_module)
+        self.post_init()
+
+    # -- construction helpers -------------------------------------------------------------------
+
+    def _build_loss(self, loss_module: ModuleType) -> nn.Module:
+        """The ``physmoe.loss`` wrapper of ``config.loss_preset`` with the config's overrides."""
+        config = self.config
+        numbers = config.space_group_numbers
+        rule_matrix = sg_to_sys = None
+        if numbers is not None:
+            crystallography = importlib.import_module("physmoe.crystallography")
+            full = (
+                crystallography.rule_similarity_matrix()
+                if config.rule_matrix == "physmoe"
+                else crystallography.operator_cosine_matrix()
+            ).numpy()
+            index = np.asarray(numbers) - 1
+            # numpy, not torch: this may run inside transformers' meta-device context.
+            rule_matrix = torch.from_numpy(np.ascontiguousarray(full[np.ix_(index, index)]))
+            sg_to_sys = torch.from_numpy(np.asarray(config.label_crystal_systems, dtype=np.int64))
+        elif config.loss_preset in _RULE_LOSS_PRESETS:
+            raise ValueError(
+                f"loss_preset={config.loss_preset!r} needs the space group of every label (rule matrix, "
+                f"crystal systems): set config.label_space_groups or id2label names ending in '(n)'"
+            )
+        class_prior = None
+        if config.class_prior is not None:
+            if len(config.class_prior) != config.num_labels:
+                raise ValueError(
+                    f"class_prior has {len(config.class_prior)} entries, num_labels is {config.num_labels}"
+                )
+            class_prior = torch.from_numpy(np.asarray(config.class_prior, dtype=np.float64))
+        overrides = config.loss_overrides()
+        try:
+            return loss_module.build_loss(
+                config.loss_preset, config, rule_matrix, sg_to_sys, class_prior=class_prior, validate=False, **overrides
+            )
+        except TypeError as error:
+            raise ValueError(
+                f"loss_preset={config.loss_preset!r} does not accept the loss settings {sorted(overrides)} "
+                f"set in the config ({error})"
+            ) from error
+
+    def _init_own_state(self) -> None:
+        if self.config.rule_bias_init is None:
+            init.zeros_(self.rule_bias)
+        else:
+            init.copy_(self.rule_bias, torch.tensor(self.config.rule_bias_init, dtype=self.rule_bias.dtype))
+        init.copy_(self.label_crystal_systems, torch.tensor(self._label_crystal_systems, dtype=torch.long))
+
+    # -- forward --------------------------------------------------------------------------------
+
+    def forward_features(self, input_values: torch.Tensor) -> torch.Tensor:
+        """``input_values`` ``[B, L]`` or ``[B, 1, L]`` -> pooled trunk features ``[B, D]`` (fp32)."""
+        return self.resnet1d_moe.forward_features(input_values)
+
+    def forward_head(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Heads on pooled features ``[B, D]``: a dict with ``logits``, ``ensemble_logits``,
+        ``crystal_system_logits``, ``expert_logits``, ``gating_weights`` (fp32; shapes as in
+        :class:`SpaceGroupClassifierOutput`).
+
+        The expert stages (the only costly part) run under the caller's autocast; everything
+        after them runs in fp32 with autocast off, whatever dtype the parameters are stored in.
+        """
+        config = self.config
+        stage_output = self.expert_stages(features.to(self.expert_stages.weight1.dtype))  # [B, K|1, D]
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            features = features.float()
+            system_embedding = _linear_fp32(self.crystal_system_projection, features)  # [B, P]
+            crystal_system_logits = self.crystal_system_classifier(system_embedding)[:, 0]  # [B, 7]
+            gating_logits = _linear_fp32(self.gate, system_embedding) + (
+                crystal_system_logits.softmax(dim=1) @ self.rule_bias.float()
+            )
+            gating_weights = gating_logits.softmax(dim=1)  # [B, K]
+            if self.expert_projection is not None:
+                expert_embeddings = self.expert_projection(stage_output.float())  # [B, K, P]
+            else:
+                expert_embeddings = _linear_fp32(self.crystal_system_projection, stage_output[:, 0].float())
+            expert_logits = self.expert_classifier(expert_embeddings)  # [B, K, C]
+            ensemble_logits = torch.einsum("bk,bkc->bc", gating_weights, expert_logits)
+            logits = hierarchical_space_group_logits(
+                ensemble_logits, crystal_system_logits, self.label_crystal_systems, config.hierarchical_inference
+            )
+        return {
+            "logits": logits,
+            "ensemble_logits": ensemble_logits,
+            "crystal_system_logits": crystal_system_logits,
+            "expert_logits": expert_logits,
+            "gating_weights": gating_weights,
+        }
+
+    def forward(
+        self,
+        input_values: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+    ) -> SpaceGroupClassifierOutput | tuple:
+        r"""
+        Args:
+            input_values (`torch.FloatTensor` of shape `[batch, num_points]` or `[batch, 1, num_points]`):
+                intensities on the config's 2θ grid (``config.two_theta_min`` to
+                ``config.two_theta_max``, ``config.num_points`` points, ``config.wavelength``),
+                scaled to a maximum of 1.
+            labels (`torch.LongTensor` of shape `[batch]`, *optional*): space-group labels
+                ``0..num_labels-1`` (space-group number - 1). Given, the output carries the loss;
+                this needs physmoe installed.
+            return_dict (`bool`, *optional*): return a :class:`SpaceGroupClassifierOutput`
+                (default) instead of a tuple.
+        """
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        if labels is not None:
+            labels = self._check_labels(labels, input_values)
+        features = self.forward_features(input_values)
+        head = self.forward_head(features)
+        loss = loss_components = None
+        if labels is not None:
+            loss, loss_components = self.physmoe_loss(
+                {
+                    "features": features,
+                    "sys_logits": head["crystal_system_logits"],
+                    "expert_logits": head["expert_logits"],
+                    "gating_weights": head["gating_weights"],
+                    "ensemble_logits": head["ensemble_logits"],
+                },
+                {"labels": labels},
+                hard_negative_miner=self.hard_negative_miner,
+            )
+        output = SpaceGroupClassifierOutput(loss=loss, features=features, loss_components=loss_components, **head)
+        return output if return_dict else output.to_tuple()
+
+    def _check_labels(self, labels: torch.Tensor, input_values: torch.Tensor) -> torch.Tensor:
+        if self.physmoe_loss is None:
+            raise ImportError(
+                "training ResNet1D_MoE (labels given) needs the physmoe package for its loss "
+                "(pip install physmoe); inference without labels works without it"
+            )
+        if not isinstance(labels, torch.Tensor):
+            raise TypeError(f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}")
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        batch = input_values.shape[0] if isinstance(input_values, torch.Tensor) else None
+        if labels.dim() != 1 or labels.shape[0] != batch:
+            raise ValueError(f"labels must be [batch] = [{batch}], got {list(labels.shape)}")
+        if self.config.validate_inputs and not _is_compiling():
+            if bool(((labels < 0) | (labels >= self.num_labels)).any()):
+                bad = labels[(labels < 0) | (labels >= self.num_labels)]
+                raise ValueError(
+                    f"labels must lie in 0..{self.num_labels - 1} (space-group number - 1), got {bad[:5].tolist()}"
+                )
+        return labels.long()
+
+    # -- hard-negative mining -------------------------------------------------------------------
+
+    @torch.no_grad()
+    def update_hard_negative_miner(
+        self, features: torch.Tensor, logits_or_predictions: torch.Tensor, labels: torch.Tensor
+    ) -> None:
+        """Apply one training step's update to the hard-negative miner.
+
+        Pass tensors of the *global* batch (under DDP, gathered from all processes, the same on
+        every process, so every replica applies the same update and DDP's buffer broadcast is
+        harmless). Momentum update of the class prototypes from ``features`` ``[N, D]``, and
+        ``confusion_matrix[label, predicted] += 1`` with ``predicted`` = argmax of
+        ``logits_or_predictions`` ``[N, C]`` or the given classes ``[N]``. No gradient.
+        """
+        miner = self.hard_negative_miner
+        if not hasattr(miner, "update_prototypes"):
+            raise ImportError("updating the hard-negative miner needs the physmoe package (pip install physmoe)")
+        labels = labels.detach().long()
+        miner.update_prototypes(features.detach().float(), labels)
+        miner.update_confusion_matrix(labels, logits_or_predictions.detach())
+
+    @torch.no_grad()
+    def apply_epoch_momentum(self) -> None:
+        """Decay the miner's confusion counts once per epoch (``*= 1 - momentum``)."""
+        miner = self.hard_negative_miner
+        if not hasattr(miner, "apply_epoch_momentum"):
+            raise ImportError("updating the hard-negative miner needs the physmoe package (pip install physmoe)")
+        miner.apply_epoch_momentum()
+
+    # -- saving ---------------------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.save_pretrained``; with remote code registered, the saved
+        ``auto_map`` also lists ``AutoModel`` (the trunk) next to this class."""
+        if self._auto_class is not None:
+            module = ResNet1DMoEModel.__module__.split(".")[-1]
+            auto_map = dict(getattr(self.config, "auto_map", None) or {})
+            auto_map.setdefault("AutoModel", f"{module}.{ResNet1DMoEModel.__name__}")
+            self.config.auto_map = auto_map
+        return super().save_pretrained(save_directory, *args, **kwargs)
