@@ -1,0 +1,270 @@
+"""Training ResNet1D_MoE with the Hugging Face :class:`~transformers.Trainer`.
+
+:class:`PhysMoETrainer` is a ``Trainer`` whose loss is the model's PhysMoE loss and which keeps
+the model's hard-negative miner (HNM) up to date:
+
+* ``compute_loss`` returns the loss of the model's forward (a per-batch mean, so the Trainer
+  divides it by the gradient-accumulation steps: ``loss_is_scaled_for_ga = False``);
+* each loss component (``loss_dol``, ``loss_sg``, ...) is summed on the device and logged as its
+  average over the logging interval -- one host sync per log, none per step;
+* the miner is updated once per optimizer step from the *global* batch: the micro-batches of a
+  gradient-accumulation cycle are concatenated and, under DDP, gathered from every process, and
+  every process applies the same update (so DDP's buffer broadcast changes nothing);
+* the miner's epoch momentum is applied by :class:`PhysMoECallback` at the end of every epoch
+  (before that epoch's evaluation and checkpoint, so the checkpoint holds it);
+* evaluation renders clean, deterministic patterns (:class:`~physmoe.data.PXRDCollator` with
+  ``train=False``) while training renders new measurement conditions for every batch;
+* metrics are computed over the whole evaluation split by :class:`SpaceGroupMetrics`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArguments
+
+from .crystallography import NUM_SPACE_GROUPS
+from .data.collator import PXRDCollator
+from .data.grid import TwoThetaGrid
+from .evaluation import compute_metrics
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PhysMoETrainingArguments", "PhysMoETrainer", "PhysMoECallback", "SpaceGroupMetrics", "class_counts"]
+
+
+@dataclass
+class PhysMoETrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with defaults that suit PXRD training, and the miner switch.
+
+    Changed defaults: ``remove_unused_columns=False`` (the collator reads the peak columns, which
+    are no forward arguments), ``logging_nan_inf_filter=False`` (the filter costs a host sync every
+    step), ``ddp_find_unused_parameters=False`` (every parameter receives a gradient, so DDP's
+    extra graph traversal is waste). Training batches drop an epoch's incomplete last batch
+    (see :meth:`PhysMoETrainer.get_train_dataloader`); evaluation never drops samples.
+
+    Args:
+        update_hard_negative_miner (`bool`, defaults to True): update the model's hard-negative
+            miner (prototypes and confusion matrix) from every optimizer step's global batch and
+            decay its confusion counts once per epoch.
+        augmentation_seed (`int`, *optional*): seed of the training collator's measurement
+            conditions (default: ``seed``). Each batch's conditions are a function of this seed,
+            the epoch and the batch's structures, so a resumed run renders exactly what an
+            uninterrupted one would.
+    """
+
+    remove_unused_columns: bool = False
+    logging_nan_inf_filter: bool = False
+    ddp_find_unused_parameters: bool | None = False
+    update_hard_negative_miner: bool = field(
+        default=True, metadata={"help": "Update the hard-negative miner from the global batch."}
+    )
+    augmentation_seed: int | None = field(
+        default=None, metadata={"help": "Seed of the training augmentation (default: seed)."}
+    )
+
+
+def class_counts(labels: Sequence[int] | np.ndarray | torch.Tensor, num_classes: int = NUM_SPACE_GROUPS) -> np.ndarray:
+    """Samples per class, int64 ``[num_classes]`` (the training counts the shot buckets use)."""
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+    return np.bincount(labels, minlength=num_classes)
+
+
+class SpaceGroupMetrics:
+    """``compute_metrics`` for the Trainer: :func:`physmoe.evaluation.compute_metrics` over the
+    whole evaluation split.
+
+    The Trainer passes the model outputs that ``config.keys_to_ignore_at_inference`` keeps:
+    ``(logits [N, C], ensemble_logits [N, C], crystal_system_logits [N, 7])``.
+
+    Args:
+        train_class_counts: training samples per class ``[C]`` (for the shot buckets), or None.
+        temperature: divide the logits by this before computing probability metrics (ECE, NLL).
+    """
+
+    def __init__(self, train_class_counts: Sequence[int] | np.ndarray | None = None, temperature: float = 1.0):
+        self.train_class_counts = None if train_class_counts is None else np.asarray(train_class_counts)
+        self.temperature = float(temperature)
+
+    def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
+        outputs = prediction.predictions
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        logits = np.asarray(outputs[0], dtype=np.float32) / self.temperature
+        crystal_system_logits = outputs[2] if len(outputs) > 2 else None
+        metrics = compute_metrics(
+            logits,
+            np.asarray(prediction.label_ids),
+            train_class_counts=self.train_class_counts,
+            crystal_system_logits=crystal_system_logits,
+        )
+        # Trainer logs numbers only; counts stay (they say how many classes a bucket mean covers).
+        return {key: float(value) for key, value in metrics.items() if value is not None}
+
+
+class PhysMoECallback(TrainerCallback):
+    """Epoch bookkeeping: the miner's epoch momentum and the training collator's epoch."""
+
+    def __init__(self, trainer: PhysMoETrainer):
+        self.trainer = trainer
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        collator = self.trainer.data_collator
+        if hasattr(collator, "set_epoch"):
+            collator.set_epoch(int(state.epoch or 0))
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if getattr(args, "update_hard_negative_miner", True) and hasattr(model, "apply_epoch_momentum"):
+            model.apply_epoch_momentum()
+
+
+class PhysMoETrainer(Trainer):
+    """A :class:`~transformers.Trainer` for :class:`~physmoe.ResNet1D_MoE`.
+
+    Beyond ``Trainer``'s arguments:
+
+    Args:
+        train_class_counts: training samples per class ``[C]`` for the shot-bucket metrics; by
+            default counted from ``train_dataset["space_group"]`` when that column exists.
+        eval_data_collator: collator for evaluation and prediction (default: the training
+            collator's grid with clean, deterministic conditions).
+
+    With ``data_collator=None`` the training collator is a :class:`PXRDCollator` on the model's
+    grid with the default (SimXRD-like) measurement conditions. ``compute_metrics=None`` uses
+    :class:`SpaceGroupMetrics`.
+    """
+
+    # The model's loss is a per-batch mean: let the Trainer divide it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        model=None,
+        args: TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        *,
+        train_class_counts: Sequence[int] | np.ndarray | None = None,
+        eval_data_collator=None,
+        compute_metrics=None,
+        **kwargs,
+    ):
+        if args is None:
+            args = PhysMoETrainingArguments(output_dir="trainer_output")
+        if data_collator is None and model is not None:
+            seed = getattr(args, "augmentation_seed", None)
+            data_collator = PXRDCollator(
+                TwoThetaGrid.from_config(model.config), train=True, seed=args.seed if seed is None else seed
+            )
+        if eval_data_collator is None and isinstance(data_collator, PXRDCollator):
+            eval_data_collator = replace(data_collator, train=False)
+        if train_class_counts is None and train_dataset is not None and "space_group" in getattr(train_dataset, "column_names", ()):
+            train_class_counts = class_counts(train_dataset["space_group"], model.config.num_labels)
+        if compute_metrics is None:
+            compute_metrics = SpaceGroupMetrics(train_class_counts)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            compute_metrics=compute_metrics,
+            **kwargs,
+        )
+        self.train_class_counts = train_class_counts
+        self.eval_data_collator = eval_data_collator or self.data_collator
+        self.add_callback(PhysMoECallback(self))
+        self._component_sums: dict[str, torch.Tensor] = {}
+        self._component_steps = 0
+        self._miner_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    # -- data -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _swapped(self, **attributes) -> Iterator[None]:
+        saved = {name: getattr(self, name) for name in attributes}
+        for name, value in attributes.items():
+            setattr(self, name, value)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    def get_train_dataloader(self):
+        # A last training batch of one sample breaks BatchNorm; dropping the remainder of a
+        # shuffled epoch loses nothing systematic. Evaluation never drops samples.
+        args = replace_args(self.args, dataloader_drop_last=True)
+        with self._swapped(args=args):
+            return super().get_train_dataloader()
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._swapped(data_collator=self.eval_data_collator):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._swapped(data_collator=self.eval_data_collator):
+            return super().get_test_dataloader(test_dataset)
+
+    # -- loss -----------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if model.training and loss is not None:
+            self._accumulate_components(outputs.loss_components)
+            if getattr(self.args, "update_hard_negative_miner", True):
+                self._collect_for_miner(model, outputs, inputs["labels"])
+        return (loss, outputs) if return_outputs else loss
+
+    def _accumulate_components(self, components: dict[str, torch.Tensor] | None) -> None:
+        for name, value in (components or {}).items():
+            value = value.detach().float()
+            self._component_sums[name] = self._component_sums[name] + value if name in self._component_sums else value
+        # One increment per micro-batch; the Trainer's own loss is averaged per optimizer step and
+        # so is this (sum over micro-batches / their number).
+        self._component_steps += 1
+
+    def _collect_for_miner(self, model, outputs, labels: torch.Tensor) -> None:
+        # What the miner sees: trunk features and the gated ensemble's prediction (the experts'
+        # raw confusion among all classes, not narrowed by hierarchical inference).
+        self._miner_batches.append(
+            (outputs.features.detach().float(), outputs.ensemble_logits.detach().argmax(dim=-1), labels.detach())
+        )
+        if not self.accelerator.sync_gradients:
+            return  # wait for the last micro-batch of this optimizer step
+        features, predictions, labels = (torch.cat(parts) for parts in zip(*self._miner_batches, strict=True))
+        self._miner_batches.clear()
+        if self.accelerator.num_processes > 1:  # every process gets the global batch
+            features, predictions, labels = self.accelerator.gather((features, predictions, labels))
+        self.accelerator.unwrap_model(model).update_hard_negative_miner(features, predictions, labels)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._component_steps:
+            names = sorted(self._component_sums)
+            stacked = torch.stack([self._component_sums[name] for name in names]) / self._component_steps
+            if self.accelerator.num_processes > 1:
+                stacked = self.accelerator.reduce(stacked, reduction="mean")
+            for name, value in zip(names, stacked.tolist(), strict=True):  # one sync per log
+                logs[name] = round(value, 6)
+            self._component_sums.clear()
+            self._component_steps = 0
+        super().log(logs, start_time)
+
+
+def replace_args(args: TrainingArguments, **changes) -> TrainingArguments:
+    """A shallow copy of ``args`` with some attributes changed (TrainingArguments re-validates in
+    ``__post_init__``; attribute assignment on a copy avoids re-running it)."""
+    import copy
+
+    new = copy.copy(args)
+    for name, value in changes.items():
+        object.__setattr__(new, name, value)
+    return new
