@@ -104,8 +104,8 @@ class SpaceGroupMetrics:
             train_class_counts=self.train_class_counts,
             crystal_system_logits=crystal_system_logits,
         )
-        # Trainer logs numbers only; counts stay (they say how many classes a bucket mean covers).
-        return {key: float(value) for key, value in metrics.items() if value is not None}
+        # Counts stay (they say how many classes a bucket mean covers); absent buckets are omitted.
+        return {key: value for key, value in metrics.items() if value is not None}
 
 
 class PhysMoECallback(TrainerCallback):

@@ -182,3 +182,13 @@ def test_loss_settings():
 def test_bad_values_raise_naming_the_field(kwargs, error, match):
     with pytest.raises(error, match=match):
         ResNet1DMoEConfig(**kwargs)
+
+
+def test_calibration_temperature_round_trips_and_is_validated(tmp_path):
+    config = ResNet1DMoEConfig.from_preset("small", calibration_temperature=1.7)
+    config.save_pretrained(tmp_path)
+    assert ResNet1DMoEConfig.from_pretrained(tmp_path).calibration_temperature == 1.7
+    assert ResNet1DMoEConfig().calibration_temperature == 1.0
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="calibration_temperature"):
+            ResNet1DMoEConfig(calibration_temperature=bad)

@@ -233,6 +233,9 @@ class ResNet1DMoEConfig(PretrainedConfig):
             in every forward: one host sync each, measured at about 15 µs and 5 µs on one CPU core
             at batch 32 (a forward takes ~100 ms); on a GPU the syncs also stall the queue. Skipped
             under ``torch.compile``. Shapes are always checked.
+        calibration_temperature (`float`, defaults to 1.0): softmax temperature ``T`` fitted on
+            the validation split after training (``physmoe train`` does it): calibrated
+            probabilities are ``softmax(logits / T)``. The logits themselves are not changed.
     """
 
     model_type = "resnet1d_moe"
@@ -289,6 +292,7 @@ class ResNet1DMoEConfig(PretrainedConfig):
     hnm_temperature: float | int = 0.07
     hnm_k: int = 3
     validate_inputs: bool = True
+    calibration_temperature: float | int = 1.0
 
     def __post_init__(self, **kwargs: Any) -> None:
         num_labels = kwargs.get("num_labels")
@@ -319,6 +323,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
         self._validate_trunk()
         self._validate_experts()
         self._validate_loss()
+        if not (_is_number(self.calibration_temperature) and self.calibration_temperature > 0):
+            raise ValueError(f"calibration_temperature must be a positive number, got {self.calibration_temperature!r}")
         if self.hierarchical_inference not in HIERARCHICAL_INFERENCE_MODES:
             raise ValueError(
                 f"hierarchical_inference must be one of {HIERARCHICAL_INFERENCE_MODES}, "

@@ -1,0 +1,232 @@
+"""The ``physmoe`` command line.
+
+    physmoe simulate OUT_DIR [--num-structures N] [--seed S] [--prior icsd] [--num-proc 2]
+    physmoe train CONFIG.yaml [--any_training_argument VALUE ...]
+    physmoe evaluate CHECKPOINT [--dataset PATH|default] [--split test]
+    physmoe predict CHECKPOINT FILE... [--top-k 5] [--wavelength 1.54056]
+    physmoe push CHECKPOINT REPO_ID [--private] [--revision BRANCH]
+
+``train`` reads a YAML file of ``ModelArguments``, ``DataArguments``, ``RunArguments`` and
+``PhysMoETrainingArguments`` fields (see ``configs/``); every field can be overridden on the
+command line (``--num_train_epochs 3``). Tables go to stdout, logs to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+logger = logging.getLogger("physmoe")
+
+# Metrics shown first in the summary table, in this order (others follow alphabetically).
+_SUMMARY = (
+    "top1_accuracy",
+    "top5_accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "many_shot_accuracy",
+    "medium_shot_accuracy",
+    "few_shot_accuracy",
+    "crystal_system_accuracy",
+    "sg_accuracy_given_correct_system",
+    "ece",
+)
+
+
+def _setup_logging(verbose: bool) -> None:
+    import transformers
+
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("physmoe").setLevel(logging.INFO)
+    transformers.utils.logging.set_verbosity(level)
+
+
+def _metrics_table(metrics: dict, prefix: str, title: str) -> str:
+    from .evaluation import format_metrics_table
+
+    plain = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    ordered = {k: plain[k] for k in _SUMMARY if k in plain}
+    ordered.update({k: v for k, v in sorted(plain.items()) if k not in ordered and not k.endswith(("_runtime", "_per_second"))})
+    return format_metrics_table(ordered, title=title)
+
+
+# -- simulate -----------------------------------------------------------------------------------
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from .data.generate import generate_dataset
+
+    dataset = generate_dataset(
+        args.out_dir, args.num_structures, seed=args.seed, prior=args.prior, num_proc=args.num_proc,
+        shard_size=args.shard_size, max_atoms=args.max_atoms, overwrite=args.overwrite,
+    )
+    print(f"dataset written to {Path(args.out_dir) / 'dataset'}")
+    print(f"{'split':<12}{'structures':>12}{'space groups':>14}")
+    for split, part in dataset.items():
+        print(f"{split:<12}{len(part):>12}{len(set(part['space_group'])):>14}")
+    return 0
+
+
+# -- train --------------------------------------------------------------------------------------
+
+
+def _train(argv: Sequence[str]) -> int:
+    import yaml
+    from transformers import HfArgumentParser
+
+    from .runtime import recommended_autocast_dtype
+    from .training import PhysMoETrainingArguments
+    from .workflow import DataArguments, ModelArguments, RunArguments, train_and_evaluate
+
+    if not argv or argv[0].startswith("-"):
+        print("usage: physmoe train CONFIG.yaml [--field value ...]", file=sys.stderr)
+        return 2
+    config_path, overrides = Path(argv[0]), list(argv[1:])
+    if not config_path.is_file():
+        print(f"error: config file {config_path} not found", file=sys.stderr)
+        return 2
+    with open(config_path, encoding="utf-8") as handle:
+        settings = yaml.safe_load(handle) or {}
+    if not isinstance(settings, dict):
+        print(f"error: {config_path} must hold a mapping of argument names to values", file=sys.stderr)
+        return 2
+    if isinstance(settings.get("model_overrides"), dict):
+        settings["model_overrides"] = json.dumps(settings["model_overrides"])
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, PhysMoETrainingArguments))
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        print(f"error: {config_path}: unknown settings {unknown}", file=sys.stderr)
+        return 2
+    parser.set_defaults(**settings)
+    model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=overrides)
+    chose_precision = any(key in settings for key in ("bf16", "fp16")) or any(a.startswith(("--bf16", "--fp16")) for a in overrides)
+    if not chose_precision:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu"
+        if recommended_autocast_dtype(device) is not None:
+            training_args.bf16 = True
+            logger.info("bf16 autocast (recommended on this %s)", device)
+    results = train_and_evaluate(model_args, data_args, run_args, training_args)
+    if training_args.process_index == 0:
+        print(_metrics_table(results, "test_", f"test split ({training_args.output_dir})"))
+        print(f"calibration temperature (fitted on validation): {results['calibration_temperature']:.3f}")
+        print(f"model, card, metrics and plots saved in {training_args.output_dir}")
+        if run_args.predict_files:
+            from .inference import SpaceGroupPredictor, format_predictions
+
+            predictor = SpaceGroupPredictor.from_pretrained(training_args.output_dir)  # reload from disk
+            print(format_predictions([predictor.predict_file(path) for path in run_args.predict_files]))
+    return 0
+
+
+# -- evaluate / predict / push ------------------------------------------------------------------
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .workflow import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split, batch_size=args.batch_size, max_samples=args.max_samples)
+    print(_metrics_table(metrics, f"{args.split}_", f"{args.split} split of {args.dataset} ({args.checkpoint})"))
+    if args.output:
+        Path(args.output).write_text(json.dumps(metrics, indent=2, allow_nan=False), encoding="utf-8")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .inference import SpaceGroupPredictor, format_predictions
+
+    predictor = SpaceGroupPredictor.from_pretrained(args.checkpoint, device=args.device)
+    results = [predictor.predict_file(path, wavelength=args.wavelength, top_k=args.top_k) for path in args.files]
+    if args.json:
+        print(json.dumps([{"source": r.source, "candidates": [c.__dict__ for c in r.candidates], "crystal_systems": r.crystal_system_probabilities} for r in results], indent=2))
+    else:
+        print(format_predictions(results))
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub import push_checkpoint
+
+    url = push_checkpoint(
+        args.checkpoint, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message,
+        token=args.token, include_training_state=args.include_training_state,
+    )
+    print(url)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="physmoe", description="Space-group classification from PXRD patterns.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    simulate = commands.add_parser("simulate", help="generate a long-tailed dataset of random crystals (needs physmoe[sim])")
+    simulate.add_argument("out_dir")
+    simulate.add_argument("--num-structures", type=int, default=10_000)
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--prior", default="icsd", help="icsd, cod, ccdc or uniform")
+    simulate.add_argument("--num-proc", type=int, default=2)
+    simulate.add_argument("--shard-size", type=int, default=500)
+    simulate.add_argument("--max-atoms", type=int, default=64)
+    simulate.add_argument("--overwrite", action="store_true", help="reuse a non-empty out_dir of another run")
+
+    commands.add_parser("train", help="train, calibrate and test a model from a YAML config", add_help=False)
+
+    evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--dataset", default="default", help="DatasetDict path or 'default'")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--max-samples", type=int, default=None)
+    evaluate.add_argument("--output", help="also write the metrics as JSON here")
+
+    predict = commands.add_parser("predict", help="ranked space groups for patterns (.xy/.xye/.csv) or CIF files")
+    predict.add_argument("checkpoint")
+    predict.add_argument("files", nargs="+")
+    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("--wavelength", type=float, default=None, help="Angstrom, for pattern files that do not state it")
+    predict.add_argument("--device", default=None)
+    predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    push = commands.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
+    push.add_argument("checkpoint")
+    push.add_argument("repo_id")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", default=None)
+    push.add_argument("--commit-message", default="Upload ResNet1D_MoE checkpoint")
+    push.add_argument("--token", default=None)
+    push.add_argument("--include-training-state", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    verbose = "-v" in argv[:1] or "--verbose" in argv[:1]
+    if verbose:
+        argv = argv[1:]
+    try:
+        if argv[:1] == ["train"]:
+            _setup_logging(True)
+            from .runtime import configure_malloc
+
+            configure_malloc()
+            return _train(argv[1:])
+        args = parser.parse_args(argv)
+        _setup_logging(verbose)
+        handlers = {"simulate": _simulate, "evaluate": _evaluate, "predict": _predict, "push": _push}
+        return handlers[args.command](args)
+    except (ValueError, TypeError, OSError) as error:  # bad input: say what, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

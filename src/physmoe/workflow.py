@@ -1,0 +1,343 @@
+"""The main job as functions: train -> choose on validation -> calibrate -> test -> save.
+
+``physmoe train`` (and ``scripts/benchmark_longtail.py``) call :func:`train_and_evaluate`;
+``physmoe evaluate`` calls :func:`evaluate_checkpoint`. The protocol is
+``docs/evaluation-protocol.md``: structure-disjoint splits, the checkpoint chosen on the
+validation split (``load_best_model_at_end``), the temperature fitted on validation, metrics
+reported once on the test split over the whole split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from datasets import DatasetDict
+from transformers import set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .crystallography import ID2LABEL, sg_to_sys_map
+from .data.collator import PXRDCollator
+from .data.dataset import PEAK_WAVELENGTH, dataset_metadata, default_dataset, load_dataset_dict
+from .data.feature_extraction import XRDFeatureExtractor
+from .data.grid import TwoThetaGrid
+from .data.render import MeasurementConditions
+from .evaluation import (
+    TemperatureScaler,
+    bootstrap_ci,
+    per_class_accuracy,
+    plot_crystal_system_confusion,
+    plot_pattern_top5,
+    plot_per_class_accuracy,
+)
+from .models.resnet1d_moe import ResNet1D_MoE, ResNet1DMoEConfig
+from .training import PhysMoETrainer, PhysMoETrainingArguments, class_counts
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DataArguments",
+    "ModelArguments",
+    "RunArguments",
+    "build_model",
+    "evaluate_checkpoint",
+    "load_data",
+    "longtail_markdown_table",
+    "train_and_evaluate",
+]
+
+_LOGIT_ADJUSTED_PRESETS = ("balanced_softmax",)
+
+
+@dataclass
+class ModelArguments:
+    """Which model to train.
+
+    Args:
+        preset: ``ResNet1DMoEConfig.from_preset`` name ("small", "base", "reference").
+        model_name_or_path: Fine-tune this checkpoint instead of starting from ``preset``.
+        model_overrides: JSON object of ``ResNet1DMoEConfig`` fields to change, e.g.
+            ``'{"loss_preset": "scheme2", "hierarchical_inference": "none"}'``.
+    """
+
+    preset: str = field(default="small", metadata={"help": "Config preset: small, base or reference."})
+    model_name_or_path: str | None = field(default=None, metadata={"help": "Checkpoint to fine-tune."})
+    model_overrides: str = field(default="", metadata={"help": "JSON object of config fields to change."})
+
+
+@dataclass
+class DataArguments:
+    """Which data to train and evaluate on.
+
+    Args:
+        dataset: A DatasetDict written by ``physmoe simulate`` / ``generate_dataset``, or
+            ``"default"`` for the embedded 4,000-structure set.
+        augmentation: Training measurement conditions: ``"default"`` (random SimXRD-like
+            realism, new for every batch and epoch) or ``"clean"``.
+        max_train_samples / max_eval_samples: Truncate splits (quick runs).
+    """
+
+    dataset: str = field(default="default", metadata={"help": "DatasetDict path or 'default'."})
+    augmentation: str = field(default="default", metadata={"help": "'default' or 'clean'."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation/test rows."})
+
+
+@dataclass
+class RunArguments:
+    """What to do around training.
+
+    Args:
+        calibrate: Fit a softmax temperature on the validation split and store it in the config.
+        overwrite_output: Replace a finished model already in ``output_dir``.
+        plots: Save plots next to the model (needs matplotlib, the ``plot`` extra).
+        predict_files: Files (CIF or patterns) to predict with the reloaded model at the end.
+        bootstrap_samples: Bootstrap replicates for the few-shot confidence interval.
+    """
+
+    calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on validation."})
+    overwrite_output: bool = field(default=False, metadata={"help": "Replace a finished model in output_dir."})
+    plots: bool = field(default=True, metadata={"help": "Save plots (needs matplotlib)."})
+    predict_files: list[str] = field(default_factory=list, metadata={"help": "Files to predict after training."})
+    bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap replicates for intervals."})
+
+
+def load_data(data_args: DataArguments, seed: int = 0) -> tuple[DatasetDict, dict]:
+    """The DatasetDict and its metadata (peak wavelength, source)."""
+    if data_args.dataset == "default":
+        dataset = default_dataset()
+        metadata = {"name": "physmoe embedded default (4,000 pyxtal structures)", "peak_wavelength": PEAK_WAVELENGTH}
+    else:
+        dataset = load_dataset_dict(data_args.dataset)
+        metadata = dict(dataset_metadata(data_args.dataset))
+        metadata.setdefault("name", Path(data_args.dataset).name)
+    for split in ("train", "validation", "test"):
+        if split not in dataset:
+            raise ValueError(f"dataset {data_args.dataset!r} has no {split!r} split (it has {sorted(dataset)})")
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is not None and limit < len(dataset[split]):
+            dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
+    return dataset, metadata
+
+
+def build_model(model_args: ModelArguments, train_class_counts: np.ndarray) -> ResNet1D_MoE:
+    """A fresh model from the preset (or the checkpoint to fine-tune) with the overrides applied.
+    Logit-adjusted losses get the training class prior."""
+    overrides = json.loads(model_args.model_overrides) if model_args.model_overrides else {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"model_overrides must be a JSON object, got {model_args.model_overrides!r}")
+    if model_args.model_name_or_path:
+        config = ResNet1DMoEConfig.from_pretrained(model_args.model_name_or_path, **overrides)
+    else:
+        config = ResNet1DMoEConfig.from_preset(model_args.preset, **overrides)
+    if config.loss_preset in _LOGIT_ADJUSTED_PRESETS or (config.tau or 0) > 0:
+        prior = train_class_counts / train_class_counts.sum()
+        config.class_prior = prior.tolist()
+    if model_args.model_name_or_path:
+        return ResNet1D_MoE.from_pretrained(model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True)
+    return ResNet1D_MoE(config)
+
+
+def longtail_markdown_table(metrics: dict, prefix: str = "test_") -> str:
+    """Accuracy by training-frequency bucket as a markdown table (for the model card)."""
+    rows = [
+        ("many-shot (>= 100 training samples)", "many_shot"),
+        ("medium-shot (20-99)", "medium_shot"),
+        ("few-shot (< 20)", "few_shot"),
+        ("reference head", "head"),
+        ("reference medium", "medium"),
+        ("reference tail", "tail"),
+        ("reference extreme tail", "extreme_tail"),
+    ]
+    lines = ["| bucket | classes in test | class-mean accuracy |", "|---|---:|---:|"]
+    for name, key in rows:
+        count = metrics.get(f"{prefix}{key}_num_classes")
+        accuracy = metrics.get(f"{prefix}{key}_accuracy")
+        shown = "-" if accuracy is None else f"{accuracy:.3f}"
+        if key == "few_shot" and f"{prefix}few_shot_accuracy_ci_low" in metrics:
+            shown += f" (95% CI {metrics[f'{prefix}few_shot_accuracy_ci_low']:.3f}-{metrics[f'{prefix}few_shot_accuracy_ci_high']:.3f})"
+        lines.append(f"| {name} | {'-' if count is None else int(count)} | {shown} |")
+    return "\n".join(lines)
+
+
+def _check_output_dir(output_dir: Path, overwrite: bool) -> str | None:
+    """The checkpoint to resume from, if any; refuses to clobber a finished model."""
+    if not output_dir.is_dir():
+        return None
+    last = get_last_checkpoint(str(output_dir))
+    finished = (output_dir / "model.safetensors").exists()
+    if finished and not overwrite:
+        raise FileExistsError(
+            f"{output_dir} already holds a trained model; pass --overwrite_output true to replace it or choose another output_dir"
+        )
+    if finished and overwrite:
+        for entry in output_dir.iterdir():
+            if entry.is_dir() and entry.name.startswith("checkpoint-"):
+                shutil.rmtree(entry)
+        return None
+    if last is not None:
+        logger.info("resuming from %s", last)
+    return last
+
+
+def _prefixed(metrics: dict, prefix: str) -> dict:
+    return {k if k.startswith(prefix) else f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+def train_and_evaluate(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    run_args: RunArguments,
+    training_args: PhysMoETrainingArguments,
+) -> dict:
+    """Train, select on validation, calibrate, evaluate on test, save model + card + plots.
+
+    Resumes from the last checkpoint in ``output_dir`` when one exists (a killed run continues).
+    Returns the validation and test metrics (``validation_*``, ``test_*``) plus the temperature.
+    """
+    set_seed(training_args.seed)
+    output_dir = Path(training_args.output_dir)
+    resume_from = training_args.resume_from_checkpoint or _check_output_dir(output_dir, run_args.overwrite_output)
+    dataset, metadata = load_data(data_args, seed=training_args.seed)
+    train_counts = class_counts(dataset["train"]["space_group"])
+    model = build_model(model_args, train_counts)
+    grid = TwoThetaGrid.from_config(model.config)
+    if data_args.augmentation not in ("default", "clean"):
+        raise ValueError(f"augmentation must be 'default' or 'clean', got {data_args.augmentation!r}")
+    conditions = MeasurementConditions.default() if data_args.augmentation == "default" else MeasurementConditions.clean()
+    seed = training_args.augmentation_seed if training_args.augmentation_seed is not None else training_args.seed
+    peaks_wavelength = float(metadata.get("peak_wavelength", PEAK_WAVELENGTH))
+    collator = PXRDCollator(grid, conditions=conditions, train=True, seed=seed, peaks_wavelength=peaks_wavelength)
+    trainer = PhysMoETrainer(
+        model,
+        training_args,
+        data_collator=collator,
+        train_dataset=dataset["train"],
+        eval_dataset=dataset["validation"],
+        train_class_counts=train_counts,
+    )
+    logger.info(
+        "training %s (%.2f M parameters) on %d structures, validating on %d",
+        model_args.model_name_or_path or model_args.preset, model.num_parameters() / 1e6, len(dataset["train"]), len(dataset["validation"]),
+    )
+    trainer.train(resume_from_checkpoint=resume_from)
+    model = trainer.model
+
+    validation = trainer.predict(dataset["validation"], metric_key_prefix="validation")
+    temperature = 1.0
+    if run_args.calibrate:
+        temperature = TemperatureScaler().fit(validation.predictions[0], validation.label_ids)
+    model.config.calibration_temperature = float(temperature)
+    trainer.compute_metrics.temperature = float(temperature)
+    test = trainer.predict(dataset["test"], metric_key_prefix="test")
+    results = {**_prefixed(validation.metrics, "validation_"), **_prefixed(test.metrics, "test_"), "calibration_temperature": temperature}
+    test_logits = test.predictions[0] / temperature
+    interval = bootstrap_ci(
+        "few_shot_accuracy", test_logits, test.label_ids, train_class_counts=train_counts,
+        n_boot=run_args.bootstrap_samples, seed=training_args.seed,
+    )
+    if interval is not None:
+        results["test_few_shot_accuracy_ci_low"], results["test_few_shot_accuracy_ci_high"] = interval.low, interval.high
+
+    if trainer.is_world_process_zero():
+        _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, train_counts, test, temperature, run_args)
+    return results
+
+
+def _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, train_counts, test, temperature, run_args) -> None:
+    from .hub import write_model_card
+
+    model = trainer.model
+    trainer.save_model(str(output_dir))
+    XRDFeatureExtractor.from_config(model.config).save_pretrained(str(output_dir))
+    with open(output_dir / "all_results.json", "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2, allow_nan=False)
+    with open(output_dir / "log_history.json", "w", encoding="utf-8") as handle:
+        json.dump(trainer.state.log_history, handle, indent=1)
+    # Scores for the card's model-index; the interval goes into the long-tail table only.
+    test_metrics = {
+        k[len("test_"):]: v for k, v in results.items()
+        if k.startswith("test_") and not k.endswith(("_runtime", "_per_second", "_loss", "_ci_low", "_ci_high"))
+    }
+    training_data = {
+        "dataset": metadata.get("name"),
+        "structures (train / validation / test)": f"{len(dataset['train'])} / {len(dataset['validation'])} / {len(dataset['test'])}",
+        "space groups in training": int((train_counts > 0).sum()),
+        "peak wavelength (A)": metadata.get("peak_wavelength"),
+        "calibration temperature (fitted on validation)": round(float(temperature), 4),
+    }
+    write_model_card(
+        output_dir, metrics=test_metrics, longtail_table=longtail_markdown_table(results),
+        training_data=training_data, conditions=_condition_summary(conditions), overwrite=True,
+    )
+    if run_args.plots:
+        _save_plots(output_dir, test, temperature, train_counts, dataset, trainer)
+
+
+def _condition_summary(conditions: MeasurementConditions) -> dict:
+    return {name: value for name, value in dataclasses.asdict(conditions).items() if not isinstance(value, (list, dict))}
+
+
+def _save_plots(output_dir: Path, test, temperature: float, train_counts: np.ndarray, dataset, trainer) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'physmoe[plot]'): no plots")
+        return
+    logits = torch.as_tensor(test.predictions[0] / temperature)
+    labels = torch.as_tensor(test.label_ids)
+    accuracy, test_counts = per_class_accuracy(logits, labels, num_classes=logits.shape[1])
+    accuracy = np.where(test_counts > 0, accuracy, np.nan)
+    plot_per_class_accuracy(accuracy, train_counts, output_dir / "per_class_accuracy.png", test_counts=test_counts, overwrite=True)
+    system_of = sg_to_sys_map()
+    system_logits = torch.as_tensor(test.predictions[2])
+    plot_crystal_system_confusion(
+        system_of[labels].numpy(), system_logits.argmax(1).numpy(), output_dir / "crystal_system_confusion.png", overwrite=True
+    )
+    example = trainer.eval_data_collator([dataset["test"][0]])["input_values"][0].numpy()
+    probabilities = torch.softmax(logits[0], dim=0)
+    top = probabilities.topk(5)
+    grid = TwoThetaGrid.from_config(trainer.model.config)
+    plot_pattern_top5(
+        grid.values(), example, top.indices.tolist(), top.values.tolist(), output_dir / "example_top5.png",
+        title=f"test pattern 0, true {ID2LABEL[int(labels[0])]}", overwrite=True,
+    )
+
+
+def evaluate_checkpoint(
+    checkpoint: str | os.PathLike,
+    dataset: str = "default",
+    split: str = "test",
+    batch_size: int = 64,
+    max_samples: int | None = None,
+    bf16: bool | None = None,
+) -> dict:
+    """Metrics of a saved model on a split, over the whole split (shot buckets from the dataset's
+    training split; probabilities at the checkpoint's calibration temperature)."""
+    from .runtime import recommended_autocast_dtype
+
+    data, metadata = load_data(DataArguments(dataset=dataset, max_eval_samples=max_samples))
+    if split not in data:
+        raise ValueError(f"no split {split!r} in {dataset!r}; choose one of {sorted(data)}")
+    model = ResNet1D_MoE.from_pretrained(checkpoint)
+    use_bf16 = recommended_autocast_dtype("cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16 if bf16 is None else bf16
+    args = PhysMoETrainingArguments(
+        output_dir=tempfile.mkdtemp(prefix="physmoe-eval-"), per_device_eval_batch_size=batch_size, report_to=[],
+        bf16=use_bf16, use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+    )
+    grid = TwoThetaGrid.from_config(model.config)
+    collator = PXRDCollator(grid, train=False, peaks_wavelength=float(metadata.get("peak_wavelength", PEAK_WAVELENGTH)))
+    trainer = PhysMoETrainer(model, args, data_collator=collator, train_class_counts=class_counts(data["train"]["space_group"]))
+    trainer.compute_metrics.temperature = float(getattr(model.config, "calibration_temperature", 1.0) or 1.0)
+    output = trainer.predict(data[split], metric_key_prefix=split)
+    return {key: value for key, value in output.metrics.items() if not key.endswith(("_runtime", "_per_second"))}
+

@@ -1,0 +1,109 @@
+"""The main job through the `physmoe` command: train -> test -> save -> reload -> predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from huggingface_hub import ModelCard
+
+from physmoe.cli import main
+from physmoe.data.dataset import default_dataset, read_structure_archive, write_structure_archive
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TINY = dict(
+    num_points=64, hidden_sizes=[4, 8, 8, 8, 8, 8], pool_types=["max", "max", "avg", "avg", "avg", "avg"],
+    pool_paddings=[0, 0, 1, 0, 0, 0], dropout_blocks=[3], num_experts=4, tail_expert_ids=[2, 3], projection_dim=6,
+)
+
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> Path:
+    """60 embedded structures of 4 groups, built like the default dataset."""
+    root = tmp_path_factory.mktemp("data")
+    full = read_structure_archive()
+    keep = np.concatenate([np.flatnonzero(full.space_groups == g)[:15] for g in (2, 14, 62, 225)])
+    archive = write_structure_archive(
+        root / "small.npz", full.structure_ids[keep].tolist(), [full.crystal(int(i)) for i in keep],
+        [int(g) or None for g in full.requested_space_groups[keep]], full.space_groups[keep].tolist(),
+    )
+    default_dataset(cache_dir=root / "cache", archive=archive, progress=False)
+    (built,) = (root / "cache").iterdir()
+    return built
+
+
+def write_config(path: Path, dataset: Path, output_dir: Path, **extra) -> Path:
+    settings = {
+        "preset": "reference", "dataset": str(dataset), "output_dir": str(output_dir), "model_overrides": TINY,
+        "num_train_epochs": 2, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
+        "learning_rate": 3e-3, "eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
+        "metric_for_best_model": "balanced_accuracy", "logging_steps": 2, "use_cpu": True, "report_to": "none",
+        "bootstrap_samples": 50, "bf16": False, "disable_tqdm": True, **extra,
+    }
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def test_train_evaluate_predict_end_to_end(small_dataset, tmp_path, capsys):
+    out = tmp_path / "model"
+    config = write_config(tmp_path / "run.yaml", small_dataset, out, predict_files=[str(EXAMPLES / "TiO2_rutile.cif")])
+    assert main(["train", str(config)]) == 0
+    printed = capsys.readouterr().out
+    assert "Top-1 accuracy" in printed and "calibration temperature" in printed and "TiO2_rutile.cif" in printed
+
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "all_results.json", "log_history.json"):
+        assert (out / name).is_file(), name
+    results = json.loads((out / "all_results.json").read_text())
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["calibration_temperature"] == pytest.approx(results["calibration_temperature"])
+    assert 0.0 <= results["test_top1_accuracy"] <= 1.0 and results["test_num_samples"] > 0
+    card = ModelCard.load(out / "README.md")
+    reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert reported["accuracy"] == pytest.approx(results["test_top1_accuracy"])
+    assert "few-shot" in card.text
+
+    # Reload from disk: evaluation on the test split reproduces the training run's numbers.
+    assert main(["evaluate", str(out), "--dataset", str(small_dataset), "--split", "test", "--output", str(tmp_path / "m.json")]) == 0
+    evaluated = json.loads((tmp_path / "m.json").read_text())
+    assert evaluated["test_top1_accuracy"] == pytest.approx(results["test_top1_accuracy"])
+    assert evaluated["test_balanced_accuracy"] == pytest.approx(results["test_balanced_accuracy"])
+
+    capsys.readouterr()
+    assert main(["predict", str(out), str(EXAMPLES / "NaCl_rocksalt.cif"), "--top-k", "3", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer[0]["source"] == "NaCl_rocksalt.cif" and len(answer[0]["candidates"]) == 3
+
+
+def test_finished_models_are_not_overwritten_and_killed_runs_resume(small_dataset, tmp_path, capsys):
+    out = tmp_path / "model"
+    config = write_config(tmp_path / "run.yaml", small_dataset, out, num_train_epochs=1, plots=False)
+    assert main(["train", str(config)]) == 0
+    before = (out / "model.safetensors").read_bytes()
+    assert main(["train", str(config)]) == 1
+    assert "already holds a trained model" in capsys.readouterr().err
+    assert (out / "model.safetensors").read_bytes() == before
+    assert main(["train", str(config), "--overwrite_output", "true", "--seed", "1"]) == 0
+    assert (out / "model.safetensors").read_bytes() != before
+
+    # A run killed after its first epoch's checkpoint continues from it.
+    killed = tmp_path / "killed"
+    assert main(["train", str(write_config(tmp_path / "k.yaml", small_dataset, killed, num_train_epochs=1, plots=False))]) == 0
+    (killed / "model.safetensors").unlink()  # as if it had died before saving the final model
+    (first_checkpoint,) = killed.glob("checkpoint-*")
+    state = (first_checkpoint / "trainer_state.json").read_bytes()
+    assert main(["train", str(write_config(tmp_path / "k2.yaml", small_dataset, killed, num_train_epochs=2, plots=False))]) == 0
+    # The first epoch was not trained again (its checkpoint is untouched); the second was.
+    assert (first_checkpoint / "trainer_state.json").read_bytes() == state
+    assert len(list(killed.glob("checkpoint-*"))) == 2 and (killed / "model.safetensors").is_file()
+
+
+def test_bad_configs_name_the_problem(tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"no_such_setting": 1}))
+    assert main(["train", str(config)]) == 2
+    assert "no_such_setting" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -1,0 +1,99 @@
+"""SpaceGroupPredictor: calibrated top-k answers for patterns and CIF files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from physmoe import ResNet1D_MoE, ResNet1DMoEConfig, XRDFeatureExtractor
+from physmoe.crystallography import CRYSTAL_SYSTEMS, space_group_symbol
+from physmoe.data import MeasurementConditions, TwoThetaGrid, render_patterns, simulate_peaks
+from physmoe.inference import SpaceGroupPredictor, format_predictions
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TINY = dict(
+    num_points=64, hidden_sizes=[4, 8, 8, 8, 8, 8], pool_types=["max", "max", "avg", "avg", "avg", "avg"],
+    pool_paddings=[0, 0, 1, 0, 0, 0], dropout_blocks=[3], num_experts=4, tail_expert_ids=[2, 3], projection_dim=6,
+)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    torch.manual_seed(0)
+    model = ResNet1D_MoE(ResNet1DMoEConfig(**TINY, calibration_temperature=2.5))
+    # Non-trivial BatchNorm statistics, as after training.
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, 64))
+    folder = tmp_path_factory.mktemp("model")
+    model.save_pretrained(folder)
+    XRDFeatureExtractor.from_config(model.config).save_pretrained(folder)
+    return folder
+
+
+def reference_probabilities(folder, input_values: torch.Tensor, temperature: float) -> torch.Tensor:
+    model = ResNet1D_MoE.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return torch.softmax(model(input_values).logits / temperature, dim=-1)
+
+
+def test_predictions_are_the_calibrated_top_k_of_the_model(saved_model):
+    predictor = SpaceGroupPredictor.from_pretrained(saved_model, autocast_dtype=torch.float32)
+    assert predictor.temperature == 2.5
+    rng = np.random.default_rng(0)
+    two_theta = np.linspace(5, 90, 500)
+    intensity = rng.random(500)
+    result = predictor.predict(two_theta, intensity, top_k=7)[0]
+    inputs = XRDFeatureExtractor.from_pretrained(saved_model)(two_theta, intensity, return_tensors="pt")["input_values"]
+    expected = reference_probabilities(saved_model, inputs, 2.5)[0]
+    top = expected.topk(7)
+    assert [c.space_group for c in result.candidates] == (top.indices + 1).tolist()
+    np.testing.assert_allclose([c.probability for c in result.candidates], top.values.numpy(), rtol=1e-5)
+    assert [c.rank for c in result.candidates] == list(range(1, 8))
+    first = result.best
+    assert first.symbol == space_group_symbol(first.space_group)
+    assert first.crystal_system in CRYSTAL_SYSTEMS
+    assert sum(result.crystal_system_probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cif_prediction_uses_the_clean_simulated_pattern(saved_model):
+    predictor = SpaceGroupPredictor.from_pretrained(saved_model, autocast_dtype=torch.float32)
+    cif = EXAMPLES / "NaCl_rocksalt.cif"
+    result = predictor.predict_file(cif, top_k=3)
+    grid = TwoThetaGrid.from_config(predictor.model.config)
+    peaks = simulate_peaks(cif, two_theta_range=(grid.two_theta_min, grid.two_theta_max))
+    pattern = render_patterns([peaks], grid, MeasurementConditions.clean())
+    expected = reference_probabilities(saved_model, pattern, 2.5)[0].topk(3)
+    assert result.source == "NaCl_rocksalt.cif"
+    assert [c.space_group for c in result.candidates] == (expected.indices + 1).tolist()
+
+
+def test_pattern_files_at_another_wavelength(saved_model, tmp_path):
+    predictor = SpaceGroupPredictor.from_pretrained(saved_model, autocast_dtype=torch.float32)
+    # Silicon lines measured with Co K-alpha: the file states no wavelength, the caller does.
+    cobalt = 1.78897
+    peaks = simulate_peaks(EXAMPLES / "NaCl_rocksalt.cif", wavelength=cobalt, two_theta_range=(5, 120))
+    two_theta = np.linspace(5, 120, 2000)
+    intensity = sum(h * np.exp(-0.5 * ((two_theta - p) / 0.2) ** 2) for p, h in zip(peaks.two_theta, peaks.intensity, strict=True))
+    path = tmp_path / "scan.xy"
+    np.savetxt(path, np.column_stack([two_theta, intensity]))
+    from_file = predictor.predict_file(path, wavelength=cobalt, top_k=4)
+    direct = predictor.predict(two_theta, intensity, wavelength=cobalt, top_k=4)[0]
+    assert [c.space_group for c in from_file.candidates] == [c.space_group for c in direct.candidates]
+    assert from_file.source == "scan.xy"
+    table = format_predictions([from_file])
+    assert "scan.xy" in table and from_file.best.symbol in table and "probability" in table
+
+
+def test_bad_inputs_are_refused(saved_model):
+    predictor = SpaceGroupPredictor.from_pretrained(saved_model)
+    with pytest.raises(ValueError, match="top_k"):
+        predictor.predict_input_values(torch.rand(1, 64), top_k=0)
+    with pytest.raises(ValueError, match="covers"):
+        predictor.predict(np.linspace(40, 45, 50), np.ones(50))
+    with pytest.raises(ValueError, match="temperature"):
+        SpaceGroupPredictor(predictor.model, temperature=0.0)
