@@ -1,6 +1,6 @@
 """Build the embedded default structure set, src/physmoe/resources/default_structures.npz.
 
-    python scripts/build_default_structures.py [--num-structures 4000] [--num-proc 2]
+    python scripts/build_default_structures.py [--num-structures 12000] [--min-per-group 15] [--num-proc 2]
 
 Deterministic (fixed seed; every structure depends only on its own derived seed). Two phases:
 
@@ -52,8 +52,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--num-structures", type=int, default=4000)
-    parser.add_argument("--min-per-group", type=int, default=6)
+    parser.add_argument("--num-structures", type=int, default=12000)
+    parser.add_argument("--min-per-group", type=int, default=15)
     parser.add_argument("--num-proc", type=int, default=2)
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()

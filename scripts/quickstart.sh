@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine, end to end:
-#   set up .venv -> build the embedded default dataset (simulated patterns of 4,000 structures)
+#   set up .venv -> build the embedded default dataset (simulated patterns of 12,000 structures)
 #   -> train the "small" preset -> choose the checkpoint on validation, calibrate, test
 #   -> save model + card + plots to outputs/quickstart -> reload it and predict example CIFs.
 #   bash scripts/quickstart.sh [extra `physmoe train` overrides, e.g. --num_train_epochs 5]

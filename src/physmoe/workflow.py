@@ -79,7 +79,7 @@ class DataArguments:
 
     Args:
         dataset: A DatasetDict written by ``physmoe simulate`` / ``generate_dataset``, or
-            ``"default"`` for the embedded 4,000-structure set.
+            ``"default"`` for the embedded 12,000-structure set.
         augmentation: Training measurement conditions: ``"default"`` (random SimXRD-like
             realism, new for every batch and epoch) or ``"clean"``.
         max_train_samples / max_eval_samples: Truncate splits (quick runs).
@@ -114,7 +114,7 @@ def load_data(data_args: DataArguments, seed: int = 0) -> tuple[DatasetDict, dic
     """The DatasetDict and its metadata (peak wavelength, source)."""
     if data_args.dataset == "default":
         dataset = default_dataset()
-        metadata = {"name": "physmoe embedded default (4,000 pyxtal structures)", "peak_wavelength": PEAK_WAVELENGTH}
+        metadata = {"name": "physmoe embedded default (12,000 pyxtal structures)", "peak_wavelength": PEAK_WAVELENGTH}
     else:
         dataset = load_dataset_dict(data_args.dataset)
         metadata = dict(dataset_metadata(data_args.dataset))

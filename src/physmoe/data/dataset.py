@@ -592,12 +592,12 @@ def default_dataset(
 ) -> DatasetDict:
     """The embedded default dataset: ships as structures, peaks simulated on first use.
 
-    The structure set (``physmoe/resources/default_structures.npz``, 0.8 MB, built by
-    ``scripts/build_default_structures.py`` with pyxtal, seed 2026) holds 4,000 structures. Every
-    one of the 230 space groups has at least 6 (so each appears in train, validation and test);
-    the rest follow the ICSD prior, leaving a long tail: 8 groups with >= 100 structures (1,156
-    in all), 35 with 20-99 (1,206), 187 with 6-19 (1,638). spglib's group equals the requested
-    one for 95.2%. Building needs no optional dependency and no download (~5 s on one core). The result is cached in
+    The structure set (``physmoe/resources/default_structures.npz``, 2.3 MB, built by
+    ``scripts/build_default_structures.py --num-structures 12000 --min-per-group 15`` with pyxtal,
+    seed 2026) holds 12,000 structures. Every one of the 230 space groups has at least 15 (so
+    each appears in train, validation and test); the rest follow the ICSD prior, leaving a long
+    tail: 23 groups with >= 100 structures (6,056 in all), 110 with 20-99 (4,346), 97 with 15-19
+    (1,598). spglib's group equals the requested one for 95.3%. Building needs no optional dependency and no download (~15 s on one core). The result is cached in
     ``cache_dir/default-<hash>`` (default ``$PHYSMOE_CACHE`` or ``~/.cache/physmoe``); the hash
     covers the archive, physmoe's version and the split settings, so a changed archive or
     simulator rebuilds.
