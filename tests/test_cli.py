@@ -12,12 +12,9 @@ from huggingface_hub import ModelCard
 
 from physmoe.cli import main
 from physmoe.data.dataset import default_dataset, read_structure_archive, write_structure_archive
+from tiny_models import TINY
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TINY = dict(
-    num_points=64, hidden_sizes=[4, 8, 8, 8, 8, 8], pool_types=["max", "max", "avg", "avg", "avg", "avg"],
-    pool_paddings=[0, 0, 1, 0, 0, 0], dropout_blocks=[3], num_experts=4, tail_expert_ids=[2, 3], projection_dim=6,
-)
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,6 @@ from huggingface_hub.errors import (
 )
 from transformers import (
     AutoModelForSequenceClassification,
-    Trainer,
     TrainingArguments,
 )
 
@@ -48,6 +47,7 @@ from physmoe.hub import (
     write_model_card,
 )
 from physmoe.models.resnet1d_moe import ResNet1D_MoE, ResNet1DMoEConfig
+from physmoe.training import PhysMoETrainer
 
 NUM_POINTS = 128
 MODEL_FILES = {"config.json", "model.safetensors", "preprocessor_config.json",
@@ -243,9 +243,7 @@ def test_trainer_push_to_hub_then_from_pretrained(hub_server, tmp_path):
         max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="no",
         report_to="none", use_cpu=True, disable_tqdm=True, logging_strategy="no", seed=0,
     )
-    feature_extractor = XRDFeatureExtractor.from_config(model.config)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set,
-                      processing_class=feature_extractor)
+    trainer = PhysMoETrainer(model=model, args=args, train_dataset=train_set)
     initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     trainer.train()
     trainer.push_to_hub()
@@ -258,6 +256,9 @@ def test_trainer_push_to_hub_then_from_pretrained(hub_server, tmp_path):
     assert any(not torch.equal(initial[name], tensor) for name, tensor in
                trained.state_dict().items())  # the pushed weights are the trained ones
     assert_same_model(ResNet1D_MoE.from_pretrained(repo_id), trained)
+    # physmoe's card and the feature extractor travel with the push.
+    assert ModelCard.load(hf_hub_download(repo_id, "README.md")).data.library_name == "physmoe"
+    assert XRDFeatureExtractor.from_pretrained(repo_id).to_dict() == XRDFeatureExtractor.from_config(model.config).to_dict()
     assert hub_server.unhandled == []
 
 

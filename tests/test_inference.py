@@ -8,22 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from physmoe import ResNet1D_MoE, ResNet1DMoEConfig, XRDFeatureExtractor
+from physmoe import ResNet1D_MoE, XRDFeatureExtractor
 from physmoe.crystallography import CRYSTAL_SYSTEMS, space_group_symbol
 from physmoe.data import MeasurementConditions, TwoThetaGrid, render_patterns, simulate_peaks
 from physmoe.inference import SpaceGroupPredictor, format_predictions
+from tiny_models import tiny_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TINY = dict(
-    num_points=64, hidden_sizes=[4, 8, 8, 8, 8, 8], pool_types=["max", "max", "avg", "avg", "avg", "avg"],
-    pool_paddings=[0, 0, 1, 0, 0, 0], dropout_blocks=[3], num_experts=4, tail_expert_ids=[2, 3], projection_dim=6,
-)
 
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     torch.manual_seed(0)
-    model = ResNet1D_MoE(ResNet1DMoEConfig(**TINY, calibration_temperature=2.5))
+    model = ResNet1D_MoE(tiny_config(calibration_temperature=2.5))
     # Non-trivial BatchNorm statistics, as after training.
     model.train()
     with torch.no_grad():

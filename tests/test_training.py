@@ -11,30 +11,13 @@ from datasets import Dataset
 from torch import nn
 
 from physmoe.data import PXRDCollator, TwoThetaGrid
-from physmoe.models.resnet1d_moe import ResNet1D_MoE, ResNet1DMoEConfig
 from physmoe.training import (
     PhysMoETrainer,
     PhysMoETrainingArguments,
     SpaceGroupMetrics,
     class_counts,
 )
-
-TINY = dict(
-    num_points=64,
-    hidden_sizes=[4, 8, 8, 8, 8, 8],
-    pool_types=["max", "max", "avg", "avg", "avg", "avg"],
-    pool_paddings=[0, 0, 1, 0, 0, 0],
-    dropout_blocks=[3],
-    hidden_dropout_prob=0.0,
-    num_experts=4,
-    tail_expert_ids=[2, 3],
-    projection_dim=6,
-)
-
-
-def tiny_model(seed: int = 0, **overrides) -> ResNet1D_MoE:
-    torch.manual_seed(seed)
-    return ResNet1D_MoE(ResNet1DMoEConfig(**{**TINY, **overrides}))
+from tiny_models import tiny_model
 
 
 def peak_rows(count: int, seed: int = 0, num_classes: int = 5) -> Dataset:

@@ -31,9 +31,17 @@ _SUMMARY = (
     "many_shot_accuracy",
     "medium_shot_accuracy",
     "few_shot_accuracy",
+    "few_shot_accuracy_ci_low",
+    "few_shot_accuracy_ci_high",
     "crystal_system_accuracy",
     "sg_accuracy_given_correct_system",
     "ece",
+    "nll",
+    "many_shot_num_classes",
+    "medium_shot_num_classes",
+    "few_shot_num_classes",
+    "num_classes_present",
+    "num_samples",
 )
 
 
@@ -50,8 +58,10 @@ def _metrics_table(metrics: dict, prefix: str, title: str) -> str:
     from .evaluation import format_metrics_table
 
     plain = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    # The summary, then the rest (reference buckets, per-expert ...) in a stable order.
     ordered = {k: plain[k] for k in _SUMMARY if k in plain}
-    ordered.update({k: v for k, v in sorted(plain.items()) if k not in ordered and not k.endswith(("_runtime", "_per_second"))})
+    skipped = ("runtime", "samples_per_second", "steps_per_second")
+    ordered.update({k: v for k, v in sorted(plain.items()) if k not in ordered and k not in skipped})
     return format_metrics_table(ordered, title=title)
 
 

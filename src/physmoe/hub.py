@@ -18,7 +18,6 @@ import math
 import numbers
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
@@ -37,6 +36,7 @@ from transformers.utils import (
 from . import __version__
 from .data.grid import CU_KA1, TwoThetaGrid
 from .evaluation import metric_display_name, metrics_markdown_table
+from .utils import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ _BOOKKEEPING_KEYS = {
     "jit_compilation_time",
 }
 # Counts and parameters of physmoe.evaluation.compute_metrics: shown in the table, not scores.
-_NOT_A_SCORE = re.compile(r"num_\w+|\w+_num_classes|reference_bucket_scale")
+_NOT_A_SCORE = re.compile(r"num_\w+|\w+_num_classes|reference_bucket_scale|\w+_ci_(low|high)|loss")
 # model-index metric types with an established Hub id; every other key is its own type.
 _MODEL_INDEX_TYPES = {"top1_accuracy": "accuracy", "macro_f1": "f1"}
 # Config fields worth a row in the card's architecture table, when the config has them.
@@ -480,13 +480,5 @@ def _input_grid_text(grid_config: dict | None) -> str | None:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_open(path) as stream:
+        stream.write(text)

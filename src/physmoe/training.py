@@ -20,9 +20,11 @@ the model's hard-negative miner (HNM) up to date:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ from transformers import EvalPrediction, Trainer, TrainerCallback, TrainingArgum
 
 from .crystallography import NUM_SPACE_GROUPS
 from .data.collator import PXRDCollator
+from .data.feature_extraction import XRDFeatureExtractor
 from .data.grid import TwoThetaGrid
 from .evaluation import compute_metrics
 
@@ -137,7 +140,9 @@ class PhysMoETrainer(Trainer):
 
     With ``data_collator=None`` the training collator is a :class:`PXRDCollator` on the model's
     grid with the default (SimXRD-like) measurement conditions. ``compute_metrics=None`` uses
-    :class:`SpaceGroupMetrics`.
+    :class:`SpaceGroupMetrics`. ``processing_class=None`` uses the model's
+    :class:`~physmoe.XRDFeatureExtractor`, so every checkpoint and pushed repository carries its
+    ``preprocessor_config.json``; ``push_to_hub`` writes physmoe's model card.
     """
 
     # The model's loss is a per-batch mean: let the Trainer divide it by the accumulation steps.
@@ -169,6 +174,8 @@ class PhysMoETrainer(Trainer):
             train_class_counts = class_counts(train_dataset["space_group"], model.config.num_labels)
         if compute_metrics is None:
             compute_metrics = SpaceGroupMetrics(train_class_counts)
+        if kwargs.get("processing_class") is None and model is not None:
+            kwargs["processing_class"] = XRDFeatureExtractor.from_config(model.config)
         super().__init__(
             model=model,
             args=args,
@@ -245,6 +252,23 @@ class PhysMoETrainer(Trainer):
         if self.accelerator.num_processes > 1:  # every process gets the global batch
             features, predictions, labels = self.accelerator.gather((features, predictions, labels))
         self.accelerator.unwrap_model(model).update_hard_negative_miner(features, predictions, labels)
+
+    def create_model_card(self, model_name: str | None = None, finetuned_from: str | None = None, **kwargs) -> None:
+        """physmoe's card (``physmoe.hub.write_model_card``) instead of transformers' generic one:
+        the test metrics come from ``output_dir/all_results.json`` when ``physmoe train`` wrote
+        it (the card's model-index reports the test split only, so none otherwise)."""
+        if not self.is_world_process_zero():
+            return
+        from .hub import write_model_card
+
+        output_dir = Path(self.args.output_dir)
+        results_file = output_dir / "all_results.json"
+        results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+        test_metrics = {key: value for key, value in results.items() if key.startswith("test_")}
+        write_model_card(
+            output_dir, metrics=test_metrics or None, model_name=model_name, base_model=finetuned_from,
+            repo_id=self.hub_model_id, overwrite=True,
+        )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._component_steps:

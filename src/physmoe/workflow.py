@@ -27,7 +27,6 @@ from transformers.trainer_utils import get_last_checkpoint
 from .crystallography import ID2LABEL, sg_to_sys_map
 from .data.collator import PXRDCollator
 from .data.dataset import PEAK_WAVELENGTH, dataset_metadata, default_dataset, load_dataset_dict
-from .data.feature_extraction import XRDFeatureExtractor
 from .data.grid import TwoThetaGrid
 from .data.render import MeasurementConditions
 from .evaluation import (
@@ -40,6 +39,7 @@ from .evaluation import (
 )
 from .models.resnet1d_moe import ResNet1D_MoE, ResNet1DMoEConfig
 from .training import PhysMoETrainer, PhysMoETrainingArguments, class_counts
+from .utils import write_json
 
 logger = logging.getLogger(__name__)
 
@@ -256,18 +256,11 @@ def train_and_evaluate(
 def _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, train_counts, test, temperature, run_args) -> None:
     from .hub import write_model_card
 
-    model = trainer.model
-    trainer.save_model(str(output_dir))
-    XRDFeatureExtractor.from_config(model.config).save_pretrained(str(output_dir))
-    with open(output_dir / "all_results.json", "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=2, allow_nan=False)
-    with open(output_dir / "log_history.json", "w", encoding="utf-8") as handle:
-        json.dump(trainer.state.log_history, handle, indent=1)
-    # Scores for the card's model-index; the interval goes into the long-tail table only.
-    test_metrics = {
-        k[len("test_"):]: v for k, v in results.items()
-        if k.startswith("test_") and not k.endswith(("_runtime", "_per_second", "_loss", "_ci_low", "_ci_high"))
-    }
+    trainer.save_model(str(output_dir))  # weights, config and the feature extractor (processing class)
+    write_json(output_dir / "all_results.json", results)
+    write_json(output_dir / "log_history.json", trainer.state.log_history, indent=1)
+    # The card takes test-split values only (its model-index reports the test split).
+    test_metrics = {key: value for key, value in results.items() if key.startswith("test_")}
     training_data = {
         "dataset": metadata.get("name"),
         "structures (train / validation / test)": f"{len(dataset['train'])} / {len(dataset['validation'])} / {len(dataset['test'])}",

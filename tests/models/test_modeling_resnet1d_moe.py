@@ -38,33 +38,13 @@ from physmoe.models.resnet1d_moe import (
     recommended_autocast_dtype,
 )
 from physmoe.models.resnet1d_moe import modeling_resnet1d_moe as modeling
+from tiny_models import TINY, tiny_config, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
 
-# 64 points pool to exactly 1 (as the published 8500 do), so the expert stage sees a length-1
-# sequence; the first block runs oneDNN's convolution, the shorter ones the matmul path.
-TINY = dict(
-    num_points=64,
-    hidden_sizes=[4, 8, 8, 8, 8, 8],
-    pool_types=["max", "max", "avg", "avg", "avg", "avg"],
-    pool_paddings=[0, 0, 1, 0, 0, 0],
-    dropout_blocks=[3],
-    hidden_dropout_prob=0.0,
-    num_experts=4,
-    tail_expert_ids=[2, 3],
-    projection_dim=6,
-)
+# TINY: the first block runs oneDNN's convolution, the shorter ones the matmul path.
 TINY_STEM = dict(TINY, stem_channels=4, stem_kernel_size=5, stem_stride=2, hidden_sizes=[8, 8, 8, 8, 8],
                  pool_types=["max", "avg", "avg", "avg", "avg"], pool_paddings=[0, 1, 0, 0, 0])
-
-
-def tiny_config(**overrides) -> ResNet1DMoEConfig:
-    return ResNet1DMoEConfig(**{**TINY, **overrides})
-
-
-def tiny_model(seed: int = 0, **overrides) -> ResNet1DMoEForSpaceGroupClassification:
-    torch.manual_seed(seed)
-    return ResNet1D_MoE(tiny_config(**overrides))
 
 
 def batch(size: int = 6, num_points: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

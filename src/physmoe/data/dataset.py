@@ -58,6 +58,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..crystallography import CRYSTAL_SYSTEMS, ID2LABEL, NUM_SPACE_GROUPS, crystal_system_index
+from ..utils import atomic_open
 from .grid import CU_KA1
 from .simulate import simulate_peaks
 from .structures import Crystal, as_crystal
@@ -527,11 +528,8 @@ def write_structure_archive(
         ),
         "space_groups": np.asarray(space_groups, dtype=np.int16),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temp, "wb") as handle:
+    with atomic_open(path, "wb") as handle:
         np.savez_compressed(handle, **arrays)
-    os.replace(temp, path)
     return path
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from transformers import BatchFeature, SequenceFeatureExtractor
 
+from ..utils import atomic_open
 from .grid import CU_KA1, TwoThetaGrid
 from .render import convert_two_theta
 
@@ -124,17 +124,8 @@ class XRDFeatureExtractor(SequenceFeatureExtractor):
 
     def to_json_file(self, json_file_path: str | os.PathLike) -> None:
         """Write the configuration atomically (temporary file, then ``os.replace``)."""
-        directory = os.path.dirname(os.path.abspath(json_file_path))
-        with tempfile.NamedTemporaryFile(
-            "w", encoding="utf-8", dir=directory, suffix=".tmp", delete=False
-        ) as handle:
+        with atomic_open(json_file_path) as handle:
             handle.write(self.to_json_string())
-            temporary = handle.name
-        try:
-            os.replace(temporary, json_file_path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
 
     def __call__(
         self,

@@ -68,6 +68,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..crystallography import NUM_SPACE_GROUPS
+from ..utils import atomic_path, write_json
 from .dataset import (
     DEFAULT_SYMPREC,
     FEATURES,
@@ -566,9 +567,8 @@ def _write_shard(path: Path, rows: list[dict], stats: dict) -> None:
     metadata = dict(table.schema.metadata or {})
     metadata[_SHARD_METADATA_KEY] = json.dumps(stats).encode()
     table = table.replace_schema_metadata(metadata)
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, temp)
-    os.replace(temp, path)
+    with atomic_path(path) as temporary:
+        pq.write_table(table, temporary)
 
 
 def _arrow_row(row: dict) -> dict:
@@ -631,9 +631,7 @@ def _manifest(
 
 
 def _write_json(path: Path, content: dict) -> None:
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.write_text(json.dumps(content, indent=2))
-    os.replace(temp, path)
+    write_json(path, content)
 
 
 def _prepare_out_dir(out_dir: Path, manifest: dict, overwrite: bool) -> None:

@@ -8,8 +8,6 @@ is replaced only with ``overwrite=True``. The format follows the file suffix (PN
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 
 from ..crystallography import CRYSTAL_SYSTEMS, ID2LABEL
+from ..utils import atomic_open
 from ._inputs import to_tensor
 from .metrics import SHOT_THRESHOLDS
 
@@ -43,16 +42,8 @@ def _save(figure, path, overwrite: bool) -> Path:
         raise ValueError(
             f"cannot write {path}: format {file_format!r} is not one of {sorted(supported)}"
         )
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            figure.savefig(stream, format=file_format, dpi=120, bbox_inches="tight")
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    with atomic_open(path, "wb") as stream:
+        figure.savefig(stream, format=file_format, dpi=120, bbox_inches="tight")
     return path
 
 

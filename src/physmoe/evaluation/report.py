@@ -22,6 +22,9 @@ _DISPLAY_NAMES = {
     "crystal_system_accuracy_from_sg": "Crystal-system accuracy (from space group)",
     "sg_accuracy_given_correct_system": "Space-group accuracy given true system",
     "reference_bucket_scale": "Reference bucket scale",
+    "few_shot_accuracy_ci_low": "Few-shot accuracy, 95% CI low",
+    "few_shot_accuracy_ci_high": "Few-shot accuracy, 95% CI high",
+    "loss": "Loss (PhysMoE, on this split)",
 }
 _BUCKET_NAMES = {
     "many_shot": "Many-shot (>=100 train)",

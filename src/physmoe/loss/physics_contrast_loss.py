@@ -358,7 +358,8 @@ class HierarchicalLoss(nn.Module):
 
     * ``L_sys = CE(sys_logits, sg_to_sys_map[labels])``;
     * ``L_sg = CE`` over only the space groups of the sample's *true* crystal system: the other
-      classes are masked with ``torch.finfo(dtype).min`` (not -1e9), i.e. a masked log-softmax.
+      classes are masked with ``torch.finfo(dtype).min`` (no fixed constant that would overflow
+      in half precision), i.e. a masked log-softmax.
       ``L_sg <= CE(sg_logits, labels)`` always.
 
     Both are batch means. The per-system class masks ``[num_systems, num_classes]`` are built once

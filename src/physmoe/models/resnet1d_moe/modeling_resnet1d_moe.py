@@ -690,7 +690,7 @@ def hierarchical_space_group_logits(
         mode: ``"soft"``: ``log p(sg) = log p(sys(sg)) + log softmax_{sg' in sys(sg)} ensemble``
             (log-probabilities that sum to 1); ``"hard"``: the ensemble logits with every label
             outside the argmax crystal system set to the dtype's lowest value (never ``-inf`` or a
-            constant like ``-1e9``: softmax gives those labels exactly 0); ``"none"``: the
+            fixed large negative constant: softmax gives those labels exactly 0); ``"none"``: the
             ensemble logits. Crystal systems without any label are ignored in both.
 
     Returns ``[B, C]`` in the dtype of ``ensemble_logits``.

@@ -1,0 +1,32 @@
+"""A tiny ResNet1D_MoE configuration shared by the tests.
+
+64 grid points pool to exactly 1 (as the published 8500 do), so the expert stage sees a length-1
+sequence; widths of 4-8 channels keep every forward and backward in the milliseconds.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from physmoe import ResNet1D_MoE, ResNet1DMoEConfig
+
+TINY = dict(
+    num_points=64,
+    hidden_sizes=[4, 8, 8, 8, 8, 8],
+    pool_types=["max", "max", "avg", "avg", "avg", "avg"],
+    pool_paddings=[0, 0, 1, 0, 0, 0],
+    dropout_blocks=[3],
+    hidden_dropout_prob=0.0,
+    num_experts=4,
+    tail_expert_ids=[2, 3],
+    projection_dim=6,
+)
+
+
+def tiny_config(**overrides) -> ResNet1DMoEConfig:
+    return ResNet1DMoEConfig(**{**TINY, **overrides})
+
+
+def tiny_model(seed: int = 0, **overrides) -> ResNet1D_MoE:
+    torch.manual_seed(seed)
+    return ResNet1D_MoE(tiny_config(**overrides))
