@@ -7,27 +7,11 @@
 # Environment: PHYSMOE_VENV (default .venv), PHYSMOE_OUTPUT (default outputs/quickstart).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${PHYSMOE_VENV:-.venv}"
 OUT="${PHYSMOE_OUTPUT:-outputs/quickstart}"
-PYTHON="${PYTHON:-python3}"
-
-if [ ! -x "$VENV/bin/python" ]; then
-    "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/python" -m pip install -q --upgrade pip
-fi
-PY="$VENV/bin/python"
+PHYSMOE_EXTRAS=plot
+source scripts/setup_env.sh
 GPU_ARGS=()
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    HAVE_GPU=1
-    GPU_ARGS=(--use_cpu false)
-else
-    HAVE_GPU=0
-fi
-# A plain `pip install torch` pulls a multi-GB CUDA build; without an NVIDIA GPU take the CPU wheel.
-if ! "$PY" -c "import torch" 2>/dev/null; then
-    if [ "$HAVE_GPU" = 1 ]; then "$PY" -m pip install -q "torch>=2.4,<2.15"; else "$PY" -m pip install -q "torch==2.13.0"; fi
-fi
-"$PY" -m pip install -q -e ".[plot]"
+if [ "$HAVE_GPU" = 1 ]; then GPU_ARGS=(--use_cpu false); fi
 
 # glibc's allocator maps/unmaps every large activation on each use; keep freed memory instead.
 export MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=68719476736
@@ -35,6 +19,6 @@ export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(nproc)}"
 
 echo "== train, calibrate and test (outputs in $OUT)"
-"$VENV/bin/physmoe" train configs/quickstart.yaml --output_dir "$OUT" --overwrite_output true "${GPU_ARGS[@]}" "$@"
+"$PY" -m physmoe.cli train configs/quickstart.yaml --output_dir "$OUT" --overwrite_output true "${GPU_ARGS[@]}" "$@"
 echo "== reload $OUT with from_pretrained and predict the example CIFs"
-"$VENV/bin/physmoe" predict "$OUT" examples/*.cif
+"$PY" -m physmoe.cli predict "$OUT" examples/*.cif

@@ -7,11 +7,36 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TwoThetaGrid", "CU_KA1", "CU_KA2"]
+__all__ = ["TwoThetaGrid", "CU_KA1", "CU_KA2", "bragg_d_spacing", "bragg_two_theta", "check_pattern_arrays"]
 
 #: Cu K-alpha1 and K-alpha2 wavelengths in Angstrom (Hoelzer et al. 1997, as in pymatgen).
 CU_KA1 = 1.54056
 CU_KA2 = 1.54439
+
+
+def bragg_d_spacing(two_theta: np.ndarray, wavelength: float) -> np.ndarray:
+    """Bragg's law: d-spacing (Angstrom) of 2θ (degrees) at ``wavelength`` (Angstrom)."""
+    return wavelength / (2 * np.sin(np.radians(np.asarray(two_theta, dtype=np.float64)) / 2))
+
+
+def bragg_two_theta(d_spacing: np.ndarray, wavelength: float) -> np.ndarray:
+    """Bragg's law: 2θ (degrees) of a d-spacing at ``wavelength``; NaN where ``λ / 2d > 1`` (the
+    reflection cannot be observed at that wavelength)."""
+    sin_theta = wavelength / (2 * np.asarray(d_spacing, dtype=np.float64))
+    with np.errstate(invalid="ignore"):
+        return np.where(sin_theta <= 1.0, np.degrees(2 * np.arcsin(np.minimum(sin_theta, 1.0))), np.nan)
+
+
+def check_pattern_arrays(two_theta, intensity) -> tuple[np.ndarray, np.ndarray]:
+    """``two_theta`` and ``intensity`` as float64 1-D arrays of equal length, or a ValueError."""
+    two_theta = np.asarray(two_theta, dtype=np.float64)
+    intensity = np.asarray(intensity, dtype=np.float64)
+    if two_theta.ndim != 1 or intensity.shape != two_theta.shape:
+        raise ValueError(
+            f"two_theta and intensity must be 1-D of equal length, got shapes {two_theta.shape} "
+            f"and {intensity.shape}"
+        )
+    return two_theta, intensity
 
 
 @dataclass(frozen=True)
@@ -59,8 +84,7 @@ class TwoThetaGrid:
     @property
     def d_spacing_range(self) -> tuple[float, float]:
         """Smallest and largest d-spacing (Angstrom) the grid covers."""
-        theta = np.radians([self.two_theta_max, max(self.two_theta_min, 1e-6)]) / 2
-        d = self.wavelength / (2 * np.sin(theta))
+        d = bragg_d_spacing([self.two_theta_max, max(self.two_theta_min, 1e-6)], self.wavelength)
         return float(d[0]), float(d[1])
 
     @classmethod

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..crystallography import CRYSTAL_SYSTEMS, NUM_SPACE_GROUPS, crystal_system_index
-from .grid import TwoThetaGrid
+from .grid import TwoThetaGrid, bragg_d_spacing, bragg_two_theta, check_pattern_arrays
 from .structures import Crystal
 
 __all__ = [
@@ -83,13 +83,7 @@ class Pattern:
     source: str | None = None
 
     def __post_init__(self) -> None:
-        self.two_theta = np.asarray(self.two_theta, dtype=np.float64)
-        self.intensity = np.asarray(self.intensity, dtype=np.float64)
-        if self.two_theta.ndim != 1 or self.intensity.shape != self.two_theta.shape:
-            raise ValueError(
-                f"two_theta and intensity must be 1-D of equal length, got shapes {self.two_theta.shape} "
-                f"and {self.intensity.shape}"
-            )
+        self.two_theta, self.intensity = check_pattern_arrays(self.two_theta, self.intensity)
         if self.sigma is not None:
             self.sigma = np.asarray(self.sigma, dtype=np.float64)
             if self.sigma.shape != self.two_theta.shape:
@@ -102,7 +96,7 @@ class Pattern:
         """Bragg d-spacing of every point in Angstrom, ``[L]`` (needs the wavelength)."""
         if self.wavelength is None:
             raise ValueError(f"{self.source or 'pattern'}: the wavelength is unknown; pass wavelength= when reading")
-        return self.wavelength / (2 * np.sin(np.radians(self.two_theta) / 2))
+        return bragg_d_spacing(self.two_theta, self.wavelength)
 
     def to_wavelength(self, wavelength: float) -> Pattern:
         """The same pattern with its 2θ axis recomputed for another wavelength (through d).
@@ -112,10 +106,10 @@ class Pattern:
         """
         if not (math.isfinite(wavelength) and wavelength > 0):
             raise ValueError(f"wavelength must be a positive number of Angstrom, got {wavelength}")
-        sin_theta = wavelength / (2 * self.d_spacing())
-        keep = sin_theta <= 1.0
+        two_theta = bragg_two_theta(self.d_spacing(), wavelength)
+        keep = np.isfinite(two_theta)
         return Pattern(
-            two_theta=np.degrees(2 * np.arcsin(sin_theta[keep])),
+            two_theta=two_theta[keep],
             intensity=self.intensity[keep],
             sigma=None if self.sigma is None else self.sigma[keep],
             wavelength=float(wavelength),
@@ -403,9 +397,9 @@ def iter_simxrd(
                 f"{where}: tager says crystal system {simxrd_system} ({CRYSTAL_SYSTEMS[system]}) but space "
                 f"group {space_group} is {CRYSTAL_SYSTEMS[crystal_system_index(space_group)]}"
             )
-        sin_theta = wavelength / (2 * d_spacing)
-        keep = sin_theta <= 1.0
-        two_theta = np.degrees(2 * np.arcsin(sin_theta[keep]))
+        two_theta = bragg_two_theta(d_spacing, wavelength)
+        keep = np.isfinite(two_theta)
+        two_theta = two_theta[keep]
         order = np.argsort(two_theta, kind="stable")
         formula = _row_value(row, "chem_form")
         yield SimXRDRecord(

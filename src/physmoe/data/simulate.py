@@ -39,7 +39,7 @@ from typing import Any
 import gemmi
 import numpy as np
 
-from .grid import CU_KA1, CU_KA2
+from .grid import CU_KA1, CU_KA2, bragg_d_spacing, check_pattern_arrays
 from .structures import Crystal, as_crystal, element_symbol
 
 __all__ = ["PeakList", "simulate_peaks", "FORM_FACTOR_TABLES", "KALPHA2_RATIO"]
@@ -87,18 +87,12 @@ class PeakList:
     wavelength: float = CU_KA1
 
     def __post_init__(self) -> None:
-        self.two_theta = np.asarray(self.two_theta, dtype=np.float64)
-        self.intensity = np.asarray(self.intensity, dtype=np.float64)
-        if self.two_theta.ndim != 1 or self.intensity.shape != self.two_theta.shape:
-            raise ValueError(
-                f"two_theta and intensity must be 1-D of equal length, got shapes {self.two_theta.shape} "
-                f"and {self.intensity.shape}"
-            )
+        self.two_theta, self.intensity = check_pattern_arrays(self.two_theta, self.intensity)
         if not (math.isfinite(self.wavelength) and self.wavelength > 0):
             raise ValueError(f"wavelength must be a positive number of Angstrom, got {self.wavelength}")
         self.wavelength = float(self.wavelength)
         if self.d_spacing is None:
-            self.d_spacing = self.wavelength / (2 * np.sin(np.radians(self.two_theta) / 2))
+            self.d_spacing = bragg_d_spacing(self.two_theta, self.wavelength)
         self.d_spacing = np.asarray(self.d_spacing, dtype=np.float64)
         if self.d_spacing.shape != self.two_theta.shape:
             raise ValueError(f"d_spacing has shape {self.d_spacing.shape}, expected {self.two_theta.shape}")
