@@ -93,8 +93,13 @@ def _train(argv: Sequence[str]) -> int:
     from .training import PhysMoETrainingArguments
     from .workflow import DataArguments, ModelArguments, RunArguments, train_and_evaluate
 
+    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, PhysMoETrainingArguments))
+    parser.prog = "physmoe train CONFIG.yaml"
+    if argv[:1] in (["-h"], ["--help"]):
+        parser.print_help()
+        return 0
     if not argv or argv[0].startswith("-"):
-        print("usage: physmoe train CONFIG.yaml [--field value ...]", file=sys.stderr)
+        print("usage: physmoe train CONFIG.yaml [--field value ...]  (physmoe train --help lists the fields)", file=sys.stderr)
         return 2
     config_path, overrides = Path(argv[0]), list(argv[1:])
     if not config_path.is_file():
@@ -107,7 +112,6 @@ def _train(argv: Sequence[str]) -> int:
         return 2
     if isinstance(settings.get("model_overrides"), dict):
         settings["model_overrides"] = json.dumps(settings["model_overrides"])
-    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, PhysMoETrainingArguments))
     known = {action.dest for action in parser._actions}
     unknown = sorted(set(settings) - known)
     if unknown:
