@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from physmoe.evaluation import class_buckets, compute_metrics
+from physmoe.evaluation import apply_temperature, class_buckets, compute_metrics
 from physmoe.training import PhysMoETrainingArguments, class_counts
 from physmoe.workflow import (
     DataArguments,
@@ -127,7 +127,7 @@ def predictions(run_dir: Path, dataset: str, split: str, hierarchical: str | Non
     trainer = PhysMoETrainer(model, args, train_dataset=data["train"])
     output = trainer.predict(data[split])
     temperature = float(getattr(model.config, "calibration_temperature", 1.0) or 1.0)
-    logits = output.predictions[0].astype(np.float32) / temperature
+    logits = apply_temperature(output.predictions[0].astype(np.float32), temperature)
     np.savez_compressed(cache, logits=logits, system_logits=output.predictions[2], labels=output.label_ids)
     return logits, output.predictions[2], output.label_ids
 

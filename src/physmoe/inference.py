@@ -29,6 +29,7 @@ from .data.grid import TwoThetaGrid
 from .data.readers import read_pattern
 from .data.render import MeasurementConditions, render_patterns
 from .data.simulate import simulate_peaks
+from .evaluation import apply_temperature
 from .runtime import recommended_autocast_dtype
 
 logger = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ class SpaceGroupPredictor:
         enabled = self.autocast_dtype not in (None, torch.float32)
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
             output = self.model(input_values)
-        probabilities = torch.softmax(output.logits.float() / self.temperature, dim=-1)
+        probabilities = torch.softmax(apply_temperature(output.logits.float(), self.temperature), dim=-1)
         system_probabilities = torch.softmax(output.crystal_system_logits.float(), dim=-1)
         top_probabilities, top_labels = probabilities.topk(top_k, dim=-1)
         top_probabilities, top_labels = top_probabilities.cpu().numpy(), top_labels.cpu().numpy()

@@ -34,7 +34,7 @@ from .crystallography import NUM_SPACE_GROUPS
 from .data.collator import PXRDCollator
 from .data.feature_extraction import XRDFeatureExtractor
 from .data.grid import TwoThetaGrid
-from .evaluation import compute_metrics
+from .evaluation import apply_temperature, compute_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class SpaceGroupMetrics:
     def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
         outputs = prediction.predictions
         outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        logits = np.asarray(outputs[0], dtype=np.float32) / self.temperature
+        logits = apply_temperature(np.asarray(outputs[0], dtype=np.float32), self.temperature)
         crystal_system_logits = outputs[2] if len(outputs) > 2 else None
         metrics = compute_metrics(
             logits,

@@ -31,6 +31,7 @@ from .data.grid import TwoThetaGrid
 from .data.render import MeasurementConditions
 from .evaluation import (
     TemperatureScaler,
+    apply_temperature,
     bootstrap_ci,
     per_class_accuracy,
     plot_crystal_system_confusion,
@@ -240,7 +241,7 @@ def train_and_evaluate(
     trainer.compute_metrics.temperature = float(temperature)
     test = trainer.predict(dataset["test"], metric_key_prefix="test")
     results = {**_prefixed(validation.metrics, "validation_"), **_prefixed(test.metrics, "test_"), "calibration_temperature": temperature}
-    test_logits = test.predictions[0] / temperature
+    test_logits = apply_temperature(test.predictions[0], temperature)
     interval = bootstrap_ci(
         "few_shot_accuracy", test_logits, test.label_ids, train_class_counts=train_counts,
         n_boot=run_args.bootstrap_samples, seed=training_args.seed,
@@ -286,7 +287,7 @@ def _save_plots(output_dir: Path, test, temperature: float, train_counts: np.nda
     except ImportError:
         logger.warning("matplotlib is not installed (pip install 'physmoe[plot]'): no plots")
         return
-    logits = torch.as_tensor(test.predictions[0] / temperature)
+    logits = torch.as_tensor(apply_temperature(test.predictions[0], temperature))
     labels = torch.as_tensor(test.label_ids)
     accuracy, test_counts = per_class_accuracy(logits, labels, num_classes=logits.shape[1])
     accuracy = np.where(test_counts > 0, accuracy, np.nan)

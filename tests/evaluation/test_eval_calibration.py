@@ -135,3 +135,23 @@ def test_bad_inputs():
         TemperatureScaler().fit(np.zeros((2, 2)), np.array([0, 1]), bounds=(2.0, 1.0))
     with pytest.raises(TypeError, match="floating point"):
         TemperatureScaler().transform(torch.ones(2, dtype=torch.long))
+
+
+def test_apply_temperature_keeps_hard_masked_logits_finite():
+    from physmoe.evaluation import apply_temperature
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        lowest = torch.finfo(dtype).min
+        logits = torch.tensor([[2.0, lowest, 0.5], [lowest, 1.0, lowest]], dtype=dtype)
+        scaled = apply_temperature(logits, 0.5)
+        assert scaled.dtype == dtype and torch.isfinite(scaled).all()
+        assert scaled[0, 0] == 4.0 and scaled[0, 1] == lowest
+        probabilities = torch.softmax(scaled.float(), dim=-1)
+        assert probabilities[0, 1] == 0 and probabilities[1].tolist() == [0.0, 1.0, 0.0]
+        # A plain division overflows: the defect apply_temperature prevents.
+        assert torch.isinf(logits / 0.5).any()
+    array = np.array([[3.0, np.finfo(np.float32).min]], dtype=np.float32)
+    scaled = apply_temperature(array, 0.25)
+    assert scaled.dtype == np.float32 and np.isfinite(scaled).all() and scaled[0, 0] == 12.0
+    metrics = compute_metrics(scaled, np.array([0]))
+    assert metrics["top1_accuracy"] == 1.0 and np.isfinite(metrics["nll"])

@@ -11,7 +11,7 @@
   :func:`plot_crystal_system_confusion`, :func:`plot_pattern_top5`.
 """
 
-from .calibration import TemperatureScaler, expected_calibration_error
+from .calibration import TemperatureScaler, apply_temperature, expected_calibration_error
 from .metrics import (
     BOOTSTRAP_METRICS,
     REFERENCE_THRESHOLDS,
@@ -37,6 +37,7 @@ __all__ = [
     "ConfidenceInterval",
     "ConfusedPair",
     "TemperatureScaler",
+    "apply_temperature",
     "bootstrap_ci",
     "class_buckets",
     "compute_metrics",

@@ -170,13 +170,26 @@ class TemperatureScaler:
 
     def transform(self, logits):
         """``logits / T``, same type (numpy or torch), dtype and device as ``logits``."""
-        if isinstance(logits, torch.Tensor):
-            if not logits.is_floating_point():
-                raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
-            return logits / self.temperature
-        array = to_tensor(logits, "logits").numpy()
-        if not np.issubdtype(array.dtype, np.floating):
-            raise TypeError(f"logits must be floating point, got dtype {array.dtype}")
-        return array / np.asarray(self.temperature, dtype=array.dtype)
+        return apply_temperature(logits, self.temperature)
 
     __call__ = transform
+
+
+def apply_temperature(logits, temperature: float):
+    """``logits / temperature``, kept inside the dtype's finite range.
+
+    Hard hierarchical inference marks impossible classes with the dtype's lowest value; dividing
+    that by a temperature below 1 would overflow to ``-inf``. Clamping keeps it the lowest finite
+    value, so softmax still gives those classes exactly 0 and metrics see no non-finite logits.
+    Same type (numpy or torch), dtype and device as ``logits``.
+    """
+    if isinstance(logits, torch.Tensor):
+        if not logits.is_floating_point():
+            raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+        return (logits / temperature).clamp_min(torch.finfo(logits.dtype).min)
+    array = to_tensor(logits, "logits").numpy()
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"logits must be floating point, got dtype {array.dtype}")
+    with np.errstate(over="ignore"):
+        scaled = array / np.asarray(temperature, dtype=array.dtype)
+    return np.maximum(scaled, np.finfo(array.dtype).min)
