@@ -55,7 +55,7 @@ PHYSMOE_METHODS = ("c_physmoe", "d_physmoe_no_contrast", "e_scheme2", "f_physmoe
 BASELINES = ("a_cross_entropy", "b_balanced_softmax")
 REPORTED = (
     "top1_accuracy", "top5_accuracy", "balanced_accuracy", "macro_f1", "many_shot_accuracy",
-    "medium_shot_accuracy", "few_shot_accuracy", "crystal_system_accuracy", "ece",
+    "medium_shot_accuracy", "few_shot_accuracy", "crystal_system_accuracy_from_sg", "ece",
 )
 
 
@@ -132,35 +132,31 @@ def predictions(run_dir: Path, dataset: str, split: str, hierarchical: str | Non
     return logits, output.predictions[2], output.label_ids
 
 
-def class_mean_accuracy(logits: np.ndarray, labels: np.ndarray, mask: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """Mean per-class accuracy over the classes in ``mask`` for each bootstrap replicate and seed.
-    ``logits`` [S, N, C] (seeds), ``index`` [R, N] resampled rows -> [R, S]."""
-    num_replicates, num_classes = index.shape[0], logits.shape[-1]
-    correct = (logits.argmax(-1) == labels[None]).astype(np.float64)  # [S, N]
-    # One bincount over (replicate, class) cells for all replicates at once.
-    cells = (np.arange(num_replicates)[:, None] * num_classes + labels[index]).ravel()
-    counts = np.bincount(cells, minlength=num_replicates * num_classes).reshape(num_replicates, num_classes)
-    present = (counts > 0) & mask[None]
-    result = np.empty((num_replicates, logits.shape[0]))
-    for s, correct_s in enumerate(correct):  # a handful of seeds
-        hits = np.bincount(cells, weights=correct_s[index].ravel(), minlength=num_replicates * num_classes)
-        per_class = hits.reshape(num_replicates, num_classes) / np.maximum(counts, 1)
-        result[:, s] = (per_class * present).sum(1) / np.maximum(present.sum(1), 1)
-    return result
+def class_mean_accuracy(correct: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Mean over ``classes`` of each class's accuracy; ``correct`` [..., N] -> [...]."""
+    per_class = [correct[..., labels == c].mean(-1) for c in classes]
+    return np.mean(per_class, axis=0)
 
 
-def stratified_bootstrap_index(labels: np.ndarray, replicates: int, seed: int) -> np.ndarray:
-    """[R, N] row indices resampled with replacement within each class (class sizes kept)."""
+def two_stage_bootstrap(correct: np.ndarray, labels: np.ndarray, classes: np.ndarray, replicates: int, seed: int) -> np.ndarray:
+    """Bootstrap replicates of a class-mean accuracy, ``correct`` [M, S, N] -> [R, M, S].
+
+    Two stages, because both are random in a benchmark: which classes of the bucket the test set
+    holds (classes drawn with replacement) and which structures represent each class (drawn with
+    replacement within the class). Resampling only within classes would give a zero-width
+    interval for the many classes with a single test structure. Every method and seed sees the
+    same draws, so differences between methods are paired.
+    """
     rng = np.random.default_rng(seed)
-    index = np.empty((replicates, len(labels)), dtype=np.int64)
-    order = np.argsort(labels, kind="stable")
-    boundaries = np.flatnonzero(np.diff(labels[order])) + 1
-    start = 0
-    for group in np.split(order, boundaries):
-        picks = rng.integers(0, len(group), size=(replicates, len(group)))
-        index[:, start : start + len(group)] = group[picks]
-        start += len(group)
-    return index
+    members = [np.flatnonzero(labels == c) for c in classes]
+    result = np.empty((replicates, *correct.shape[:2]))
+    for r in range(replicates):
+        total = np.zeros(correct.shape[:2])
+        for j in rng.integers(0, len(classes), len(classes)):
+            rows = members[j][rng.integers(0, len(members[j]), len(members[j]))]
+            total += correct[..., rows].mean(-1)
+        result[r] = total / len(classes)
+    return result
 
 
 def summarise(out: Path, dataset: str, scale_name: str, scale: Scale, train_counts: np.ndarray) -> dict:
@@ -173,28 +169,33 @@ def summarise(out: Path, dataset: str, scale_name: str, scale: Scale, train_coun
         seed_results[name] = [json.loads(r.read_text()) for r in runs]
         table[name] = {m: _mean_sd([r.get(f"test_{m}") for r in seed_results[name]]) for m in REPORTED}
         table[name]["validation_balanced_accuracy"] = _mean_sd([r["validation_balanced_accuracy"] for r in seed_results[name]])
-        table[name]["train_runtime_s"] = _mean_sd([r.get("train_runtime") for r in seed_results[name]])
+        table[name]["train_runtime_s"] = _mean_sd([_train_runtime(out / "runs" / name / f"seed{s}") for s in scale.seeds])
 
     # Bootstrap: few-shot and balanced accuracy of the seed mean, and paired differences.
     buckets = class_buckets(train_counts)
-    logits = {name: np.stack([predictions(out / "runs" / name / f"seed{s}", dataset, "test")[0] for s in scale.seeds]) for name in table}
-    labels = predictions(out / "runs" / next(iter(table)) / f"seed{scale.seeds[0]}", dataset, "test")[2]
-    index = stratified_bootstrap_index(labels, 1000, seed=0)
-    everything = np.ones(len(train_counts), dtype=bool)
-    boot = {name: {"few": class_mean_accuracy(logits[name], labels, buckets["few_shot"], index).mean(1),
-                   "balanced": class_mean_accuracy(logits[name], labels, everything, index).mean(1)} for name in table}
-    intervals = {name: {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in b.items()} for name, b in boot.items()}
-    identity = np.arange(len(labels))[None]
-    boot_point = {name: {"few": class_mean_accuracy(logits[name], labels, buckets["few_shot"], identity).mean(),
-                         "balanced": class_mean_accuracy(logits[name], labels, everything, identity).mean()} for name in table}
+    names = list(table)
+    labels = predictions(out / "runs" / names[0] / f"seed{scale.seeds[0]}", dataset, "test")[2]
+    correct = np.stack([
+        np.stack([predictions(out / "runs" / name / f"seed{s}", dataset, "test")[0].argmax(-1) == labels for s in scale.seeds])
+        for name in names
+    ]).astype(np.float64)  # [M, S, N]
+    present = np.unique(labels)
+    groups = {"few": present[buckets["few_shot"][present]], "balanced": present}
+    point = {k: class_mean_accuracy(correct, labels, classes).mean(-1) for k, classes in groups.items()}  # [M]
+    boot = {k: two_stage_bootstrap(correct, labels, classes, 1000, seed=0).mean(-1) for k, classes in groups.items()}  # [R, M]
+    intervals = {name: {k: (float(np.percentile(boot[k][:, m], 2.5)), float(np.percentile(boot[k][:, m], 97.5))) for k in groups}
+                 for m, name in enumerate(names)}
     differences = {}
     for name in PHYSMOE_METHODS + ("g_best_operator_cosine_rules",):
         for base in BASELINES:
-            if name in boot and base in boot:
-                for k in ("balanced", "few"):
-                    diff = boot[name][k] - boot[base][k]
-                    point = float(boot_point[name][k] - boot_point[base][k])
-                    differences[f"{name} - {base} ({k})"] = (point, float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5)))
+            if name in table and base in table:
+                i, j = names.index(name), names.index(base)
+                for k in groups:
+                    diff = boot[k][:, i] - boot[k][:, j]
+                    differences[f"{name} - {base} ({k})"] = (
+                        float(point[k][i] - point[k][j]), float(np.percentile(diff, 2.5)), float(np.percentile(diff, 97.5))
+                    )
+    logits = {name: np.stack([predictions(out / "runs" / name / f"seed{s}", dataset, "test")[0] for s in scale.seeds]) for name in names}
 
     # Hierarchical inference of the best Phys-MoE variant (same checkpoints, inference only).
     hierarchy = {}
@@ -206,7 +207,7 @@ def summarise(out: Path, dataset: str, scale_name: str, scale: Scale, train_coun
                 run_dir = out / "runs" / best / f"seed{s}"
                 rows.append({split: _metrics(run_dir, dataset, split, mode, train_counts) for split in ("validation", "test")})
             hierarchy[mode] = {f"{split}_{m}": _mean_sd([r[split].get(m) for r in rows])
-                               for split in ("validation", "test") for m in ("top1_accuracy", "balanced_accuracy", "few_shot_accuracy", "crystal_system_accuracy")}
+                               for split in ("validation", "test") for m in ("top1_accuracy", "balanced_accuracy", "few_shot_accuracy", "crystal_system_accuracy_from_sg")}
     sizes = {split: int(len(data_split)) for split, data_split in load_data(DataArguments(dataset=dataset))[0].items()}
     sizes["train_classes"] = int((train_counts > 0).sum())
     summary = {"scale": scale_name, "scale_settings": scale.__dict__, "dataset": dataset, "split_sizes": sizes, "table": table, "intervals": intervals,
@@ -215,6 +216,11 @@ def summarise(out: Path, dataset: str, scale_name: str, scale: Scale, train_coun
     (out / "results.md").write_text(markdown(summary))
     _plots(out, table, scale, train_counts, logits, labels, best)
     return summary
+
+
+def _train_runtime(run_dir: Path) -> float | None:
+    history = json.loads((run_dir / "log_history.json").read_text())
+    return next((entry["train_runtime"] for entry in reversed(history) if "train_runtime" in entry), None)
 
 
 def _mean_sd(values: list) -> tuple[float, float] | None:
@@ -249,34 +255,38 @@ def markdown(summary: dict) -> str:
         f"({sizes['train']} / {sizes['validation']} / {sizes['test']} train / validation / test structures, "
         f"{sizes['train_classes']} space groups in training); {s['epochs']} epochs, batch {s['batch_size']}, AdamW lr {s['learning_rate']}, "
         f"seeds {list(s['seeds'])}. Test split, checkpoint chosen on validation balanced accuracy, temperature fitted on "
-        "validation; mean ± sd over seeds; few-shot = classes with < 20 training structures (95% bootstrap interval of the "
-        "seed mean).",
+        "validation; mean ± sd over seeds; few-shot = classes with < 20 training structures; crystal system = the system "
+        "of the predicted space group (the single-head baselines have no trained system head). Intervals: 95% two-stage "
+        "bootstrap of the seed mean over test classes and the structures within them.",
         "",
-        "| method | top-1 | top-5 | balanced | macro-F1 | many-shot | medium-shot | few-shot [95% CI] | crystal system | ECE | train time (s) |",
+        "| method | top-1 | top-5 | balanced [95% CI] | macro-F1 | many-shot | medium-shot | few-shot [95% CI] | crystal system | ECE | train time (s) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary["table"].items():
         cells = []
         for metric in REPORTED:
             cell = _cell(row[metric])
-            if metric == "few_shot_accuracy" and name in summary["intervals"]:
-                low, high = summary["intervals"][name]["few"]
+            bucket = {"few_shot_accuracy": "few", "balanced_accuracy": "balanced"}.get(metric)
+            if bucket and name in summary["intervals"]:
+                low, high = summary["intervals"][name][bucket]
                 cell += f" [{low:.3f}, {high:.3f}]"
             cells.append(cell)
         runtime = row.get("train_runtime_s")
         cells.append("-" if runtime is None else f"{runtime[0]:.0f}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Validation balanced accuracy (what chooses the defaults): " + ", ".join(
+        f"{name} {_cell(row['validation_balanced_accuracy'])}" for name, row in summary["table"].items()) + "."]
     if summary["differences"]:
-        lines += ["", "Paired differences on the test split (seed means; 95% bootstrap interval):", "",
+        lines += ["", "Paired differences on the test split (seed means; 95% two-stage bootstrap interval):", "",
                   "| comparison | difference | 95% CI |", "|---|---|---|"]
         for key, (point, low, high) in summary["differences"].items():
             lines.append(f"| {key} | {point:+.3f} | [{low:+.3f}, {high:+.3f}] |")
     if summary["hierarchical_inference"]:
         lines += ["", f"Hierarchical inference of `{summary['best_physmoe']}` (same checkpoints):", "",
-                  "| mode | val balanced | test top-1 | test balanced | test few-shot | test crystal system |", "|---|---|---|---|---|---|"]
+                  "| mode | validation balanced | test top-1 | test balanced | test few-shot | test crystal system |", "|---|---|---|---|---|---|"]
         for mode, row in summary["hierarchical_inference"].items():
             lines.append(f"| {mode} | {_cell(row['validation_balanced_accuracy'])} | {_cell(row['test_top1_accuracy'])} | "
-                         f"{_cell(row['test_balanced_accuracy'])} | {_cell(row['test_few_shot_accuracy'])} | {_cell(row['test_crystal_system_accuracy'])} |")
+                         f"{_cell(row['test_balanced_accuracy'])} | {_cell(row['test_few_shot_accuracy'])} | {_cell(row['test_crystal_system_accuracy_from_sg'])} |")
     return "\n".join(lines) + "\n"
 
 
