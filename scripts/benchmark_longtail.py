@@ -30,7 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from physmoe.evaluation import apply_temperature, class_buckets, compute_metrics
+from physmoe.evaluation import (
+    apply_temperature,
+    class_buckets,
+    compute_metrics,
+    two_stage_bootstrap,
+)
 from physmoe.training import PhysMoETrainingArguments, class_counts
 from physmoe.workflow import (
     DataArguments,
@@ -134,29 +139,7 @@ def predictions(run_dir: Path, dataset: str, split: str, hierarchical: str | Non
 
 def class_mean_accuracy(correct: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Mean over ``classes`` of each class's accuracy; ``correct`` [..., N] -> [...]."""
-    per_class = [correct[..., labels == c].mean(-1) for c in classes]
-    return np.mean(per_class, axis=0)
-
-
-def two_stage_bootstrap(correct: np.ndarray, labels: np.ndarray, classes: np.ndarray, replicates: int, seed: int) -> np.ndarray:
-    """Bootstrap replicates of a class-mean accuracy, ``correct`` [M, S, N] -> [R, M, S].
-
-    Two stages, because both are random in a benchmark: which classes of the bucket the test set
-    holds (classes drawn with replacement) and which structures represent each class (drawn with
-    replacement within the class). Resampling only within classes would give a zero-width
-    interval for the many classes with a single test structure. Every method and seed sees the
-    same draws, so differences between methods are paired.
-    """
-    rng = np.random.default_rng(seed)
-    members = [np.flatnonzero(labels == c) for c in classes]
-    result = np.empty((replicates, *correct.shape[:2]))
-    for r in range(replicates):
-        total = np.zeros(correct.shape[:2])
-        for j in rng.integers(0, len(classes), len(classes)):
-            rows = members[j][rng.integers(0, len(members[j]), len(members[j]))]
-            total += correct[..., rows].mean(-1)
-        result[r] = total / len(classes)
-    return result
+    return np.mean([correct[..., labels == c].mean(-1) for c in classes], axis=0)
 
 
 def summarise(out: Path, dataset: str, scale_name: str, scale: Scale, train_counts: np.ndarray) -> dict:
@@ -182,7 +165,7 @@ def summarise(out: Path, dataset: str, scale_name: str, scale: Scale, train_coun
     present = np.unique(labels)
     groups = {"few": present[buckets["few_shot"][present]], "balanced": present}
     point = {k: class_mean_accuracy(correct, labels, classes).mean(-1) for k, classes in groups.items()}  # [M]
-    boot = {k: two_stage_bootstrap(correct, labels, classes, 1000, seed=0).mean(-1) for k, classes in groups.items()}  # [R, M]
+    boot = {k: two_stage_bootstrap(correct, labels, classes, 1000, seed=0).mean(-1) for k, classes in groups.items()}  # [R, M] seed means
     intervals = {name: {k: (float(np.percentile(boot[k][:, m], 2.5)), float(np.percentile(boot[k][:, m], 97.5))) for k in groups}
                  for m, name in enumerate(names)}
     differences = {}

@@ -32,7 +32,7 @@ from .data.render import MeasurementConditions
 from .evaluation import (
     TemperatureScaler,
     apply_temperature,
-    bootstrap_ci,
+    bucket_accuracy_ci,
     per_class_accuracy,
     plot_crystal_system_confusion,
     plot_pattern_top5,
@@ -101,7 +101,8 @@ class RunArguments:
         overwrite_output: Replace a finished model already in ``output_dir``.
         plots: Save plots next to the model (needs matplotlib, the ``plot`` extra).
         predict_files: Files (CIF or patterns) to predict with the reloaded model at the end.
-        bootstrap_samples: Bootstrap replicates for the few-shot confidence interval.
+        bootstrap_samples: Bootstrap replicates for the few-shot confidence interval (two-stage:
+            test classes, then structures within them).
     """
 
     calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on validation."})
@@ -242,9 +243,8 @@ def train_and_evaluate(
     test = trainer.predict(dataset["test"], metric_key_prefix="test")
     results = {**_prefixed(validation.metrics, "validation_"), **_prefixed(test.metrics, "test_"), "calibration_temperature": temperature}
     test_logits = apply_temperature(test.predictions[0], temperature)
-    interval = bootstrap_ci(
-        "few_shot_accuracy", test_logits, test.label_ids, train_class_counts=train_counts,
-        n_boot=run_args.bootstrap_samples, seed=training_args.seed,
+    interval = bucket_accuracy_ci(
+        test_logits, test.label_ids, train_counts, "few_shot", n_boot=run_args.bootstrap_samples, seed=training_args.seed
     )
     if interval is not None:
         results["test_few_shot_accuracy_ci_low"], results["test_few_shot_accuracy_ci_high"] = interval.low, interval.high

@@ -587,3 +587,26 @@ def test_bootstrap_macro_f1_and_callables():
         compute_metrics(logits, labels)["sg_accuracy_given_correct_system"]
     )
     assert given.low <= given.estimate <= given.high
+
+
+def test_two_stage_bootstrap_varies_the_classes_where_within_class_resampling_cannot():
+    from physmoe.evaluation import bucket_accuracy_ci, two_stage_bootstrap
+
+    # 40 few-shot classes with one test sample each: half right, half wrong.
+    labels = np.arange(40)
+    logits = np.full((40, 230), -1.0, dtype=np.float32)
+    logits[np.arange(40), np.where(np.arange(40) % 2 == 0, labels, labels + 100)] = 1.0
+    counts = np.full(230, 5)
+    within = bootstrap_ci("few_shot_accuracy", logits, labels, train_class_counts=counts, seed=0)
+    assert within.low == within.high == 0.5  # singletons cannot vary within their class
+    two_stage = bucket_accuracy_ci(logits, labels, counts, "few_shot", n_boot=2000, seed=0)
+    assert two_stage.estimate == 0.5
+    # Drawing 40 of 40 classes with replacement: binomial spread sqrt(0.25 / 40) = 0.079.
+    assert 0.30 < two_stage.low < 0.40 and 0.60 < two_stage.high < 0.70
+    # All-correct classes give a degenerate interval; paired rows share their draws.
+    correct = np.stack([np.ones(40), (np.arange(40) % 2 == 0).astype(float)])
+    replicates = two_stage_bootstrap(correct, labels, np.arange(40), n_boot=300, seed=1)
+    assert replicates.shape == (300, 2) and np.all(replicates[:, 0] == 1.0)
+    assert bucket_accuracy_ci(logits, labels, np.full(230, 500), "few_shot") is None  # no few-shot class
+    with pytest.raises(ValueError, match="no sample"):
+        two_stage_bootstrap(correct, labels, np.array([41]))

@@ -20,11 +20,13 @@ from .metrics import (
     ConfidenceInterval,
     ConfusedPair,
     bootstrap_ci,
+    bucket_accuracy_ci,
     class_buckets,
     compute_metrics,
     confusion_matrix,
     hnm_most_confused_pairs,
     per_class_accuracy,
+    two_stage_bootstrap,
 )
 from .plots import plot_crystal_system_confusion, plot_pattern_top5, plot_per_class_accuracy
 from .report import format_metrics_table, metric_display_name, metrics_markdown_table
@@ -39,6 +41,8 @@ __all__ = [
     "TemperatureScaler",
     "apply_temperature",
     "bootstrap_ci",
+    "bucket_accuracy_ci",
+    "two_stage_bootstrap",
     "class_buckets",
     "compute_metrics",
     "confusion_matrix",

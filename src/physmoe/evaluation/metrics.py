@@ -61,6 +61,8 @@ __all__ = [
     "ConfidenceInterval",
     "ConfusedPair",
     "bootstrap_ci",
+    "bucket_accuracy_ci",
+    "two_stage_bootstrap",
     "class_buckets",
     "compute_metrics",
     "confusion_matrix",
@@ -476,6 +478,64 @@ class _Resampler:
             return rng.integers(0, self.num_samples, size=self.num_samples)
         offsets = np.floor(rng.random(self.num_samples) * self.sizes).astype(np.int64)
         return self.order[self.starts + np.minimum(offsets, self.sizes - 1)]
+
+
+def two_stage_bootstrap(correct, labels, classes, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
+    """Bootstrap replicates of a class-mean accuracy that resample classes, then samples.
+
+    A benchmark's test split is random in two ways: which classes of a bucket it holds and
+    which samples represent each class. Each replicate draws the bucket's classes with
+    replacement and, for every drawn class, its samples with replacement. (Resampling only within
+    classes, as :func:`bootstrap_ci` does, gives a zero-width interval when most classes have a
+    single test sample, as few-shot classes do.)
+
+    Args:
+        correct: ``[..., N]`` 0/1 correctness of every sample, e.g. ``[methods, seeds, N]``; all
+            leading entries see the same draws, so differences between them are paired.
+        labels: ``[N]`` true classes.
+        classes: The classes of the bucket that are present in ``labels``.
+        n_boot: Number of replicates.
+        seed: Seed of the numpy generator.
+
+    Returns:
+        ``[n_boot, ...]`` replicates of the mean over classes of the per-class accuracy.
+    """
+    correct = np.asarray(correct, dtype=np.float64)
+    labels = np.asarray(labels)
+    classes = np.asarray(classes)
+    if classes.size == 0:
+        raise ValueError("two_stage_bootstrap needs at least one class")
+    members = [np.flatnonzero(labels == c) for c in classes]
+    if any(len(m) == 0 for m in members):
+        missing = [int(c) for c, m in zip(classes, members, strict=True) if len(m) == 0]
+        raise ValueError(f"classes {missing[:5]} have no sample in labels")
+    rng = np.random.default_rng(seed)
+    replicates = np.empty((n_boot, *correct.shape[:-1]))
+    # A loop over replicates and drawn classes: a summary statistic, not a training hot path.
+    for r in range(n_boot):
+        total = np.zeros(correct.shape[:-1])
+        for j in rng.integers(0, len(classes), len(classes)):
+            rows = members[j][rng.integers(0, len(members[j]), len(members[j]))]
+            total += correct[..., rows].mean(-1)
+        replicates[r] = total / len(classes)
+    return replicates
+
+
+def bucket_accuracy_ci(
+    logits, labels, train_class_counts, bucket: str = "few_shot", n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+) -> ConfidenceInterval | None:
+    """Class-mean accuracy of a training-frequency bucket (e.g. ``"few_shot"``) with a
+    :func:`two_stage_bootstrap` percentile interval; None when no class of the bucket is present."""
+    scores = as_scores(logits, "logits", dtype=None)
+    labels_t = as_labels(labels, scores.shape[0], scores.shape[1])
+    mask = class_buckets(train_class_counts)[bucket]
+    present = np.unique(labels_t.numpy())
+    classes = present[mask[present]]
+    if classes.size == 0:
+        return None
+    correct = (scores.argmax(dim=1) == labels_t).numpy()
+    estimate = float(np.mean([correct[labels_t.numpy() == c].mean() for c in classes]))
+    return _percentile_interval(estimate, two_stage_bootstrap(correct, labels_t.numpy(), classes, n_boot, seed), alpha)
 
 
 def bootstrap_ci(
