@@ -184,7 +184,7 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> str | None:
     if finished and overwrite:
         for entry in output_dir.iterdir():
             if entry.is_dir() and entry.name.startswith("checkpoint-"):
-                shutil.rmtree(entry)
+                shutil.rmtree(entry, ignore_errors=True)  # every DDP process may get here
         return None
     if last is not None:
         logger.info("resuming from %s", last)
