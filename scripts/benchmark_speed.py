@@ -262,6 +262,17 @@ def build_straightforward(device: torch.device, overrides: dict) -> tuple[nn.Mod
     return model, loss
 
 
+def runner_for(spec: dict, device: torch.device) -> Runner:
+    """The model a memory probe ``spec`` names, wrapped in a Runner."""
+    overrides = spec["overrides"]
+    if spec["model"] == "straightforward":
+        model, loss = build_straightforward(device, overrides)
+    else:
+        model, loss = build_ours(spec["preset"], device, overrides), None
+    return Runner(spec["model"], model, loss, PRECISIONS[spec["precision"]], device, spec["batch"],
+                  model.config.num_points)
+
+
 def count_parameters(model: nn.Module) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
@@ -271,13 +282,7 @@ def memory_probe(spec: dict) -> dict:
     (activations, gradients, optimiser state or cached inference weights; not the parameters)."""
     device = torch.device("cpu")
     torch.set_num_threads(spec["threads"])
-    overrides = spec["overrides"]
-    if spec["model"] == "straightforward":
-        model, loss = build_straightforward(device, overrides)
-    else:
-        model, loss = build_ours(spec["preset"], device, overrides), None
-    runner = Runner(spec["model"], model, loss, PRECISIONS[spec["precision"]], device, spec["batch"],
-                    model.config.num_points)
+    runner = runner_for(spec, device)
     fn = runner.train_step if spec["mode"] == "train" else runner.infer_batch
     rss_before = _status_kib("VmRSS")  # model, inputs; optimiser state and caches come next
     fn()
@@ -379,13 +384,7 @@ def measure_device(device: torch.device, args: argparse.Namespace) -> list[dict]
 
 
 def cuda_peak_memory(spec: dict, device: torch.device) -> tuple[float, float]:
-    overrides = spec["overrides"]
-    if spec["model"] == "straightforward":
-        model, loss = build_straightforward(device, overrides)
-    else:
-        model, loss = build_ours(spec["preset"], device, overrides), None
-    runner = Runner(spec["model"], model, loss, PRECISIONS[spec["precision"]], device, spec["batch"],
-                    model.config.num_points)
+    runner = runner_for(spec, device)
     peaks = []
     for fn in (runner.train_step, runner.infer_batch):
         torch.cuda.synchronize(device)
