@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import yaml
 from huggingface_hub import ModelCard
+from safetensors.torch import load_file
 
 from physmoe.cli import main
+from physmoe.crystallography import ID2LABEL
 from physmoe.data.dataset import default_dataset, read_structure_archive, write_structure_archive
 from tiny_models import TINY
 
@@ -61,6 +63,15 @@ def test_train_evaluate_predict_end_to_end(small_dataset, tmp_path, capsys):
     reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert reported["accuracy"] == pytest.approx(results["test_top1_accuracy"])
     assert "few-shot" in card.text
+    assert "Expert 0 top-1 accuracy" in card.text and "expert_0_top1_accuracy" not in reported
+    # The miner's most-confused pairs: the off-diagonal maximum of its saved confusion matrix.
+    pairs = results["hnm_most_confused_pairs"]
+    assert "most-confused pairs" in printed and 0 < len(pairs) <= 10
+    confusion = load_file(out / "model.safetensors")["hard_negative_miner.confusion_matrix"].double()
+    confusion.fill_diagonal_(0)
+    true, predicted = divmod(int(confusion.argmax()), 230)
+    assert (pairs[0]["true"], pairs[0]["predicted"]) == (ID2LABEL[true], ID2LABEL[predicted])
+    assert pairs[0]["count"] == pytest.approx(float(confusion.max()), rel=1e-6)
 
     # Reload from disk: evaluation on the test split reproduces the training run's numbers.
     assert main(["evaluate", str(out), "--dataset", str(small_dataset), "--split", "test", "--output", str(tmp_path / "m.json")]) == 0

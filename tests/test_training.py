@@ -151,9 +151,15 @@ def test_evaluation_uses_clean_patterns_and_whole_split_metrics(tmp_path):
     clean = PXRDCollator(TwoThetaGrid.from_config(model.config), train=False)(list(validation))
     model.eval()
     with torch.no_grad():
-        logits = model(clean["input_values"]).logits
-    accuracy = float((logits.argmax(1) == clean["labels"]).float().mean())
+        outputs = model(clean["input_values"])
+    accuracy = float((outputs.logits.argmax(1) == clean["labels"]).float().mean())
     assert first["eval_top1_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    # Per-expert accuracy from the experts' arg-max, gathered instead of their [N, K, C] logits.
+    for k in range(model.config.num_experts):
+        expert_accuracy = float((outputs.expert_logits[:, k].argmax(1) == clean["labels"]).float().mean())
+        assert first[f"eval_expert_{k}_top1_accuracy"] == pytest.approx(expert_accuracy, abs=1e-6)
+    predicted = trainer.predict(validation).predictions
+    assert [tuple(part.shape) for part in predicted] == [(10, 230), (10, 230), (10, 7), (10, model.config.num_experts)]
     assert "eval_few_shot_accuracy" in first and "eval_balanced_accuracy" in first
     assert trainer.train_class_counts.sum() == 16
 

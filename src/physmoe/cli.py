@@ -65,6 +65,13 @@ def _metrics_table(metrics: dict, prefix: str, title: str) -> str:
     return format_metrics_table(ordered, title=title)
 
 
+def _confused_pairs_table(pairs: list[dict]) -> str:
+    lines = ["hard-negative miner: most-confused pairs (decayed training counts)",
+             f"{'true space group':<22}{'predicted as':<22}{'count':>8}"]
+    lines += [f"{pair['true']:<22}{pair['predicted']:<22}{pair['count']:>8.1f}" for pair in pairs]
+    return "\n".join(lines)
+
+
 # -- simulate -----------------------------------------------------------------------------------
 
 
@@ -131,6 +138,8 @@ def _train(argv: Sequence[str]) -> int:
     if training_args.process_index == 0:
         print(_metrics_table(results, "test_", f"test split ({training_args.output_dir})"))
         print(f"calibration temperature (fitted on validation): {results['calibration_temperature']:.3f}")
+        if results.get("hnm_most_confused_pairs"):
+            print(_confused_pairs_table(results["hnm_most_confused_pairs"]))
         print(f"model, card, metrics and plots saved in {training_args.output_dir}")
         if run_args.predict_files:
             from .inference import SpaceGroupPredictor, format_predictions

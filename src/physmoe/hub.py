@@ -92,8 +92,9 @@ _BOOKKEEPING_KEYS = {
     "runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time",
     "jit_compilation_time",
 }
-# Counts and parameters of physmoe.evaluation.compute_metrics: shown in the table, not scores.
-_NOT_A_SCORE = re.compile(r"num_\w+|\w+_num_classes|reference_bucket_scale|\w+_ci_(low|high)|loss")
+# Counts, parameters and per-expert diagnostics of physmoe.evaluation.compute_metrics: shown in
+# the table, not model-index scores.
+_NOT_A_SCORE = re.compile(r"num_\w+|\w+_num_classes|reference_bucket_scale|\w+_ci_(low|high)|loss|expert_\d+_\w+")
 # model-index metric types with an established Hub id; every other key is its own type.
 _MODEL_INDEX_TYPES = {"top1_accuracy": "accuracy", "macro_f1": "f1"}
 # Config fields worth a row in the card's architecture table, when the config has them.

@@ -84,8 +84,9 @@ class SpaceGroupMetrics:
     """``compute_metrics`` for the Trainer: :func:`physmoe.evaluation.compute_metrics` over the
     whole evaluation split.
 
-    The Trainer passes the model outputs that ``config.keys_to_ignore_at_inference`` keeps:
-    ``(logits [N, C], ensemble_logits [N, C], crystal_system_logits [N, 7])``.
+    The Trainer passes the model outputs that :meth:`PhysMoETrainer.prediction_step` keeps:
+    ``(logits [N, C], ensemble_logits [N, C], crystal_system_logits [N, 7], expert_predictions
+    [N, K])``; the last two are optional.
 
     Args:
         train_class_counts: training samples per class ``[C]`` (for the shot buckets), or None.
@@ -106,6 +107,7 @@ class SpaceGroupMetrics:
             np.asarray(prediction.label_ids),
             train_class_counts=self.train_class_counts,
             crystal_system_logits=crystal_system_logits,
+            expert_predictions=outputs[3] if len(outputs) > 3 else None,
         )
         # Counts stay (they say how many classes a bucket mean covers); absent buckets are omitted.
         return {key: value for key, value in metrics.items() if value is not None}
@@ -252,6 +254,25 @@ class PhysMoETrainer(Trainer):
         if self.accelerator.num_processes > 1:  # every process gets the global batch
             features, predictions, labels = self.accelerator.gather((features, predictions, labels))
         self.accelerator.unwrap_model(model).update_hard_negative_miner(features, predictions, labels)
+
+    # -- evaluation -----------------------------------------------------------------------------
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """``Trainer.prediction_step``, keeping the experts' arg-max instead of dropping them.
+
+        The config's ``keys_to_ignore_at_inference`` drops ``expert_logits`` ``[B, K, C]``; here
+        they are reduced to ``[B, K]`` predictions on the device, before the Trainer gathers and
+        concatenates them, so per-expert accuracy costs K integers per sample. The outputs are
+        ``(logits, ensemble_logits, crystal_system_logits, expert_predictions)``. Explicit
+        ``ignore_keys`` are used as given.
+        """
+        if ignore_keys is None:
+            ignored = getattr(self.model.config, "keys_to_ignore_at_inference", [])
+            ignore_keys = [key for key in ignored if key != "expert_logits"]
+        loss, outputs, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        if isinstance(outputs, tuple):  # the experts' logits are the only 3-D output
+            outputs = tuple(value.argmax(dim=-1) if value.ndim == 3 else value for value in outputs)
+        return loss, outputs, labels
 
     def create_model_card(self, model_name: str | None = None, finetuned_from: str | None = None, **kwargs) -> None:
         """physmoe's card (``physmoe.hub.write_model_card``) instead of transformers' generic one:

@@ -33,6 +33,7 @@ from .evaluation import (
     TemperatureScaler,
     apply_temperature,
     bucket_accuracy_ci,
+    hnm_most_confused_pairs,
     per_class_accuracy,
     plot_crystal_system_confusion,
     plot_pattern_top5,
@@ -248,6 +249,10 @@ def train_and_evaluate(
     )
     if interval is not None:
         results["test_few_shot_accuracy_ci_low"], results["test_few_shot_accuracy_ci_high"] = interval.low, interval.high
+    miner = getattr(trainer.accelerator.unwrap_model(model), "hard_negative_miner", None)
+    if miner is not None:  # what the miner learned to treat as hard negatives (decayed training counts)
+        pairs = hnm_most_confused_pairs(miner.confusion_matrix, top=10, id2label=ID2LABEL)
+        results["hnm_most_confused_pairs"] = [pair._asdict() for pair in pairs]
 
     if trainer.is_world_process_zero():
         _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, train_counts, test, temperature, run_args)

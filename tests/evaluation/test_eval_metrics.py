@@ -182,6 +182,10 @@ def test_buckets_given_system_ece_nll_and_experts_against_loops():
         acc = np.mean([loop_argmax(experts[i, k]) == labels[i] for i in range(len(labels))])
         assert m[f"expert_{k}_top1_accuracy"] == pytest.approx(acc, abs=1e-12)
     assert m["expert_1_top1_accuracy"] > 0.9
+    # The trainer gathers the experts' arg-max [N, K] instead of their logits: same numbers.
+    from_predictions = compute_metrics(logits, labels, expert_predictions=experts.argmax(axis=2))
+    for k in range(3):
+        assert from_predictions[f"expert_{k}_top1_accuracy"] == m[f"expert_{k}_top1_accuracy"]
 
 
 def test_hand_computed_example():
@@ -422,6 +426,14 @@ def test_bad_inputs_raise_clear_errors():
         compute_metrics(np.zeros((2, 3)), np.array([0, 1]), crystal_system_logits=np.zeros((2, 7)))
     with pytest.raises(ValueError, match=r"expert_logits must have shape \[4, K, 230\]"):
         compute_metrics(logits, labels, expert_logits=np.zeros((4, 2, 10)))
+    with pytest.raises(ValueError, match=r"expert_predictions must have shape \[4, K\]"):
+        compute_metrics(logits, labels, expert_predictions=np.zeros((3, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"expert_predictions\[5\] = 230 is outside \[0, 230\)"):
+        compute_metrics(logits, labels, expert_predictions=np.array([[0, 1], [2, 3], [4, 230], [0, 0]]))
+    with pytest.raises(TypeError, match="expert_predictions must be integer"):
+        compute_metrics(logits, labels, expert_predictions=np.zeros((4, 2)))
+    with pytest.raises(ValueError, match="not both"):
+        compute_metrics(logits, labels, expert_logits=np.zeros((4, 2, 230)), expert_predictions=np.zeros((4, 2), dtype=int))
     with pytest.raises(ValueError, match="declared as probabilities"):
         compute_metrics(logits + 1.0, labels, input_type="probabilities")
     with pytest.raises(ValueError, match="num_bins"):

@@ -282,6 +282,7 @@ def compute_metrics(
     num_bins: int = 15,
     reference_scale: float | None = None,
     input_type: ScoreKind = "auto",
+    expert_predictions=None,
 ) -> dict[str, float | int]:
     """All split-level metrics of a space-group classifier (see the module docstring).
 
@@ -298,6 +299,9 @@ def compute_metrics(
         reference_scale: Scale of the reference buckets; default ``sum(train_class_counts) / 120_000``.
         input_type: ``"logits"``, ``"probabilities"`` or ``"auto"`` (probabilities when every row
             lies in [0, 1] and sums to 1).
+        expert_predictions: ``[N, K]`` integer arg-max of each expert, instead of ``expert_logits``
+            (what :class:`~physmoe.training.PhysMoETrainer` gathers: K integers per sample, not
+            K x C floats).
 
     Returns:
         A JSON-ready dict of Python numbers (fractions in [0, 1] unless noted):
@@ -317,7 +321,8 @@ def compute_metrics(
           extreme_tail}_accuracy`` (mean per-class top-1 accuracy over the bucket's present
           classes; omitted when there are none), ``{bucket}_num_classes`` (ints) and
           ``reference_bucket_scale``;
-        * with ``expert_logits``: ``expert_{k}_top1_accuracy`` for ``k = 0..K-1``.
+        * with ``expert_logits`` or ``expert_predictions``: ``expert_{k}_top1_accuracy`` for
+          ``k = 0..K-1``.
     """
     scores, log_probs = log_probabilities(logits, input_type, "logits")
     num_samples, num_classes = scores.shape
@@ -379,13 +384,24 @@ def compute_metrics(
             metrics[f"{name}_num_classes"] = int(num_present)
         metrics["reference_bucket_scale"] = _reference_scale(train_counts, reference_scale)
 
+    if expert_logits is not None and expert_predictions is not None:
+        raise ValueError("give expert_logits or expert_predictions, not both")
     if expert_logits is not None:
         experts = as_scores(expert_logits, "expert_logits", ndim=3, dtype=None)
         if experts.shape[0] != num_samples or experts.shape[2] != num_classes:
             raise ValueError(
                 f"expert_logits must have shape [{num_samples}, K, {num_classes}], got {tuple(experts.shape)}"
             )
-        expert_accuracy = (experts.argmax(dim=2) == labels[:, None]).to(torch.float64).mean(dim=0)
+        expert_predictions = experts.argmax(dim=2)
+    if expert_predictions is not None:
+        expert_predictions = to_tensor(expert_predictions, "expert_predictions")
+        if expert_predictions.ndim != 2 or expert_predictions.shape[0] != num_samples:
+            raise ValueError(
+                f"expert_predictions must have shape [{num_samples}, K], got {tuple(expert_predictions.shape)}"
+            )
+        # Flattened, the [N, K] predictions are N * K labels: one validation of dtype and range.
+        flat = as_labels(expert_predictions.reshape(-1), expert_predictions.numel(), num_classes, "expert_predictions")
+        expert_accuracy = (flat.view_as(expert_predictions) == labels[:, None]).to(torch.float64).mean(dim=0)
         for k, value in enumerate(expert_accuracy.tolist()):
             metrics[f"expert_{k}_top1_accuracy"] = value
     return metrics
