@@ -9,6 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 from torch import nn
+from transformers import TrainerCallback
 
 from physmoe.data import PXRDCollator, TwoThetaGrid
 from physmoe.training import (
@@ -138,6 +139,61 @@ def test_miner_update_can_be_switched_off(tmp_path):
     PhysMoETrainer(model, args, train_dataset=peak_rows(8)).train()
     assert float(model.hard_negative_miner.confusion_matrix.abs().sum()) == 0.0
     assert float(model.hard_negative_miner.prototypes.abs().sum()) == 0.0
+
+
+def _host_reads_in_compute_loss(trainer: PhysMoETrainer) -> list[str]:
+    """Train, recording every host read of a tensor (a device sync on a GPU) inside compute_loss:
+    the forward, the loss and the miner update."""
+    reads, compute_loss = [], trainer.compute_loss
+
+    def counting(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            reads.append(name)
+            return original(self, *args, **kwargs)
+
+        return read
+
+    def counted_compute_loss(*args, **kwargs):
+        with pytest.MonkeyPatch.context() as patch:
+            for name in ("__bool__", "item", "tolist", "__int__", "__float__", "numpy"):
+                patch.setattr(torch.Tensor, name, counting(name))
+            return compute_loss(*args, **kwargs)
+
+    trainer.compute_loss = counted_compute_loss
+    trainer.train()
+    return reads
+
+
+def test_training_with_the_validating_collator_has_no_host_sync_per_step(tmp_path):
+    class Record(TrainerCallback):
+        def __init__(self):
+            self.seen = []
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            self.seen.append((model._skip_value_checks, model.hard_negative_miner.validate))
+
+    model, record = tiny_model(), Record()
+    trainer = PhysMoETrainer(model, arguments(tmp_path, max_steps=2), train_dataset=peak_rows(8), callbacks=[record])
+    assert _host_reads_in_compute_loss(trainer) == []  # PXRDCollator checked the batches on the host
+    assert record.seen == [(True, False)] * 2
+    assert (model._skip_value_checks, model.hard_negative_miner.validate) == (False, True)
+
+    # Any other collator: the model checks every batch itself, reading flags on the host.
+    record.seen.clear()
+
+    def plain(rows):
+        return {
+            "input_values": torch.tensor([r["input_values"] for r in rows]),
+            "labels": torch.tensor([r["space_group"] for r in rows]),
+        }
+
+    trainer = PhysMoETrainer(
+        model, arguments(tmp_path, max_steps=2), data_collator=plain, train_dataset=stored_rows(8), callbacks=[record]
+    )
+    assert "__bool__" in _host_reads_in_compute_loss(trainer)
+    assert record.seen == [(False, True)] * 2
 
 
 def test_evaluation_uses_clean_patterns_and_whole_split_metrics(tmp_path):

@@ -168,7 +168,8 @@ class PhysMoETrainer(Trainer):
         if data_collator is None and model is not None:
             seed = getattr(args, "augmentation_seed", None)
             data_collator = PXRDCollator(
-                TwoThetaGrid.from_config(model.config), train=True, seed=args.seed if seed is None else seed
+                TwoThetaGrid.from_config(model.config), train=True, seed=args.seed if seed is None else seed,
+                num_labels=model.config.num_labels,
             )
         if eval_data_collator is None and isinstance(data_collator, PXRDCollator):
             eval_data_collator = replace(data_collator, train=False)
@@ -206,6 +207,20 @@ class PhysMoETrainer(Trainer):
         finally:
             for name, value in saved.items():
                 setattr(self, name, value)
+
+    def train(self, *args, **kwargs):
+        """``Trainer.train``. With a :class:`~physmoe.data.PXRDCollator`, which checks labels and
+        patterns on the host as it collates, the model's own per-step value checks (each a host
+        sync, see ``config.validate_inputs``) are switched off for the run
+        (:meth:`~physmoe.ResNet1D_MoE.value_checks_disabled`)."""
+        collator, config = self.data_collator, getattr(self.model, "config", None)
+        checked_on_host = (
+            isinstance(collator, PXRDCollator) and config is not None and collator.num_labels <= config.num_labels
+        )
+        if checked_on_host and hasattr(self.model, "value_checks_disabled"):
+            with self.model.value_checks_disabled():
+                return super().train(*args, **kwargs)
+        return super().train(*args, **kwargs)
 
     def get_train_dataloader(self):
         # A last training batch of one sample breaks BatchNorm; dropping the remainder of a

@@ -147,6 +147,10 @@ def test_stored_patterns_pass_through_and_mix_with_peaks():
     assert batch["labels"].tolist() == [peaks[0]["labels"], 7, peaks[1]["labels"]]
     with pytest.raises(ValueError, match="feature 0: input_values has 10 points"):
         PXRDCollator(SMALL_GRID)([{"input_values": np.zeros(10), "labels": 1}])
+    broken = np.zeros(SMALL_GRID.num_points, dtype=np.float32)
+    broken[5] = np.nan
+    with pytest.raises(ValueError, match=r"feature 1: input_values\[5\] is nan"):
+        PXRDCollator(SMALL_GRID)([stored[0], {"input_values": broken, "labels": 1}])
 
 
 def test_hugging_face_dataset_rows():

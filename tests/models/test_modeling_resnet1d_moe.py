@@ -501,6 +501,25 @@ def test_validation_can_be_turned_off():
     assert torch.isnan(out.logits).all()
 
 
+def test_value_checks_can_be_paused_and_come_back():
+    model = tiny_model().train()
+    nan_batch = torch.full((2, 64), float("nan"))
+    checkers = [m for m in model.modules() if isinstance(getattr(m, "validate", None), bool)]
+    assert model.hard_negative_miner in checkers  # the loss leaves label checks to the forward
+    with model.value_checks_disabled(), model.value_checks_disabled():  # nested: restored once, fully
+        with torch.no_grad():
+            assert torch.isnan(model(nan_batch).logits).all()
+        assert not any(m.validate for m in checkers)
+    assert model.hard_negative_miner.validate and not model._skip_value_checks
+    with pytest.raises(RuntimeError, match="inside"), model.value_checks_disabled():
+        raise RuntimeError("inside")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        model(nan_batch)
+    with pytest.raises(ValueError, match=r"0\.\.229"):
+        model(torch.rand(2, 64), labels=torch.tensor([0, 230]))
+    assert tiny_model(validate_inputs=False).hard_negative_miner.validate is False  # the config still decides
+
+
 # ------------------------------------------------------------------------------------------------
 # Hard-negative mining
 # ------------------------------------------------------------------------------------------------

@@ -164,6 +164,9 @@ class PXRDCollator:
                     raise ValueError(
                         f"feature {i}: input_values has {pattern.shape[0]} points, the grid has {self.grid.num_points}"
                     )
+                if not np.isfinite(pattern).all():
+                    point = int(np.flatnonzero(~np.isfinite(pattern))[0])
+                    raise ValueError(f"feature {i}: input_values[{point}] is {pattern[point]} (NaN or inf)")
             input_values[stored] = torch.from_numpy(np.stack(patterns))
         if to_render:
             peaks = []

@@ -232,7 +232,9 @@ class ResNet1DMoEConfig(PretrainedConfig):
         validate_inputs (`bool`, defaults to True): check inputs for NaN/inf and labels for range
             in every forward: one host sync each, measured at about 15 µs and 5 µs on one CPU core
             at batch 32 (a forward takes ~100 ms); on a GPU the syncs also stall the queue. Skipped
-            under ``torch.compile``. Shapes are always checked.
+            under ``torch.compile``, and during ``PhysMoETrainer.train`` with a ``PXRDCollator``
+            (which checks labels and patterns on the host as it collates). Shapes are always
+            checked.
         calibration_temperature (`float`, defaults to 1.0): softmax temperature ``T`` fitted on
             the validation split after training (``physmoe train`` does it): calibrated
             probabilities are ``softmax(logits / T)``. The logits themselves are not changed.

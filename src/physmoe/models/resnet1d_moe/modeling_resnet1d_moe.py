@@ -33,8 +33,10 @@ it; training (``labels`` given) needs ``physmoe.loss``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -375,6 +377,8 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
     _keys_to_ignore_on_load_unexpected = [r"(^|\.)physmoe_loss\."]
     # BatchNorm running statistics would be updated twice when a checkpointed block is recomputed.
     supports_gradient_checkpointing = False
+    # Set per instance, for a while, by value_checks_disabled().
+    _skip_value_checks = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -428,6 +432,34 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
                     cache.clear()
         return super().train(mode)
 
+    def _checks_values(self) -> bool:
+        """Whether a forward checks values (NaN/inf inputs, label ranges): each check is a host sync."""
+        return self.config.validate_inputs and not self._skip_value_checks and not _is_compiling()
+
+    @contextlib.contextmanager
+    def value_checks_disabled(self) -> Iterator[None]:
+        """Within this context the forward, the loss and the miner skip their value checks (NaN/inf
+        inputs, label ranges), each a host sync that stalls a GPU's queue; shapes and dtypes are
+        still checked. For training loops whose batches were validated on the host as they were
+        collated: :class:`~physmoe.training.PhysMoETrainer` uses it with
+        :class:`~physmoe.data.PXRDCollator`. ``config.validate_inputs`` is left as it is."""
+        models = [m for m in self.modules() if isinstance(m, ResNet1DMoEPreTrainedModel)]
+        # The loss and miner modules take a ``validate`` flag at construction.
+        checkers = [m for m in self.modules() if isinstance(getattr(m, "validate", None), bool)]
+        skipped = [(m, m._skip_value_checks) for m in models]
+        validated = [(m, m.validate) for m in checkers]
+        for module in models:
+            module._skip_value_checks = True
+        for module in checkers:
+            module.validate = False
+        try:
+            yield
+        finally:
+            for module, value in skipped:
+                module._skip_value_checks = value
+            for module, value in validated:
+                module.validate = value
+
     def _check_input_values(self, input_values: torch.Tensor) -> torch.Tensor:
         """Validate ``[B, L]`` / ``[B, 1, L]`` inputs; return ``[B, 1, 1, L]`` channels-last."""
         num_points = self.config.num_points
@@ -456,7 +488,7 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
                 "(the expert stages see one value per channel). Use model.eval() for single "
                 "patterns, or drop_last=True / a batch size that leaves no final batch of 1."
             )
-        if self.config.validate_inputs and not _is_compiling() and input_values.is_floating_point():
+        if self._checks_values() and input_values.is_floating_point():
             # A sum is ~30x cheaper than isfinite() on CPU and is NaN/inf whenever an entry is;
             # the exact check runs only if the sum is not finite (or overflowed).
             if not bool(torch.isfinite(input_values.sum())) and not bool(torch.isfinite(input_values).all()):
@@ -923,7 +955,7 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         batch = input_values.shape[0] if isinstance(input_values, torch.Tensor) else None
         if labels.dim() != 1 or labels.shape[0] != batch:
             raise ValueError(f"labels must be [batch] = [{batch}], got {list(labels.shape)}")
-        if self.config.validate_inputs and not _is_compiling():
+        if self._checks_values():
             if bool(((labels < 0) | (labels >= self.num_labels)).any()):
                 bad = labels[(labels < 0) | (labels >= self.num_labels)]
                 raise ValueError(
