@@ -155,3 +155,25 @@ def test_apply_temperature_keeps_hard_masked_logits_finite():
     assert scaled.dtype == np.float32 and np.isfinite(scaled).all() and scaled[0, 0] == 12.0
     metrics = compute_metrics(scaled, np.array([0]))
     assert metrics["top1_accuracy"] == 1.0 and np.isfinite(metrics["nll"])
+
+
+def test_hard_masked_true_classes_leave_the_fit_and_the_nll_bounded(caplog):
+    # Hard hierarchical inference: a wrong crystal system masks the true class at the dtype's
+    # lowest value. Those samples have probability 0 at every T and say nothing about T.
+    logits, labels = synthetic(num_samples=4000, sharpen=1.7, seed=3)
+    masked = logits.copy()
+    wrong = np.arange(0, 4000, 10)  # 10% of the samples
+    masked[wrong, labels[wrong]] = np.finfo(np.float32).min
+    keep = np.setdiff1d(np.arange(4000), wrong)
+    with caplog.at_level(logging.INFO, logger="physmoe.evaluation.calibration"):
+        temperature = TemperatureScaler().fit(masked, labels)
+    assert temperature == pytest.approx(TemperatureScaler().fit(logits[keep], labels[keep]), rel=1e-9)
+    assert 1.2 < temperature < 2.5 and "leaves out 400 of 4000" in caplog.text
+    with pytest.raises(ValueError, match="nothing to fit"):
+        TemperatureScaler().fit(masked[wrong], labels[wrong])
+
+    # NLL: each masked sample contributes the float64 floor (-log of the smallest normal), not 1e38.
+    metrics = compute_metrics(masked, labels)
+    clean = compute_metrics(logits[keep], labels[keep])
+    floor = -np.log(np.finfo(np.float64).tiny)
+    assert metrics["nll"] == pytest.approx((clean["nll"] * len(keep) + floor * len(wrong)) / 4000, rel=1e-9)

@@ -188,6 +188,20 @@ def test_buckets_given_system_ece_nll_and_experts_against_loops():
         assert from_predictions[f"expert_{k}_top1_accuracy"] == m[f"expert_{k}_top1_accuracy"]
 
 
+def test_given_system_accuracy_gives_no_credit_when_the_true_system_is_masked_out():
+    # Hard hierarchical inference with a wrong system: every group of the true system sits at the
+    # lowest value. Arg-max over ties would pick the system's first group and credit it.
+    lowest = np.finfo(np.float32).min
+    system_of = sg_to_sys_map()
+    logits = np.full((2, C), lowest, dtype=np.float32)
+    logits[:, system_of.numpy() == 3] = 0.5  # tetragonal predicted; both samples are triclinic
+    labels = np.array([0, 1])  # P1 (first group of its system), P-1
+    m = compute_metrics(logits, labels)
+    assert m["top1_accuracy"] == 0.0 and m["sg_accuracy_given_correct_system"] == 0.0
+    logits[1, 1] = -3.0  # P-1 above P1 inside the (still masked-out elsewhere) true system
+    assert compute_metrics(logits, labels)["sg_accuracy_given_correct_system"] == 0.5
+
+
 def test_hand_computed_example():
     # 4 classes in 2 crystal systems (classes 0, 1 -> system 0; 2, 3 -> system 1).
     logits = np.array(

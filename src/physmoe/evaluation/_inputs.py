@@ -7,6 +7,7 @@ metric over a whole test set does not depend on the order of its samples.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -114,8 +115,9 @@ def log_probabilities(
 
     ``input_type="auto"`` treats ``values`` as probabilities when every entry lies in [0, 1] and
     every row sums to 1 within :func:`score_tolerance` of the input dtype, and as logits otherwise.
-    Zero probabilities are clamped to the smallest positive float64 before the logarithm, so the
-    negative log-likelihood stays finite (at most ~708 per sample).
+    Log-probabilities are clamped at the log of the smallest positive float64 (zero probabilities,
+    classes masked out by hard hierarchical inference), so the negative log-likelihood stays
+    finite: at most ~708 per sample.
     """
     if input_type not in ("auto", "logits", "probabilities"):
         raise ValueError(
@@ -137,6 +139,7 @@ def log_probabilities(
         log_probs = scores.to(torch.float64).clamp_min(torch.finfo(torch.float64).tiny).log()
     else:
         log_probs = torch.log_softmax(scores.to(torch.float64), dim=1)
+        log_probs = log_probs.clamp_min(math.log(torch.finfo(torch.float64).tiny))
     return scores, log_probs
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import torch
@@ -140,6 +141,22 @@ class TemperatureScaler:
         t_min, t_max = (self._check_temperature(float(b)) for b in bounds)
         if not t_min < t_max:
             raise ValueError(f"bounds must satisfy T_min < T_max, got {bounds}")
+        # Hard hierarchical inference gives the classes of other crystal systems the dtype's lowest
+        # value: when it masked the true class, that sample's probability is 0 (below float64's
+        # range) at every T in the bounds, its NLL infinite whatever T is. It says nothing about T.
+        true_logit = logits.gather(1, labels[:, None]).squeeze(1)
+        hopeless = (logits.amax(dim=1) - true_logit) / t_max > -math.log(torch.finfo(torch.float64).tiny)
+        if bool(hopeless.all()):
+            raise ValueError(
+                "every sample's true class has probability 0 at every temperature (masked out by hard "
+                "hierarchical inference?): nothing to fit"
+            )
+        if bool(hopeless.any()):
+            logger.info(
+                "temperature fit leaves out %d of %d samples whose true class has probability 0 at every "
+                "temperature (masked out by hard hierarchical inference)", int(hopeless.sum()), len(labels)
+            )
+            logits, labels = logits[~hopeless], labels[~hopeless]
         low, high = 1.0 / t_max, 1.0 / t_min  # bracket on beta
 
         gradient_low, _ = _nll_derivatives(logits, labels, low)

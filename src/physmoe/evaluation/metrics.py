@@ -265,11 +265,13 @@ def _resolve_sg_to_sys(
 def _given_system_correct(
     scores: torch.Tensor, labels: torch.Tensor, sg_to_sys: torch.Tensor
 ) -> torch.Tensor:
-    """Whether the arg-max restricted to the true crystal system's groups is the true group, ``[N]``."""
+    """Whether the true group scores strictly above every other group of the true crystal system,
+    ``[N]``. Strictly: where hard hierarchical inference masked out the whole true system, its
+    groups tie at the lowest value and none of them counts as chosen."""
     true_system = sg_to_sys[labels]
-    in_system = sg_to_sys[None, :] == true_system[:, None]
-    masked = scores.masked_fill(~in_system, float("-inf"))
-    return masked.argmax(dim=1) == labels
+    rivals = (sg_to_sys[None, :] == true_system[:, None]) & (torch.arange(scores.shape[1]) != labels[:, None])
+    true_score = scores.gather(1, labels[:, None]).squeeze(1)
+    return true_score > scores.masked_fill(~rivals, float("-inf")).amax(dim=1)
 
 
 def compute_metrics(
