@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
@@ -115,3 +116,25 @@ def test_bad_configs_name_the_problem(tmp_path, capsys):
     assert "no_such_setting" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "expected"), [([], "bf16"), (["--bf16_full_eval", "true"], "bf16"), (["--bf16", "false"], "no")])
+def test_train_switches_on_recommended_bf16_so_that_the_trainer_uses_it(tmp_path, monkeypatch, capsys, extra, expected):
+    import physmoe.runtime
+    import physmoe.workflow
+    from physmoe.training import PhysMoETrainer
+    from tiny_models import tiny_model
+
+    seen = {}
+
+    def fake_train_and_evaluate(model_args, data_args, run_args, training_args):
+        seen["args"] = training_args
+        return {"calibration_temperature": 1.0, "test_top1_accuracy": 0.5}
+
+    monkeypatch.setattr(physmoe.runtime, "recommended_autocast_dtype", lambda device=None: torch.bfloat16)
+    monkeypatch.setattr(physmoe.workflow, "train_and_evaluate", fake_train_and_evaluate)
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "use_cpu": True, "report_to": "none"}))
+    assert main(["train", str(config), *extra]) == 0
+    trainer = PhysMoETrainer(tiny_model(), seen["args"])
+    assert trainer.accelerator.mixed_precision == expected

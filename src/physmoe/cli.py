@@ -126,13 +126,18 @@ def _train(argv: Sequence[str]) -> int:
         return 2
     parser.set_defaults(**settings)
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=overrides)
-    chose_precision = any(key in settings for key in ("bf16", "fp16")) or any(a.startswith(("--bf16", "--fp16")) for a in overrides)
+    chose_precision = any(key in settings for key in ("bf16", "fp16")) or any(
+        argument.split("=")[0] in ("--bf16", "--fp16") for argument in overrides
+    )
     if not chose_precision:
         import torch
 
         device = "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu"
         if recommended_autocast_dtype(device) is not None:
-            training_args.bf16 = True
+            # Parsed again: TrainingArguments turns bf16 into its mixed-precision setting in
+            # __post_init__, so setting the attribute afterwards would change nothing.
+            parser.set_defaults(bf16=True)
+            model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=overrides)
             logger.info("bf16 autocast (recommended on this %s)", device)
     results = train_and_evaluate(model_args, data_args, run_args, training_args)
     if training_args.process_index == 0:
