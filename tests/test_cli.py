@@ -12,6 +12,7 @@ import yaml
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
+from hub_server import hub_server_fixture  # noqa: F401 (provides the hub_server fixture)
 from physmoe.cli import main
 from physmoe.crystallography import ID2LABEL
 from physmoe.data.dataset import default_dataset, read_structure_archive, write_structure_archive
@@ -138,3 +139,36 @@ def test_train_switches_on_recommended_bf16_so_that_the_trainer_uses_it(tmp_path
     assert main(["train", str(config), *extra]) == 0
     trainer = PhysMoETrainer(tiny_model(), seen["args"])
     assert trainer.accelerator.mixed_precision == expected
+
+
+def test_overwriting_a_finished_model_removes_it_first_so_a_killed_rerun_resumes(tmp_path):
+    from physmoe.workflow import _check_output_dir
+
+    out = tmp_path / "model"
+    (out / "checkpoint-10").mkdir(parents=True)
+    for name in ("model.safetensors", "config.json", "README.md", "all_results.json", "example_top5.png", "notes.txt"):
+        (out / name).write_text("x")
+    with pytest.raises(FileExistsError, match="already holds a trained model"):
+        _check_output_dir(out, overwrite=False)
+    assert _check_output_dir(out, overwrite=True) is None
+    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]  # not ours: kept
+    # The new run is killed after its first checkpoint: started again, it resumes from it.
+    (out / "checkpoint-5").mkdir()
+    assert _check_output_dir(out, overwrite=False) == str(out / "checkpoint-5")
+
+
+def test_push_to_hub_publishes_the_final_card_with_the_test_metrics(small_dataset, tmp_path, hub_server):
+    from huggingface_hub import hf_hub_download
+
+    out = tmp_path / "pushed"
+    config = write_config(
+        tmp_path / "push.yaml", small_dataset, out, num_train_epochs=1, plots=False, save_strategy="no",
+        eval_strategy="no", load_best_model_at_end=False, push_to_hub=True, hub_model_id="physmoe-tiny",
+    )
+    assert main(["train", str(config)]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    card = ModelCard.load(hf_hub_download(f"{hub_server.namespace}/physmoe-tiny", "README.md"))
+    reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert reported["accuracy"] == pytest.approx(results["test_top1_accuracy"])
+    assert "few-shot" in card.text and card.text == ModelCard.load(out / "README.md").text
+    assert hub_server.unhandled == []

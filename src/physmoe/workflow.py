@@ -10,6 +10,7 @@ reported once on the test split over the whole split.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import logging
 import os
@@ -172,6 +173,15 @@ def longtail_markdown_table(metrics: dict, prefix: str = "test_") -> str:
     return "\n".join(lines)
 
 
+_PLOT_FILES = ("per_class_accuracy.png", "crystal_system_confusion.png", "example_top5.png")
+# What a finished run writes into its output_dir (replaced by --overwrite_output true).
+_RUN_OUTPUTS = (
+    "model*.safetensors", "model.safetensors.index.json", "config.json", "preprocessor_config.json", "README.md",
+    "all_results.json", "log_history.json", "training_args.bin", "configuration_resnet1d_moe.py",
+    "modeling_resnet1d_moe.py", *_PLOT_FILES,
+)
+
+
 def _check_output_dir(output_dir: Path, overwrite: bool) -> str | None:
     """The checkpoint to resume from, if any; refuses to clobber a finished model."""
     if not output_dir.is_dir():
@@ -183,9 +193,13 @@ def _check_output_dir(output_dir: Path, overwrite: bool) -> str | None:
             f"{output_dir} already holds a trained model; pass --overwrite_output true to replace it or choose another output_dir"
         )
     if finished and overwrite:
+        # The old model goes now, not when the new one is saved: a new run killed on its way then
+        # resumes from its own checkpoints instead of meeting a "finished" folder.
         for entry in output_dir.iterdir():
             if entry.is_dir() and entry.name.startswith("checkpoint-"):
                 shutil.rmtree(entry, ignore_errors=True)  # every DDP process may get here
+            elif entry.is_file() and any(fnmatch.fnmatch(entry.name, pattern) for pattern in _RUN_OUTPUTS):
+                entry.unlink(missing_ok=True)
         return None
     if last is not None:
         logger.info("resuming from %s", last)
@@ -209,7 +223,8 @@ def train_and_evaluate(
     """
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
-    resume_from = training_args.resume_from_checkpoint or _check_output_dir(output_dir, run_args.overwrite_output)
+    last_checkpoint = _check_output_dir(output_dir, run_args.overwrite_output)
+    resume_from = training_args.resume_from_checkpoint or last_checkpoint
     dataset, metadata = load_data(data_args, seed=training_args.seed)
     train_counts = class_counts(dataset["train"]["space_group"])
     model = build_model(model_args, train_counts)
@@ -262,7 +277,9 @@ def train_and_evaluate(
 def _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, train_counts, test, temperature, run_args) -> None:
     from .hub import write_model_card
 
-    trainer.save_model(str(output_dir))  # weights, config and the feature extractor (processing class)
+    # Weights, config and the feature extractor (processing class). Not pushed from here: the
+    # push below comes once the card and the results exist.
+    trainer.save_model(str(output_dir), _internal_call=True)
     write_json(output_dir / "all_results.json", results)
     write_json(output_dir / "log_history.json", trainer.state.log_history, indent=1)
     # The card takes test-split values only (its model-index reports the test split).
@@ -280,6 +297,15 @@ def _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, t
     )
     if run_args.plots:
         _save_plots(output_dir, test, temperature, train_counts, dataset, trainer)
+    if trainer.args.push_to_hub:
+        from .hub import push_checkpoint
+
+        repo_id = getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id or output_dir.name
+        url = push_checkpoint(
+            output_dir, repo_id, private=bool(trainer.args.hub_private_repo), token=trainer.args.hub_token,
+            revision=trainer.args.hub_revision, commit_message="physmoe train: final model, card and metrics",
+        )
+        logger.info("pushed %s to the Hub: %s", output_dir, url)
 
 
 def _condition_summary(conditions: MeasurementConditions) -> dict:
@@ -296,18 +322,18 @@ def _save_plots(output_dir: Path, test, temperature: float, train_counts: np.nda
     labels = torch.as_tensor(test.label_ids)
     accuracy, test_counts = per_class_accuracy(logits, labels, num_classes=logits.shape[1])
     accuracy = np.where(test_counts > 0, accuracy, np.nan)
-    plot_per_class_accuracy(accuracy, train_counts, output_dir / "per_class_accuracy.png", test_counts=test_counts, overwrite=True)
+    plot_per_class_accuracy(accuracy, train_counts, output_dir / _PLOT_FILES[0], test_counts=test_counts, overwrite=True)
     system_of = sg_to_sys_map()
     system_logits = torch.as_tensor(test.predictions[2])
     plot_crystal_system_confusion(
-        system_of[labels].numpy(), system_logits.argmax(1).numpy(), output_dir / "crystal_system_confusion.png", overwrite=True
+        system_of[labels].numpy(), system_logits.argmax(1).numpy(), output_dir / _PLOT_FILES[1], overwrite=True
     )
     example = trainer.eval_data_collator([dataset["test"][0]])["input_values"][0].numpy()
     probabilities = torch.softmax(logits[0], dim=0)
     top = probabilities.topk(5)
     grid = TwoThetaGrid.from_config(trainer.model.config)
     plot_pattern_top5(
-        grid.values(), example, top.indices.tolist(), top.values.tolist(), output_dir / "example_top5.png",
+        grid.values(), example, top.indices.tolist(), top.values.tolist(), output_dir / _PLOT_FILES[2],
         title=f"test pattern 0, true {ID2LABEL[int(labels[0])]}", overwrite=True,
     )
 
