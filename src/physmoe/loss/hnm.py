@@ -104,7 +104,8 @@ class HardNegativeMining_Proto(nn.Module):
             self.num_classes, self.feat_dim, dtype=torch.float32, device=features.device
         )
         sums.index_add_(0, labels, features)
-        counts = torch.bincount(labels, minlength=self.num_classes).to(torch.float32)
+        # index_add_, not bincount: on CUDA bincount reads min and max on the host (a sync).
+        counts = features.new_zeros(self.num_classes).index_add_(0, labels, features.new_ones(labels.shape[0]))
         means = sums / counts.clamp_min(1)[:, None]
         old = self.prototypes.float()
         updated = self.momentum * old + (1.0 - self.momentum) * means
@@ -131,12 +132,9 @@ class HardNegativeMining_Proto(nn.Module):
         predictions = check_labels(
             predictions, self.num_classes, check_range=self.validate, name="predictions"
         )
-        counts = torch.bincount(
-            labels * self.num_classes + predictions, minlength=self.num_classes**2
-        )
-        self.confusion_matrix += counts.view(self.num_classes, self.num_classes).to(
-            self.confusion_matrix.dtype
-        )
+        # Scatter-add in place (no host sync, unlike bincount on CUDA); repeated pairs accumulate.
+        ones = torch.ones(labels.shape[0], dtype=self.confusion_matrix.dtype, device=labels.device)
+        self.confusion_matrix.view(-1).index_add_(0, labels * self.num_classes + predictions, ones)
 
     @torch.no_grad()
     def get_hard_negative_classes(self, labels: torch.Tensor, k: int | None = None) -> torch.Tensor:
