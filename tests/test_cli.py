@@ -172,3 +172,27 @@ def test_push_to_hub_publishes_the_final_card_with_the_test_metrics(small_datase
     assert reported["accuracy"] == pytest.approx(results["test_top1_accuracy"])
     assert "few-shot" in card.text and card.text == ModelCard.load(out / "README.md").text
     assert hub_server.unhandled == []
+
+
+def test_fine_tuning_overrides_are_validated_and_label_sets_checked(tmp_path):
+    from physmoe import ResNet1D_MoE
+    from physmoe.workflow import ModelArguments, build_model
+    from tiny_models import tiny_model
+
+    counts = np.ones(230)
+    saved = tmp_path / "base"
+    tiny_model(seed=3).save_pretrained(saved)
+    model = build_model(ModelArguments(model_name_or_path=str(saved)), counts)
+    for name, tensor in ResNet1D_MoE.from_pretrained(saved).state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    tuned = build_model(ModelArguments(model_name_or_path=str(saved), model_overrides='{"tau": 1.0}'), counts)
+    assert tuned.config.tau == 1.0 and tuned.config.class_prior == pytest.approx([1 / 230] * 230)
+    with pytest.raises(ValueError, match="hierarchical_inference must be one of"):
+        build_model(ModelArguments(model_name_or_path=str(saved), model_overrides='{"hierarchical_inference": "bogus"}'), counts)
+    with pytest.raises(ValueError, match="hierarchical_inference must be one of"):  # the model checks too
+        ResNet1D_MoE.from_pretrained(saved, hierarchical_inference="bogus")
+
+    subset = tmp_path / "subset"
+    tiny_model(num_labels=10, hierarchical_inference="none", loss_preset="cross_entropy").save_pretrained(subset)
+    with pytest.raises(ValueError, match="predicts 10 labels, not the 230 space groups"):
+        build_model(ModelArguments(model_name_or_path=str(subset)), counts)

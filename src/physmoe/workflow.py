@@ -25,7 +25,7 @@ from datasets import DatasetDict
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .crystallography import ID2LABEL, sg_to_sys_map
+from .crystallography import ID2LABEL, NUM_SPACE_GROUPS, sg_to_sys_map
 from .data.collator import PXRDCollator
 from .data.dataset import PEAK_WAVELENGTH, dataset_metadata, default_dataset, load_dataset_dict
 from .data.grid import TwoThetaGrid
@@ -140,14 +140,24 @@ def build_model(model_args: ModelArguments, train_class_counts: np.ndarray) -> R
     if not isinstance(overrides, dict):
         raise ValueError(f"model_overrides must be a JSON object, got {model_args.model_overrides!r}")
     if model_args.model_name_or_path:
-        config = ResNet1DMoEConfig.from_pretrained(model_args.model_name_or_path, **overrides)
+        # Through from_dict, so that the overrides are normalised and validated like a new config's
+        # (from_pretrained(..., **overrides) would set them as plain attributes).
+        loaded = ResNet1DMoEConfig.from_pretrained(model_args.model_name_or_path)
+        config = ResNet1DMoEConfig.from_dict({**loaded.to_dict(), **overrides})
+        if config.space_group_numbers != list(range(1, NUM_SPACE_GROUPS + 1)):
+            raise ValueError(
+                f"{model_args.model_name_or_path} predicts {config.num_labels} labels, not the 230 space groups in "
+                "order (label = number - 1) that physmoe train's datasets use; fine-tune it in your own loop"
+            )
     else:
         config = ResNet1DMoEConfig.from_preset(model_args.preset, **overrides)
     if config.loss_preset in _LOGIT_ADJUSTED_PRESETS or (config.tau or 0) > 0:
         prior = train_class_counts / train_class_counts.sum()
         config.class_prior = prior.tolist()
     if model_args.model_name_or_path:
-        return ResNet1D_MoE.from_pretrained(model_args.model_name_or_path, config=config, ignore_mismatched_sizes=True)
+        # Architecture overrides re-initialise the layers they change (logged by transformers);
+        # without overrides a checkpoint whose weights do not fit is an error.
+        return ResNet1D_MoE.from_pretrained(model_args.model_name_or_path, config=config, ignore_mismatched_sizes=bool(overrides))
     return ResNet1D_MoE(config)
 
 

@@ -380,6 +380,12 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
     # Set per instance, for a while, by value_checks_disabled().
     _skip_value_checks = False
 
+    def __init__(self, config: ResNet1DMoEConfig, *args: Any, **kwargs: Any) -> None:
+        # Values set after the config was built (from_pretrained(path, key=value), user code)
+        # skipped its __post_init__ checks.
+        config._validate()
+        super().__init__(config, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         slope = float(self.config.negative_slope)
