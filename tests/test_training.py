@@ -133,6 +133,20 @@ def test_miner_counts_every_training_sample_and_decays_once_per_epoch(tmp_path):
     assert torch.equal(has_prototype, seen)
 
 
+def test_plain_training_arguments_keep_the_peak_columns(tmp_path, caplog):
+    from transformers import TrainingArguments
+
+    plain = TrainingArguments(**{k: v for k, v in vars(arguments(tmp_path, max_steps=2)).items()
+                                 if k in ("output_dir", "per_device_train_batch_size", "max_steps", "report_to",
+                                          "use_cpu", "seed", "disable_tqdm", "save_strategy")})
+    assert plain.remove_unused_columns
+    model = tiny_model()
+    trainer = PhysMoETrainer(model, plain, train_dataset=peak_rows(8))
+    trainer.train()  # HF Dataset rows with peak columns only: nothing is removed
+    assert trainer.state.global_step == 2 and "remove_unused_columns=True would drop" in caplog.text
+    assert plain.remove_unused_columns  # the caller's arguments are not modified
+
+
 def test_miner_update_can_be_switched_off(tmp_path):
     model = tiny_model()
     args = arguments(tmp_path, max_steps=2, update_hard_negative_miner=False)

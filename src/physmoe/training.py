@@ -165,6 +165,14 @@ class PhysMoETrainer(Trainer):
     ):
         if args is None:
             args = PhysMoETrainingArguments(output_dir="trainer_output")
+        if not isinstance(args, PhysMoETrainingArguments) and args.remove_unused_columns:
+            # Plain TrainingArguments default to True, which drops the peak columns the collator
+            # renders from (they are no forward arguments) and fails with "no columns match".
+            logger.warning(
+                "remove_unused_columns=True would drop the peak columns PXRDCollator renders from; using False "
+                "(PhysMoETrainingArguments has physmoe's defaults)"
+            )
+            args = replace_args(args, remove_unused_columns=False)
         if data_collator is None and model is not None:
             seed = getattr(args, "augmentation_seed", None)
             data_collator = PXRDCollator(
