@@ -94,3 +94,18 @@ def test_bad_inputs_are_refused(saved_model):
         predictor.predict(np.linspace(40, 45, 50), np.ones(50))
     with pytest.raises(ValueError, match="temperature"):
         SpaceGroupPredictor(predictor.model, temperature=0.0)
+    with pytest.raises(ValueError, match="1 sources for 3 patterns"):
+        predictor.predict_input_values(torch.rand(3, 64), sources=["a.xy"])
+    assert [p.source for p in predictor.predict_input_values(torch.rand(2, 64), sources=["a", "b"])] == ["a", "b"]
+    anonymous = ResNet1D_MoE(tiny_config(num_labels=10, hierarchical_inference="none", loss_preset="cross_entropy"))
+    with pytest.raises(ValueError, match="10 labels are not known space groups"):
+        SpaceGroupPredictor(anonymous)
+
+
+def test_predictions_of_a_model_over_a_subset_of_groups_name_those_groups():
+    torch.manual_seed(1)
+    numbers = [14, 62, 225]  # labels 0, 1, 2
+    model = ResNet1D_MoE(tiny_config(num_labels=3, label_space_groups=numbers, loss_preset="cross_entropy"))
+    result = SpaceGroupPredictor(model, autocast_dtype=torch.float32).predict_input_values(torch.rand(1, 64), top_k=3)[0]
+    assert sorted(c.space_group for c in result.candidates) == numbers
+    assert {c.symbol for c in result.candidates} == {"P2_1/c", "Pnma", "Fm-3m"}

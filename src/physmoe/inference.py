@@ -30,7 +30,7 @@ from .data.readers import read_pattern
 from .data.render import MeasurementConditions, render_patterns
 from .data.simulate import simulate_peaks
 from .evaluation import apply_temperature
-from .runtime import recommended_autocast_dtype
+from .runtime import recommended_autocast, recommended_autocast_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +109,13 @@ class SpaceGroupPredictor:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
         self.autocast_dtype = recommended_autocast_dtype(self.device) if autocast_dtype is None else autocast_dtype
-        label_groups = getattr(model.config, "label_space_groups", None)
-        self.label_space_groups = (
-            np.asarray(label_groups, dtype=np.int64)
-            if label_groups
-            else np.arange(1, model.config.num_labels + 1, dtype=np.int64)
-        )
+        numbers = model.config.space_group_numbers
+        if numbers is None:
+            raise ValueError(
+                f"the model's {model.config.num_labels} labels are not known space groups: set "
+                "config.label_space_groups or id2label names ending in '(number)'"
+            )
+        self.label_space_groups = np.asarray(numbers, dtype=np.int64)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: torch.device | str | None = None, **kwargs) -> SpaceGroupPredictor:
@@ -142,15 +143,16 @@ class SpaceGroupPredictor:
         top_k = min(int(top_k), self.model.config.num_labels)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
-        enabled = self.autocast_dtype not in (None, torch.float32)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.bfloat16, enabled=enabled):
+        if sources is not None and len(sources) != len(input_values):
+            raise ValueError(f"{len(sources)} sources for {len(input_values)} patterns")
+        with recommended_autocast(self.device, self.autocast_dtype):
             output = self.model(input_values)
         probabilities = torch.softmax(apply_temperature(output.logits.float(), self.temperature), dim=-1)
         system_probabilities = torch.softmax(output.crystal_system_logits.float(), dim=-1)
         top_probabilities, top_labels = probabilities.topk(top_k, dim=-1)
         top_probabilities, top_labels = top_probabilities.cpu().numpy(), top_labels.cpu().numpy()
         system_probabilities = system_probabilities.cpu().numpy()
-        sources = sources or [f"pattern {i}" for i in range(len(input_values))]
+        sources = [f"pattern {i}" for i in range(len(input_values))] if sources is None else sources
         predictions = []
         for row, source in enumerate(sources):
             candidates = []
@@ -213,8 +215,11 @@ def format_predictions(predictions: Sequence[SpaceGroupPrediction]) -> str:
     lines = []
     header = f"{'rank':>4}  {'space group':<18} {'no.':>4}  {'crystal system':<14} {'probability':>11}"
     for prediction in predictions:
-        system, system_p = max(prediction.crystal_system_probabilities.items(), key=lambda item: item[1])
-        lines.append(f"{prediction.source}  (crystal-system head: {system} {system_p:.3f})")
+        if prediction.crystal_system_probabilities:
+            system, system_p = max(prediction.crystal_system_probabilities.items(), key=lambda item: item[1])
+            lines.append(f"{prediction.source}  (crystal-system head: {system} {system_p:.3f})")
+        else:
+            lines.append(prediction.source)
         lines.append(header)
         lines.append("-" * len(header))
         for c in prediction.candidates:
