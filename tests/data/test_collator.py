@@ -147,6 +147,10 @@ def test_stored_patterns_pass_through_and_mix_with_peaks():
     assert batch["labels"].tolist() == [peaks[0]["labels"], 7, peaks[1]["labels"]]
     with pytest.raises(ValueError, match="feature 0: input_values has 10 points"):
         PXRDCollator(SMALL_GRID)([{"input_values": np.zeros(10), "labels": 1}])
+    for label in (3.7, "P2_1/c", [1, 2]):
+        with pytest.raises(ValueError, match="feature 1 has label .*integers"):
+            PXRDCollator(SMALL_GRID)([stored[0], {"input_values": stored[0]["input_values"], "labels": label}])
+    assert PXRDCollator(SMALL_GRID)([{**stored[0], "labels": np.float32(7.0)}])["labels"].tolist() == [7]
     broken = np.zeros(SMALL_GRID.num_points, dtype=np.float32)
     broken[5] = np.nan
     with pytest.raises(ValueError, match=r"feature 1: input_values\[5\] is nan"):

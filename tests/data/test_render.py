@@ -572,6 +572,8 @@ def test_bad_input_raises_clear_errors():
         MeasurementConditions(counts=(0.0, 10.0))
     with pytest.raises(ValueError, match="preferred_directions"):
         MeasurementConditions(preferred_directions=((0, 0, 0),))
+    with pytest.raises(ValueError, match=r"cell_strain must lie in \(-0.5, 0.5\)"):
+        MeasurementConditions(cell_strain=(-1.01, 0.0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -636,3 +636,14 @@ def test_two_stage_bootstrap_varies_the_classes_where_within_class_resampling_ca
     assert bucket_accuracy_ci(logits, labels, np.full(230, 500), "few_shot") is None  # no few-shot class
     with pytest.raises(ValueError, match="no sample"):
         two_stage_bootstrap(correct, labels, np.array([41]))
+    # The estimate is the class mean over present classes of the bucket (loop oracle).
+    uneven = np.array([0, 0, 0, 1, 2, 2])
+    scores = np.eye(230, dtype=np.float32)[[0, 5, 0, 1, 7, 2]]
+    oracle = np.mean([np.mean([scores[i].argmax() == c for i in np.flatnonzero(uneven == c)]) for c in (0, 1, 2)])
+    assert bucket_accuracy_ci(scores, uneven, counts, "few_shot", n_boot=50).estimate == pytest.approx(oracle)
+    with pytest.raises(ValueError, match=r"train_class_counts must have shape \[230\]"):
+        bucket_accuracy_ci(logits, labels, np.full(100, 5))
+    with pytest.raises(ValueError, match="bucket must be one of"):
+        bucket_accuracy_ci(logits, labels, counts, "few-shot")
+    with pytest.raises(ValueError, match="n_boot must be a positive int"):
+        bucket_accuracy_ci(logits, labels, counts, n_boot=0)

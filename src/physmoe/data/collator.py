@@ -136,9 +136,18 @@ class PXRDCollator:
             raise ValueError(
                 f"feature {missing} has no label ({'/'.join(_LABEL_KEYS)}) but others do"
             )
-        labels = np.array(
-            [int(_as_numpy(row[k])) for row, k in zip(features, keys, strict=True)], dtype=np.int64
-        )
+        values = [_as_numpy(row[k]) for row, k in zip(features, keys, strict=True)]
+        for index, value in enumerate(values):
+            array = np.asarray(value)
+            integral = array.size == 1 and (
+                np.issubdtype(array.dtype, np.integer)
+                or (np.issubdtype(array.dtype, np.floating) and float(array) == int(array))
+            )
+            if not integral:
+                raise ValueError(
+                    f"feature {index} has label {value!r}; labels must be 0-based space-group labels (integers)"
+                )
+        labels = np.array([int(np.asarray(value)) for value in values], dtype=np.int64)
         bad = (labels < 0) | (labels >= self.num_labels)
         if bad.any():
             index = int(np.flatnonzero(bad)[0])

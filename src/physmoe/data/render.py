@@ -221,6 +221,9 @@ class MeasurementConditions:
         for name in nonnegative:
             if getattr(self, name)[0] < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (-0.5 < self.cell_strain[0] and self.cell_strain[1] < 0.5):
+            # A relative change of the lattice: at -1 the cell vanishes and every peak with it.
+            raise ValueError(f"cell_strain must lie in (-0.5, 0.5), got {self.cell_strain}")
         if not (0.0 <= self.eta[0] and self.eta[1] <= 1.0):
             raise ValueError(f"eta must lie in [0, 1], got {self.eta}")
         if not 0.0 <= self.ka2_probability <= 1.0:

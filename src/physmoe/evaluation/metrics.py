@@ -498,6 +498,11 @@ class _Resampler:
         return self.order[self.starts + np.minimum(offsets, self.sizes - 1)]
 
 
+def _check_n_boot(n_boot) -> None:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
+        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
+
+
 def two_stage_bootstrap(correct, labels, classes, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """Bootstrap replicates of a class-mean accuracy that resample classes, then samples.
 
@@ -521,6 +526,7 @@ def two_stage_bootstrap(correct, labels, classes, n_boot: int = 1000, seed: int 
     correct = np.asarray(correct, dtype=np.float64)
     labels = np.asarray(labels)
     classes = np.asarray(classes)
+    _check_n_boot(n_boot)
     if classes.size == 0:
         raise ValueError("two_stage_bootstrap needs at least one class")
     members = [np.flatnonzero(labels == c) for c in classes]
@@ -544,16 +550,22 @@ def bucket_accuracy_ci(
 ) -> ConfidenceInterval | None:
     """Class-mean accuracy of a training-frequency bucket (e.g. ``"few_shot"``) with a
     :func:`two_stage_bootstrap` percentile interval; None when no class of the bucket is present."""
+    if bucket not in _BUCKETS:
+        raise ValueError(f"bucket must be one of {_BUCKETS}, got {bucket!r}")
+    _check_n_boot(n_boot)
     scores = as_scores(logits, "logits", dtype=None)
-    labels_t = as_labels(labels, scores.shape[0], scores.shape[1])
-    mask = class_buckets(train_class_counts)[bucket]
-    present = np.unique(labels_t.numpy())
-    classes = present[mask[present]]
+    num_classes = scores.shape[1]
+    labels_t = as_labels(labels, scores.shape[0], num_classes)
+    mask = class_buckets(as_counts(train_class_counts, num_classes))[bucket]
+    labels_np = labels_t.numpy()
+    support = np.bincount(labels_np, minlength=num_classes)
+    classes = np.flatnonzero(mask & (support > 0))
     if classes.size == 0:
         return None
     correct = (scores.argmax(dim=1) == labels_t).numpy()
-    estimate = float(np.mean([correct[labels_t.numpy() == c].mean() for c in classes]))
-    return _percentile_interval(estimate, two_stage_bootstrap(correct, labels_t.numpy(), classes, n_boot, seed), alpha)
+    hits = np.bincount(labels_np, weights=correct, minlength=num_classes)
+    estimate = float(np.mean(hits[classes] / support[classes]))
+    return _percentile_interval(estimate, two_stage_bootstrap(correct, labels_np, classes, n_boot, seed), alpha)
 
 
 def bootstrap_ci(
@@ -597,8 +609,7 @@ def bootstrap_ci(
     replicates are drawn at once. ``macro_f1``, callables and ``stratified=False`` resample row
     indices, one vectorised replicate at a time.
     """
-    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or n_boot < 1:
-        raise ValueError(f"n_boot must be a positive int, got {n_boot!r}")
+    _check_n_boot(n_boot)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
     rng = np.random.default_rng(seed)
