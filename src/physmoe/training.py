@@ -234,6 +234,11 @@ class PhysMoETrainer(Trainer):
         # A last training batch of one sample breaks BatchNorm; dropping the remainder of a
         # shuffled epoch loses nothing systematic. Evaluation never drops samples.
         args = replace_args(self.args, dataloader_drop_last=True)
+        if args.dataloader_persistent_workers and args.dataloader_num_workers > 0 and hasattr(self.data_collator, "set_epoch"):
+            logger.warning(
+                "dataloader_persistent_workers keeps each worker's copy of the collator from the first epoch: "
+                "training batches get the same measurement conditions every epoch"
+            )
         with self._swapped(args=args):
             return super().get_train_dataloader()
 
