@@ -117,6 +117,10 @@ def test_bad_configs_name_the_problem(tmp_path, capsys):
     assert "no_such_setting" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "missing.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
+    from physmoe.workflow import DataArguments, load_data
+
+    with pytest.raises(ValueError, match="max_eval_samples must be >= 1, got -5"):
+        load_data(DataArguments(max_eval_samples=-5))
 
 
 @pytest.mark.parametrize(("extra", "expected"), [([], "bf16"), (["--bf16_full_eval", "true"], "bf16"), (["--bf16", "false"], "no")])

@@ -128,6 +128,8 @@ def load_data(data_args: DataArguments, seed: int = 0) -> tuple[DatasetDict, dic
             raise ValueError(f"dataset {data_args.dataset!r} has no {split!r} split (it has {sorted(dataset)})")
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples}
     for split, limit in limits.items():
+        if limit is not None and limit < 1:
+            raise ValueError(f"max_{'train' if split == 'train' else 'eval'}_samples must be >= 1, got {limit}")
         if limit is not None and limit < len(dataset[split]):
             dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
     return dataset, metadata
@@ -365,14 +367,15 @@ def evaluate_checkpoint(
         raise ValueError(f"no split {split!r} in {dataset!r}; choose one of {sorted(data)}")
     model = ResNet1D_MoE.from_pretrained(checkpoint)
     use_bf16 = recommended_autocast_dtype("cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16 if bf16 is None else bf16
-    args = PhysMoETrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="physmoe-eval-"), per_device_eval_batch_size=batch_size, report_to=[],
-        bf16=use_bf16, use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
-    )
     grid = TwoThetaGrid.from_config(model.config)
     collator = PXRDCollator(grid, train=False, peaks_wavelength=float(metadata.get("peak_wavelength", PEAK_WAVELENGTH)))
-    trainer = PhysMoETrainer(model, args, data_collator=collator, train_class_counts=class_counts(data["train"]["space_group"]))
-    trainer.compute_metrics.temperature = float(getattr(model.config, "calibration_temperature", 1.0) or 1.0)
-    output = trainer.predict(data[split], metric_key_prefix=split)
+    with tempfile.TemporaryDirectory(prefix="physmoe-eval-") as scratch:  # the Trainer needs an output_dir
+        args = PhysMoETrainingArguments(
+            output_dir=scratch, per_device_eval_batch_size=batch_size, report_to=[],
+            bf16=use_bf16, use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+        )
+        trainer = PhysMoETrainer(model, args, data_collator=collator, train_class_counts=class_counts(data["train"]["space_group"]))
+        trainer.compute_metrics.temperature = float(getattr(model.config, "calibration_temperature", 1.0) or 1.0)
+        output = trainer.predict(data[split], metric_key_prefix=split)
     return {key: value for key, value in output.metrics.items() if not key.endswith(("_runtime", "_per_second"))}
 

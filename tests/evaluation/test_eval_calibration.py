@@ -177,3 +177,12 @@ def test_hard_masked_true_classes_leave_the_fit_and_the_nll_bounded(caplog):
     clean = compute_metrics(logits[keep], labels[keep])
     floor = -np.log(np.finfo(np.float64).tiny)
     assert metrics["nll"] == pytest.approx((clean["nll"] * len(keep) + floor * len(wrong)) / 4000, rel=1e-9)
+
+
+def test_confidence_bins_are_float64_whatever_the_input_dtype():
+    from physmoe.evaluation.calibration import top1_confidence_bins
+
+    for dtype in (torch.float32, torch.bfloat16):
+        bins = top1_confidence_bins(torch.tensor([0.3, 0.9], dtype=dtype), torch.tensor([True, False]), 2)
+        assert [b.dtype for b in bins] == [torch.float64] * 3
+        assert bins[0].tolist() == [1.0, 1.0] and bins[2].tolist() == [1.0, 0.0]

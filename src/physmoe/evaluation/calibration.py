@@ -38,7 +38,7 @@ def top1_confidence_bins(
     upper_edges = torch.arange(1, num_bins + 1, dtype=torch.float64) / num_bins
     bin_index = torch.bucketize(confidence, upper_edges, right=False).clamp_max(num_bins - 1)
     count = torch.bincount(bin_index, minlength=num_bins).to(torch.float64)
-    confidence_sum = torch.bincount(bin_index, weights=confidence, minlength=num_bins)
+    confidence_sum = torch.bincount(bin_index, weights=confidence.to(torch.float64), minlength=num_bins)
     correct_sum = torch.bincount(bin_index, weights=correct.to(torch.float64), minlength=num_bins)
     return count, confidence_sum, correct_sum
 
