@@ -136,18 +136,18 @@ class PXRDCollator:
             raise ValueError(
                 f"feature {missing} has no label ({'/'.join(_LABEL_KEYS)}) but others do"
             )
-        values = [_as_numpy(row[k]) for row, k in zip(features, keys, strict=True)]
-        for index, value in enumerate(values):
-            array = np.asarray(value)
-            integral = array.size == 1 and (
-                np.issubdtype(array.dtype, np.integer)
-                or (np.issubdtype(array.dtype, np.floating) and float(array) == int(array))
+        labels = np.empty(len(features), dtype=np.int64)
+        for index, (row, key) in enumerate(zip(features, keys, strict=True)):
+            value = np.asarray(_as_numpy(row[key]))
+            integral = value.size == 1 and (
+                np.issubdtype(value.dtype, np.integer)
+                or (np.issubdtype(value.dtype, np.floating) and float(value).is_integer())
             )
             if not integral:
                 raise ValueError(
-                    f"feature {index} has label {value!r}; labels must be 0-based space-group labels (integers)"
+                    f"feature {index} has label {row[key]!r}; labels must be 0-based space-group labels (integers)"
                 )
-        labels = np.array([int(np.asarray(value)) for value in values], dtype=np.int64)
+            labels[index] = int(value)
         bad = (labels < 0) | (labels >= self.num_labels)
         if bad.any():
             index = int(np.flatnonzero(bad)[0])

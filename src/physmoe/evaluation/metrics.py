@@ -557,15 +557,14 @@ def bucket_accuracy_ci(
     num_classes = scores.shape[1]
     labels_t = as_labels(labels, scores.shape[0], num_classes)
     mask = class_buckets(as_counts(train_class_counts, num_classes))[bucket]
-    labels_np = labels_t.numpy()
-    support = np.bincount(labels_np, minlength=num_classes)
+    predictions = scores.argmax(dim=1)
+    accuracy, support = per_class_accuracy(predictions, labels_t, num_classes)
     classes = np.flatnonzero(mask & (support > 0))
     if classes.size == 0:
         return None
-    correct = (scores.argmax(dim=1) == labels_t).numpy()
-    hits = np.bincount(labels_np, weights=correct, minlength=num_classes)
-    estimate = float(np.mean(hits[classes] / support[classes]))
-    return _percentile_interval(estimate, two_stage_bootstrap(correct, labels_np, classes, n_boot, seed), alpha)
+    correct = (predictions == labels_t).numpy()
+    replicates = two_stage_bootstrap(correct, labels_t.numpy(), classes, n_boot, seed)
+    return _percentile_interval(float(accuracy[classes].mean()), replicates, alpha)
 
 
 def bootstrap_ci(
