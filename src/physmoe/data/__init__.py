@@ -13,6 +13,7 @@ from .feature_extraction import XRDFeatureExtractor
 from .generate import generate_dataset
 from .grid import CU_KA1, CU_KA2, TwoThetaGrid
 from .priors import space_group_counts, space_group_prior
+from .random_crystals import GeneratedCrystal, RandomCrystalGenerator
 from .readers import (
     Pattern,
     ReferenceArrays,
@@ -69,4 +70,6 @@ __all__ = [
     "read_reference_npy",
     "read_simxrd",
     "simulate_peaks",
+    "GeneratedCrystal",
+    "RandomCrystalGenerator",
 ]

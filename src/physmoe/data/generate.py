@@ -6,7 +6,7 @@ Structure ``i`` of a run with global seed ``s``:
    ``numpy.random.default_rng(SeedSequence([s, i]))``.
 2. Attempt ``k`` (0-based, at most ``max_attempts``) uses ``default_rng(SeedSequence([s, i, k +
    1]))`` for everything random: a Wyckoff combination sampled from the Materials Project
-   statistics that pyxtal ships (``pyxtal/database/spg_num_wps_mp.csv``: space group, atoms per
+   statistics that pyxtal ships (shipped in :mod:`.wyckoff`'s table: space group, atoms per
    conventional cell, Wyckoff indices, number of MP structures; weighted by that number, limited
    to ``max_atoms`` atoms per conventional cell), elements for the Wyckoff orbits (palette
    below), then ``pyxtal.from_random(..., sites=..., random_state=rng)``. Groups without usable
@@ -26,11 +26,8 @@ number of processes and across kill/resume. (pyxtal 1.1 draws everything on this
 an attempt that times out on a slow machine may finish on a fast one. The limit is generous
 and timeouts are counted; with ``max_atoms=64`` we saw none.)
 
-Elements: a structure has 1-5 distinct elements (probabilities 0.05/0.35/0.40/0.15/0.05, at most
-one per Wyckoff orbit). With two or more, 80% of structures are ionic: the element with the most
-atoms is an anion (O 45%, S, F, Cl, N, Se, Br, P, I, C, Te) and the others are cations drawn
-uniformly from 43 common metals and metalloids; 20% are intermetallic (all from that cation
-palette). Single-element structures use the cation palette.
+Compositions and Wyckoff statistics: :mod:`.wyckoff` (shared with the fast generator in
+:mod:`.random_crystals`).
 
 Runs write resumable shards: ``out_dir/manifest.json`` (all parameters that define the content),
 ``out_dir/shards/shard-00000.parquet`` ... (``shard_size`` structures each, written atomically,
@@ -43,7 +40,6 @@ processes are started with ``spawn``: call :func:`generate_dataset` under
 from __future__ import annotations
 
 import contextlib
-import csv
 import functools
 import json
 import logging
@@ -56,7 +52,6 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -82,6 +77,7 @@ from .dataset import (
 )
 from .priors import resolve_prior, sample_space_groups
 from .structures import Crystal
+from .wyckoff import ANION_WEIGHTS, CATIONS, sample_composition, wyckoff_statistics
 
 logger = logging.getLogger(__name__)
 
@@ -102,20 +98,6 @@ __all__ = [
 
 #: Bumped whenever a change makes the same parameters produce different structures.
 GENERATOR_VERSION = 1
-
-#: Anion palette with relative weights (oxides dominate inorganic databases).
-ANION_WEIGHTS: dict[str, float] = {
-    "O": 0.45, "S": 0.10, "F": 0.08, "Cl": 0.08, "N": 0.07, "Se": 0.05,
-    "Br": 0.04, "P": 0.04, "I": 0.03, "C": 0.03, "Te": 0.03,
-}  # fmt: skip
-#: Cation / metal palette (drawn uniformly, without replacement within a structure).
-CATIONS: tuple[str, ...] = tuple(
-    "Li Na K Rb Cs Be Mg Ca Sr Ba Sc Y La Ce Nd Ti Zr Hf V Nb Ta Cr Mo W Mn Fe Co Ni Cu Ag Zn Cd "
-    "Hg B Al Ga In Tl Si Ge Sn Pb Sb Bi".split()
-)
-_NUM_ELEMENTS_PROBABILITIES = np.array([0.05, 0.35, 0.40, 0.15, 0.05])
-_IONIC_PROBABILITY = 0.8
-_FALLBACK_MAX_ORBITS = 4
 
 _MANIFEST = "manifest.json"
 _SHARDS = "shards"
@@ -189,47 +171,6 @@ class GeneratedStructure:
 # --------------------------------------------------------------------------- composition
 
 
-def _pyxtal_database_file(name: str):
-    try:
-        return resources.files("pyxtal").joinpath("database", name)
-    except ModuleNotFoundError as error:
-        raise ImportError(
-            "random-crystal generation needs pyxtal: pip install 'physmoe[sim]'"
-        ) from error
-
-
-@functools.lru_cache(maxsize=1)
-def wyckoff_statistics() -> dict[int, tuple[np.ndarray, tuple[tuple[int, ...], ...], np.ndarray]]:
-    """Materials Project Wyckoff statistics shipped with pyxtal, per space-group number.
-
-    Returns:
-        ``{space_group: (n_atoms int64 [K], wyckoff index tuples (K), counts int64 [K])}``: ``K``
-        observed combinations; Wyckoff indices refer to ``pyxtal.symmetry.Group(n)
-        .Wyckoff_positions`` (0 = general position), ``n_atoms`` counts the conventional cell.
-    """
-    source = _pyxtal_database_file("spg_num_wps_mp.csv")
-    entries: dict[int, list[tuple[int, tuple[int, ...], int]]] = {}
-    with resources.as_file(source) as path, open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames != ["spg", "n_atoms", "wps", "count"]:
-            raise ValueError(f"{path}: unexpected header {reader.fieldnames}")
-        for row in reader:
-            try:
-                combination = tuple(int(w) for w in row["wps"].split("-"))
-                entry = (int(row["n_atoms"]), combination, int(row["count"]))
-                entries.setdefault(int(row["spg"]), []).append(entry)
-            except ValueError as error:
-                raise ValueError(f"{path} line {reader.line_num}: {error}") from error
-    return {
-        group: (
-            np.array([e[0] for e in rows], dtype=np.int64),
-            tuple(e[1] for e in rows),
-            np.array([e[2] for e in rows], dtype=np.int64),
-        )
-        for group, rows in entries.items()
-    }
-
-
 @functools.lru_cache(maxsize=NUM_SPACE_GROUPS)
 def _pyxtal_group(space_group: int):
     """pyxtal's ``Group`` (read-only use; building one takes ~10 ms)."""
@@ -244,128 +185,6 @@ def _tolerance_matrix():
     from pyxtal.tolerance import Tol_matrix
 
     return Tol_matrix(prototype="atomic", factor=1.0)
-
-
-@functools.lru_cache(maxsize=NUM_SPACE_GROUPS)
-def _wyckoff_positions(space_group: int) -> tuple[tuple[str, ...], np.ndarray, np.ndarray]:
-    """Labels, multiplicities and free coordinates of each Wyckoff position (pyxtal order)."""
-    positions = _pyxtal_group(space_group).Wyckoff_positions
-    return (
-        tuple(wp.get_label() for wp in positions),
-        np.array([wp.multiplicity for wp in positions], dtype=np.int64),
-        np.array([wp.get_dof() for wp in positions], dtype=np.int64),
-    )
-
-
-def _valid_combination(
-    combination: Sequence[int], multiplicities: np.ndarray, degrees_of_freedom: np.ndarray
-) -> bool:
-    if max(combination) >= len(multiplicities):
-        return False
-    fixed = [w for w in combination if degrees_of_freedom[w] == 0]
-    return len(fixed) == len(set(fixed))  # a fixed position holds one orbit only
-
-
-def _random_combination(
-    space_group: int, rng: np.random.Generator, max_atoms: int
-) -> tuple[int, ...]:
-    """Random Wyckoff orbits for groups without usable MP statistics.
-
-    Half of the structures start with the general position (when it fits); further orbits are
-    drawn with weight ``1 + degrees of freedom``. Orbits on fixed special positions alone often
-    have the symmetry of a supergroup, so this keeps the requested group more often.
-    """
-    _, multiplicities, degrees_of_freedom = _wyckoff_positions(space_group)
-    if multiplicities.min() > max_atoms:
-        raise ValueError(
-            f"space group {space_group} needs at least {multiplicities.min()} atoms per "
-            f"conventional cell, more than max_atoms={max_atoms}"
-        )
-    # Low-multiplicity groups (P1, P2, ...) need more orbits for a non-trivial structure.
-    max_orbits = max(_FALLBACK_MAX_ORBITS, min(12, max_atoms // int(multiplicities[0])))
-    target = int(rng.integers(1, max_orbits + 1))
-    combination: list[int] = []
-    if multiplicities[0] <= max_atoms and rng.random() < 0.5:
-        combination.append(0)
-    atoms = int(multiplicities[combination].sum())
-    weights = 1.0 + degrees_of_freedom
-    while len(combination) < target:
-        taken = np.isin(np.arange(len(weights)), combination)
-        fits = (multiplicities <= max_atoms - atoms) & ((degrees_of_freedom > 0) | ~taken)
-        if not fits.any():
-            break
-        p = np.where(fits, weights, 0.0)
-        choice = int(rng.choice(len(p), p=p / p.sum()))
-        combination.append(choice)
-        atoms += int(multiplicities[choice])
-    return tuple(combination)
-
-
-@functools.lru_cache(maxsize=4 * NUM_SPACE_GROUPS)
-def _combination_probabilities(space_group: int, max_atoms: int) -> np.ndarray | None:
-    """Probability of each MP combination of the group within ``max_atoms`` (None if none)."""
-    statistics = wyckoff_statistics().get(space_group)
-    if statistics is None:
-        return None
-    _, multiplicities, degrees_of_freedom = _wyckoff_positions(space_group)
-    n_atoms, combinations, counts = statistics
-    usable = np.array(
-        [
-            n <= max_atoms and _valid_combination(c, multiplicities, degrees_of_freedom)
-            for n, c in zip(n_atoms, combinations, strict=True)
-        ]
-    )
-    if not usable.any():
-        return None
-    weights = np.where(usable, counts, 0).astype(np.float64)
-    return weights / weights.sum()
-
-
-def _sample_combination(
-    space_group: int, rng: np.random.Generator, max_atoms: int
-) -> tuple[int, ...]:
-    probabilities = _combination_probabilities(space_group, max_atoms)
-    if probabilities is None:
-        return _random_combination(space_group, rng, max_atoms)
-    return wyckoff_statistics()[space_group][1][
-        int(rng.choice(len(probabilities), p=probabilities))
-    ]
-
-
-def sample_composition(
-    space_group: int, rng: np.random.Generator, max_atoms: int = 64
-) -> tuple[list[str], list[int], list[list[str]]]:
-    """Elements, atoms per element and Wyckoff sites for one structure of ``space_group``.
-
-    Returns:
-        ``(species, num_ions, sites)`` as ``pyxtal.from_random`` takes them, e.g.
-        ``(["Fe", "O"], [4, 12], [["4c"], ["8d", "4c"]])`` (conventional-cell counts).
-    """
-    labels, multiplicities, _ = _wyckoff_positions(space_group)
-    combination = _sample_combination(space_group, rng, max_atoms)
-    num_orbits = len(combination)
-    allowed = _NUM_ELEMENTS_PROBABILITIES[: min(num_orbits, len(_NUM_ELEMENTS_PROBABILITIES))]
-    num_elements = int(rng.choice(len(allowed), p=allowed / allowed.sum())) + 1
-    # Every element gets at least one orbit; the remaining orbits go to random elements.
-    element_of_orbit = np.concatenate(
-        [np.arange(num_elements), rng.integers(0, num_elements, num_orbits - num_elements)]
-    )[rng.permutation(num_orbits)]
-    orbit_multiplicities = multiplicities[list(combination)]
-    atoms_per_element = np.bincount(
-        element_of_orbit, weights=orbit_multiplicities, minlength=num_elements
-    )
-    cations = list(rng.choice(CATIONS, size=num_elements, replace=False))
-    if num_elements >= 2 and rng.random() < _IONIC_PROBABILITY:
-        anions = list(ANION_WEIGHTS)
-        weights = np.array([ANION_WEIGHTS[a] for a in anions])
-        anion = anions[int(rng.choice(len(anions), p=weights / weights.sum()))]
-        cations[int(np.argmax(atoms_per_element))] = anion
-    species = [str(s) for s in cations]
-    sites = [
-        [labels[combination[o]] for o in np.flatnonzero(element_of_orbit == e)]
-        for e in range(num_elements)
-    ]
-    return species, [int(n) for n in atoms_per_element], sites
 
 
 class PlacementBudgetExceeded(RuntimeError):

@@ -234,6 +234,24 @@ class Crystal:
             site_properties=site_properties,
         )
 
+    def to_ase(self) -> Any:
+        """As an ASE ``Atoms`` (ase is imported lazily; it is an optional extra), periodic, with
+        per-atom arrays ``"occupancy"`` and ``"b_iso"`` (read back by :meth:`from_ase`) and the
+        space group, if known, in ``atoms.info["spacegroup"]``."""
+        from ase import Atoms
+
+        atoms = Atoms(
+            symbols=list(self.species),
+            scaled_positions=self.frac_coords,
+            cell=self.lattice,
+            pbc=True,
+        )
+        atoms.set_array("occupancy", np.asarray(self.occupancies, dtype=np.float64))
+        atoms.set_array("b_iso", np.asarray(self.b_iso, dtype=np.float64))
+        if self.space_group is not None:
+            atoms.info["spacegroup"] = int(self.space_group)
+        return atoms
+
     @classmethod
     def from_ase(cls, atoms: Any) -> Crystal:
         """From an ASE ``Atoms`` with a three-dimensional cell.

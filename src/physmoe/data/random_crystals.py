@@ -1,0 +1,431 @@
+"""Fast random crystals from Wyckoff positions, without pyxtal at run time.
+
+Crystal ``i`` of a generator with seed ``s`` and split ``p`` depends only on ``(s, p, i)``
+(``numpy.random.default_rng(SeedSequence([s, SPLITS[p], i]))`` draws everything), so a stream
+gives the same crystals for any number of worker processes, in any order, and the ``"train"``,
+``"validation"`` and ``"test"`` splits never share a crystal. Building crystal ``i``:
+
+1. **Group**: drawn from the prior (ICSD frequencies by default; ``prior_floor`` mixes in the
+   uniform prior so that rare groups appear at all).
+2. **Orbits and elements**: a Wyckoff combination drawn from the Materials Project statistics and
+   elements for its orbits (:func:`.wyckoff.sample_orbits`).
+3. **Cell**: the crystal system's constraints (a = b for tetragonal, trigonal and hexagonal cells,
+   gamma = 120 deg for the last two, ...), log-normal axis ratios (c/a around 1.63 in hexagonal
+   axes, 2.45 for rhombohedral groups), monoclinic beta in 90-130 deg, triclinic angles in
+   60-120 deg (both drawn as reduced cells), and the volume of a solid: every atom a sphere whose
+   diameter is its shortest contact distance, filling 30-70% of the cell (close-packed metals
+   74%, rock salt 52%, quartz 23%).
+4. **Placement**: orbits are placed one by one, fixed points first, then the others from the
+   largest; for each, 16 sets of random free coordinates are tried at once and the first whose
+   atoms keep ``min_distance_factor`` times the contact distance (sum of covalent radii; 0.9 of
+   the van der Waals radii's sum between two anions) from each other, from their own periodic
+   images and from the atoms already placed is kept. When none fits, the cell grows by 5% (the
+   atoms placed stay valid) and new coordinates are drawn. Finally the cell shrinks back
+   towards the drawn volume as far as the closest contact allows.
+5. **Label**: moyo (``moyopy``, spglib's algorithm in Rust, ~5x faster than spglib on cubic
+   cells) detects the space group (``symprec`` 1e-3 A). A structure in a supergroup (its atoms
+   happen to have more symmetry) is rejected and the orbits are drawn again, up to
+   ``max_attempts`` times (the second half of them from the sampler that favours free
+   coordinates rather than from the MP statistics); after that the structure keeps the detected
+   group as its label. Either way ``space_group`` is the structure's group (the tests check it
+   with spglib); ``requested_space_group`` is the drawn one.
+
+The cells are the conventional cells of pyxtal's settings (origin choice 2 for the 24 groups with
+two; rhombohedral groups in hexagonal axes); powder patterns do not depend on the setting.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import gemmi
+import moyopy
+import numpy as np
+
+from ..crystallography import NUM_SPACE_GROUPS, crystal_system_index
+from .priors import resolve_prior, sample_space_groups
+from .structures import Crystal, lattice_matrix
+from .wyckoff import (
+    ANION_WEIGHTS,
+    check_max_atoms,
+    sample_orbits,
+    smallest_orbit,
+    wyckoff_positions,
+)
+
+__all__ = ["SPLITS", "GeneratedCrystal", "RandomCrystalGenerator"]
+
+#: Independent random streams of one seed.
+SPLITS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
+
+_SYMPREC = 1e-3
+_CANDIDATES = 16  # free-coordinate sets tried at once per orbit
+_LENGTH_GROWTH = 1.05  # cell growth (lengths) when an orbit finds no place
+_MAX_GROWTHS = 60  # 1.05^60 = 19x the lengths: only an impossible placement gets there
+_FILLING = (0.3, 0.7)
+_RATIO_SIGMA = 0.3
+_RHOMBOHEDRAL = frozenset((146, 148, 155, 160, 161, 166, 167))
+# Crystal systems (0-6: triclinic ... cubic).
+_TRICLINIC, _MONOCLINIC, _ORTHORHOMBIC, _TETRAGONAL, _TRIGONAL, _HEXAGONAL, _CUBIC = range(7)
+
+
+@dataclass(eq=False)
+class GeneratedCrystal(Crystal):
+    """A generated crystal: a :class:`~physmoe.data.Crystal` (so :func:`simulate_peaks` and the
+    dataset code take it as it is) with how it was made.
+
+    Attributes (besides :class:`~physmoe.data.Crystal`'s ``lattice [3, 3]``, ``species``,
+    ``frac_coords [N, 3]``, ``occupancies [N]``, ``b_iso [N]``):
+        space_group: The group spglib detects (1..230): the label.
+        requested_space_group: The group drawn from the prior (equal for ~all crystals).
+        index: Index of the crystal in its split's stream.
+        split: ``"train"``, ``"validation"`` or ``"test"``.
+        seed: The generator's seed.
+        wyckoff: Wyckoff label of every orbit (``("4c", "8d")``).
+        attempts: Attempts made (> 1 when a supergroup was rejected).
+    """
+
+    requested_space_group: int = 0
+    index: int = 0
+    split: str = "train"
+    seed: int = 0
+    wyckoff: tuple[str, ...] = ()
+    attempts: int = 1
+
+    @property
+    def structure_id(self) -> str:
+        """Unique id ``"{split}-{seed}-{index}"``."""
+        return f"{self.split}-{self.seed}-{self.index}"
+
+    def to_crystal(self) -> Crystal:
+        """As a plain :class:`~physmoe.data.Crystal`."""
+        return Crystal(
+            self.lattice, list(self.species), self.frac_coords, self.occupancies, self.b_iso,
+            self.space_group,
+        )  # fmt: skip
+
+
+@functools.lru_cache(maxsize=4096)
+def _contact_distance(first: str, second: str) -> float:
+    """Typical closest distance (Angstrom) of two atoms in a solid: the sum of covalent radii
+    (Si-O 1.77, Na-Cl 2.68), except between two anions, which repel in ionic solids far beyond
+    their covalent radii (O-O 1.32): 0.9 of the sum of their van der Waals radii (O-O 2.74)."""
+    if first in ANION_WEIGHTS and second in ANION_WEIGHTS:
+        return 0.9 * (gemmi.Element(first).vdw_r + gemmi.Element(second).vdw_r)
+    return float(gemmi.Element(first).covalent_r + gemmi.Element(second).covalent_r)
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class RandomCrystalGenerator:
+    """Random crystals of the 230 space groups, ~1 ms each (see the module docs for how).
+
+    Args:
+        prior: ``"icsd"`` (default), ``"cod"``, ``"ccdc"``, ``"uniform"`` or 230 non-negative
+            weights (space group 1 first).
+        seed: Seed of the streams.
+        max_atoms: Most atoms per conventional cell (>= the smallest orbit of every group the
+            prior can draw; Wyckoff combinations above it are not drawn).
+        prior_floor: Fraction of the uniform prior mixed in, in [0, 1]: every group then has
+            probability >= ``prior_floor / 230``.
+        split: Which independent stream :meth:`sample` and :meth:`generate` read.
+        min_distance_factor: Interatomic distances are at least this times the sum of the two
+            covalent radii.
+        max_attempts: Draws of the orbits before a structure keeps a supergroup's label.
+
+    Example::
+
+        >>> generator = RandomCrystalGenerator(prior="icsd", seed=0)
+        >>> crystals = generator.sample(1000)                 # the next 1000 of the stream
+        >>> peaks = [simulate_peaks(c) for c in crystals]
+        >>> generator.generate([5, 6])                        # crystals 5 and 6, any time
+    """
+
+    def __init__(
+        self,
+        prior: str | Sequence[float] | np.ndarray = "icsd",
+        seed: int = 0,
+        max_atoms: int = 64,
+        *,
+        prior_floor: float = 0.0,
+        split: str = "train",
+        min_distance_factor: float = 0.8,
+        max_attempts: int = 16,
+    ) -> None:
+        self.seed = _check_positive_int("seed", seed, minimum=0)
+        self.max_atoms = _check_positive_int("max_atoms", max_atoms)
+        self.max_attempts = _check_positive_int("max_attempts", max_attempts)
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        self.split = split
+        if not (isinstance(prior_floor, int | float) and 0.0 <= prior_floor <= 1.0):
+            raise ValueError(f"prior_floor must be a number in [0, 1], got {prior_floor!r}")
+        if not (isinstance(min_distance_factor, int | float) and 0 < min_distance_factor < 1.5):
+            raise ValueError(
+                f"min_distance_factor must be in (0, 1.5), got {min_distance_factor!r}"
+            )
+        self.min_distance_factor = float(min_distance_factor)
+        base = resolve_prior(prior)
+        self.prior = (1.0 - prior_floor) * base + prior_floor / NUM_SPACE_GROUPS
+        smallest = {g: smallest_orbit(g) for g in np.flatnonzero(self.prior > 0) + 1}
+        too_big = [f"{g}: {n}" for g, n in smallest.items() if n > self.max_atoms]
+        if too_big:
+            raise ValueError(
+                f"max_atoms={self.max_atoms} is below the smallest orbit (atoms per conventional "
+                f"cell) of space groups [{', '.join(too_big)}] that the prior can draw"
+            )
+        self.position = 0
+
+    @property
+    def label_prior(self) -> np.ndarray:
+        """Expected distribution of the labels, float64 ``[230]`` (label = number - 1): the
+        prior, since supergroups are drawn again (a fraction of a percent keep another label)."""
+        return self.prior.copy()
+
+    def sample(self, n: int, space_group: int | None = None) -> list[GeneratedCrystal]:
+        """The next ``n`` crystals of the stream (advances :attr:`position`)."""
+        n = _check_positive_int("n", n, minimum=0)
+        crystals = self.generate(range(self.position, self.position + n), space_group)
+        self.position += n
+        return crystals
+
+    def generate(
+        self, indices: Sequence[int], space_group: int | None = None
+    ) -> list[GeneratedCrystal]:
+        """Crystals ``indices`` of the stream (a pure function of seed, split and index).
+
+        Args:
+            indices: Non-negative stream indices.
+            space_group: Build every crystal in this group (1..230) instead of drawing one.
+        """
+        if space_group is not None:
+            integral = isinstance(space_group, int | np.integer) and not isinstance(space_group, bool)
+            if not (integral and 1 <= space_group <= NUM_SPACE_GROUPS):
+                raise ValueError(f"space_group must be an integer 1..230 or None, got {space_group!r}")
+            space_group = int(space_group)
+            check_max_atoms(space_group, self.max_atoms)
+        return [self._crystal(_check_positive_int("index", i, 0), space_group) for i in indices]
+
+    # ------------------------------------------------------------------------------ one crystal
+
+    def _crystal(self, index: int, space_group: int | None) -> GeneratedCrystal:
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, SPLITS[self.split], index]))
+        requested = (
+            int(sample_space_groups(self.prior, 1, rng)[0]) if space_group is None else space_group
+        )
+        for attempt in range(1, self.max_attempts + 1):  # noqa: B007 (used after the loop)
+            # Some groups' real combinations mostly have a supergroup's symmetry within
+            # max_atoms (F432: all on special positions of Fm-3m): later attempts use the sampler
+            # that favours free coordinates.
+            combination, element_of_orbit, elements = sample_orbits(
+                requested, rng, self.max_atoms, statistics=attempt <= self.max_attempts // 2
+            )
+            lattice, species, coords = _build(
+                requested, combination, element_of_orbit, elements, rng, self.min_distance_factor
+            )
+            detected = _detect_space_group(lattice, species, coords)
+            if detected == requested:
+                break
+        positions = wyckoff_positions(requested)
+        return GeneratedCrystal(
+            lattice=lattice,
+            species=species,
+            frac_coords=coords,
+            space_group=detected,
+            requested_space_group=requested,
+            index=index,
+            split=self.split,
+            seed=self.seed,
+            wyckoff=tuple(positions.labels[w] for w in combination),
+            attempts=attempt,
+        )
+
+
+def _detect_space_group(lattice: np.ndarray, species: list[str], coords: np.ndarray) -> int:
+    """The space group moyo detects (moyopy: spglib's algorithm, ~5x faster on cubic cells; the
+    tests check its labels against spglib)."""
+    kinds = {element: k for k, element in enumerate(dict.fromkeys(species))}
+    cell = moyopy.Cell(lattice.tolist(), coords.tolist(), [kinds[s] for s in species])
+    return int(moyopy.MoyoDataset(cell, symprec=_SYMPREC).number)
+
+
+def _random_lattice(space_group: int, volume: float, rng: np.random.Generator) -> np.ndarray:
+    """Lattice vectors as rows ``[3, 3]`` of the group's conventional cell with ``volume``.
+
+    Axis ratios are log-normal around 1, except c/a of hexagonal axes: around 1.63 (ideal hcp)
+    and, for rhombohedral groups, whose hexagonal cell stacks three primitive cells, 2.45 (ideal
+    ccp in hexagonal axes). Monoclinic and triclinic cells are drawn reduced
+    (``|v_i . v_j| <= min(|v_i|, |v_j|)^2 / 2`` for every pair), as real cells are reported, so
+    that the nearest image of any atom lies within one cell (what :data:`_SYSTEM_SHIFTS` relies
+    on).
+    """
+    system = crystal_system_index(space_group)
+    while True:
+        lengths = np.exp(rng.normal(0.0, _RATIO_SIGMA, 3))
+        alpha = beta = gamma = 90.0
+        if system == _TRICLINIC:
+            alpha, beta, gamma = rng.uniform(60.0, 120.0, 3)
+        elif system == _MONOCLINIC:
+            beta = rng.uniform(90.0, 130.0)
+        elif system in (_TETRAGONAL, _TRIGONAL, _HEXAGONAL):
+            lengths[1] = lengths[0]
+            if system != _TETRAGONAL:
+                gamma = 120.0
+                lengths[2] *= 2.45 if space_group in _RHOMBOHEDRAL else 1.63
+        elif system == _CUBIC:
+            lengths[:] = 1.0
+        cosines = np.cos(np.radians([alpha, beta, gamma]))
+        if 1 - (cosines**2).sum() + 2 * cosines.prod() < 0.05:  # (nearly) flat cell
+            continue
+        unit = lattice_matrix(*lengths, alpha, beta, gamma)
+        gram = unit @ unit.T
+        off_diagonal = np.abs(gram[np.triu_indices(3, 1)])
+        shorter = np.minimum.reduceat(np.diag(gram)[[0, 1, 0, 2, 1, 2]], [0, 2, 4])
+        if np.all(off_diagonal <= shorter / 2 + 1e-9):
+            return unit * (volume / abs(np.linalg.det(unit))) ** (1 / 3)
+
+
+def _orbit_positions(ops: np.ndarray, free: np.ndarray) -> np.ndarray:
+    """Orbit of each free point: ``ops [m, 3, 4]``, ``free [T, 3]`` -> ``[T, m, 3]`` in [0, 1)."""
+    return np.mod(np.einsum("mij,tj->tmi", ops[:, :, :3], free) + ops[:, :, 3], 1.0)
+
+
+def _squared_distances(delta: np.ndarray, lattice: np.ndarray, shifts: np.ndarray | None):
+    """Squared length of fractional differences ``[..., 3]`` to their nearest image: by rounding
+    alone (exact in orthogonal cells; an upper bound otherwise) or the least over ``shifts``."""
+    delta = delta - np.rint(delta)
+    if shifts is not None:
+        delta = delta[..., None, :] + shifts
+    cartesian = delta @ lattice
+    squared = np.einsum("...i,...i->...", cartesian, cartesian)
+    return squared if shifts is None else squared.min(-1)
+
+
+# Images to search beyond rounding, per crystal system: none where the axes are orthogonal, the
+# 3 x 3 block of the oblique plane (ab for gamma = 120 deg, ac for monoclinic beta) and all 27
+# cells for triclinic cells; exact for the reduced cells that _random_lattice draws.
+def _shift_block(axes: tuple[int, ...]) -> np.ndarray:
+    grid = np.zeros((3 ** len(axes), 3))
+    grid[:, list(axes)] = np.array(np.meshgrid(*[[-1, 0, 1]] * len(axes))).reshape(len(axes), -1).T
+    return grid
+
+
+_NONZERO_SHIFTS = np.delete(_shift_block((0, 1, 2)), 13, axis=0)
+_SYSTEM_SHIFTS = {
+    _TRICLINIC: _shift_block((0, 1, 2)),
+    _MONOCLINIC: _shift_block((0, 2)),
+    _TRIGONAL: _shift_block((0, 1)),
+    _HEXAGONAL: _shift_block((0, 1)),
+}
+
+
+def _place(
+    ops_list: list[np.ndarray],
+    dof: np.ndarray,
+    contacts: np.ndarray,
+    lattice: np.ndarray,
+    shifts: np.ndarray | None,
+    factor: float,
+    rng: np.random.Generator,
+) -> tuple[list[np.ndarray], np.ndarray] | None:
+    """Positions ``[m_o, 3]`` of every orbit and the lattice, grown where an orbit found no
+    place (fractional positions keep their distances when the cell grows), or None.
+
+    ``contacts [O, O]`` holds the contact distance of every pair of orbits' elements; atoms stay
+    ``factor`` times that apart. Symmetry makes the checks cheap: every atom of an orbit sees the
+    orbit and the atoms placed before (themselves whole orbits) as its first atom does, so only
+    the first atom's distances are checked, ``[T, m + P]`` instead of ``[T, m, m + P]``.
+    """
+    order = sorted(range(len(ops_list)), key=lambda o: (dof[o] > 0, -len(ops_list[o])))
+    placed = np.empty((0, 3))
+    placed_orbit = np.empty(0, dtype=np.int64)
+    result: list[np.ndarray] = [placed] * len(ops_list)
+    growths = 0
+    for o in order:
+        ops = ops_list[o]
+        neighbours = np.concatenate([np.full(len(ops) - 1, o), placed_orbit])
+        limits = (factor * contacts[o, neighbours]) ** 2
+        while True:
+            candidates = _orbit_positions(ops, rng.random((_CANDIDATES if dof[o] else 1, 3)))
+            others = np.concatenate(
+                [candidates[:, 1:], np.broadcast_to(placed, (len(candidates), *placed.shape))],
+                axis=1,
+            )  # [T, m - 1 + P, 3]
+            squared = _squared_distances(others - candidates[:, :1], lattice, shifts)
+            closest = (squared / limits).min(axis=1, initial=np.inf)  # >= 1: far enough
+            if (closest >= 1).any():
+                break
+            growths += 1
+            if growths > _MAX_GROWTHS:
+                return None
+            lattice = lattice * _LENGTH_GROWTH
+        # Of the candidates that fit, the one nearest to contact: atoms bond into networks
+        # instead of spreading out as first-fit random placement leaves them.
+        chosen = candidates[int(np.argmax(closest >= 1))]
+        result[o] = chosen
+        placed = np.concatenate([placed, chosen])
+        placed_orbit = np.concatenate([placed_orbit, np.full(len(chosen), o)])
+    return result, lattice
+
+
+def _closest_contact(
+    orbits: list[np.ndarray], contacts: np.ndarray, lattice: np.ndarray, shifts: np.ndarray | None
+) -> float:
+    """Least ``distance / contact distance`` over all pairs of atoms and atoms' own images (as
+    in :func:`_place`, each orbit's first atom stands for the whole orbit)."""
+    sizes = [len(orbit) for orbit in orbits]
+    coords = np.concatenate(orbits)
+    orbit_of_atom = np.repeat(np.arange(len(orbits)), sizes)
+    firsts = np.cumsum([0, *sizes[:-1]])
+    squared = _squared_distances(coords[firsts, None, :] - coords, lattice, shifts)  # [O, N]
+    squared[np.arange(len(firsts)), firsts] = np.inf
+    ratio = float((np.sqrt(squared) / contacts[:, orbit_of_atom]).min())
+    translations = _NONZERO_SHIFTS @ lattice
+    shortest = math.sqrt(np.einsum("ij,ij->i", translations, translations).min())
+    return min(ratio, shortest / float(np.diag(contacts).max()))
+
+
+def _build(
+    space_group: int,
+    combination: tuple[int, ...],
+    element_of_orbit: np.ndarray,
+    elements: list[str],
+    rng: np.random.Generator,
+    factor: float,
+) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Lattice ``[3, 3]``, species and fractional coordinates ``[N, 3]`` of one structure."""
+    positions = wyckoff_positions(space_group)
+    offsets = positions.op_offsets
+    ops_list = [positions.ops[offsets[w] : offsets[w + 1]] for w in combination]
+    dof = positions.degrees_of_freedom[list(combination)]
+    orbit_elements = [elements[e] for e in element_of_orbit]
+    contacts = np.array([[_contact_distance(a, b) for b in orbit_elements] for a in orbit_elements])
+    multiplicities = np.array([len(ops) for ops in ops_list])
+    shifts = _SYSTEM_SHIFTS.get(crystal_system_index(space_group))
+    # The volume of a solid: atoms as spheres of their shortest contact distance filling a
+    # fraction of it (0.74 for close-packed metals, 0.5 for rock salt, 0.25 for quartz). The
+    # cell grows where the atoms do not fit.
+    nearest = contacts.min(axis=1)
+    volume = float((math.pi / 6 * nearest**3 * multiplicities).sum()) / rng.uniform(*_FILLING)
+    lattice = _random_lattice(space_group, volume, rng)
+    # An atom's own images: the shortest lattice vector must keep the largest atom apart.
+    translations = _NONZERO_SHIFTS @ lattice
+    shortest = math.sqrt(np.einsum("ij,ij->i", translations, translations).min())
+    lattice = lattice * max(1.0, factor * float(np.diag(contacts).max()) / shortest)
+    placement = _place(ops_list, dof, contacts, lattice, shifts, factor, rng)
+    if placement is None:
+        raise RuntimeError(f"could not place the {positions.labels} orbits of group {space_group}")
+    orbits, lattice = placement
+    # Where the cell grew, shrink it back towards the volume drawn as far as contacts allow.
+    scale = (volume / abs(np.linalg.det(lattice))) ** (1 / 3)
+    contact = _closest_contact(orbits, contacts, lattice, shifts)
+    lattice = lattice * max(scale, factor / contact)
+    species = [element for element, orbit in zip(orbit_elements, orbits, strict=True) for _ in orbit]
+    return lattice, species, np.concatenate(orbits)
