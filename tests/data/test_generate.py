@@ -268,3 +268,24 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="not a physmoe generation run"):
         gen.build_dataset_dict(tmp_path)
     assert not Path(tmp_path / "a").exists()
+
+
+def test_fast_generator_runs_hold_the_generators_crystals(tmp_path):
+    """(Process counts cannot matter: crystal i depends on (seed, i) alone, which
+    test_random_crystals checks across processes.)"""
+    from physmoe.data import RandomCrystalGenerator
+
+    settings = {**TINY, "num_structures": 30, "generator": "fast"}
+    one = generate_dataset(tmp_path / "one", num_proc=1, **settings)
+    rows = {r["structure_id"]: r for split in one.values() for r in split}
+    assert len(rows) == 30
+    expected = RandomCrystalGenerator(prior="icsd", seed=3, max_atoms=24).generate(range(30))
+    for crystal in expected:
+        row = rows[f"3-{crystal.index}"]
+        assert row["space_group"] == crystal.space_group - 1
+        assert row["requested_space_group"] == crystal.requested_space_group - 1
+        assert row["species"] == crystal.species and row["source"] == "random_crystals"
+    manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
+    assert manifest["generator"] == "fast" and "pyxtal_version" not in manifest
+    with pytest.raises(ValueError, match="generator must be one of"):
+        generate_dataset(tmp_path / "bad", generator="pymatgen", **TINY)

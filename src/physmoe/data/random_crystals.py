@@ -19,9 +19,12 @@ gives the same crystals for any number of worker processes, in any order, and th
    largest; for each, 16 sets of random free coordinates are tried at once and the first whose
    atoms keep ``min_distance_factor`` times the contact distance (sum of covalent radii; 0.9 of
    the van der Waals radii's sum between two anions) from each other, from their own periodic
-   images and from the atoms already placed is kept. When none fits, the cell grows by 5% (the
-   atoms placed stay valid) and new coordinates are drawn. Finally the cell shrinks back
-   towards the drawn volume as far as the closest contact allows.
+   images and from the atoms already placed is kept. When none fits, the cell grows by up to 5%
+   along the axes of the closest contact (atoms placed stay valid) and new coordinates are
+   drawn. Then the cell shrinks back towards the drawn volume: it is scaled until the closest
+   contact reaches the limit, an orbit of that contact moves to a random place where it fits,
+   and so on (8 rounds). Cells looser than 150 A^3 per atom (caesium metal has 117) are
+   rejected.
 5. **Label**: moyo (``moyopy``, spglib's algorithm in Rust, ~5x faster than spglib on cubic
    cells) detects the space group (``symprec`` 1e-3 A). A structure in a supergroup (its atoms
    happen to have more symmetry) is rejected and the orbits are drawn again, up to
@@ -63,9 +66,11 @@ SPLITS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
 
 _SYMPREC = 1e-3
 _CANDIDATES = 16  # free-coordinate sets tried at once per orbit
-_LENGTH_GROWTH = 1.05  # cell growth (lengths) when an orbit finds no place
+_AXIS_GROWTH = 0.05  # cell growth (lengths) when an orbit finds no place
 _MAX_GROWTHS = 60  # 1.05^60 = 19x the lengths: only an impossible placement gets there
+_MAX_VOLUME_PER_ATOM = 150.0  # A^3; caesium metal, the loosest element, has 117
 _FILLING = (0.3, 0.7)
+_COMPACTION_ROUNDS = 8  # moves of a contact's orbit while the cell shrinks
 _RATIO_SIGMA = 0.3
 _RHOMBOHEDRAL = frozenset((146, 148, 155, 160, 161, 166, 167))
 # Crystal systems (0-6: triclinic ... cubic).
@@ -220,6 +225,7 @@ class RandomCrystalGenerator:
         requested = (
             int(sample_space_groups(self.prior, 1, rng)[0]) if space_group is None else space_group
         )
+        built = detected = None
         for attempt in range(1, self.max_attempts + 1):  # noqa: B007 (used after the loop)
             # Some groups' real combinations mostly have a supergroup's symmetry within
             # max_atoms (F432: all on special positions of Fm-3m): later attempts use the sampler
@@ -227,12 +233,20 @@ class RandomCrystalGenerator:
             combination, element_of_orbit, elements = sample_orbits(
                 requested, rng, self.max_atoms, statistics=attempt <= self.max_attempts // 2
             )
-            lattice, species, coords = _build(
+            built = _build(
                 requested, combination, element_of_orbit, elements, rng, self.min_distance_factor
             )
+            if built is None:
+                continue
+            (lattice, species, coords), kept = built, combination
             detected = _detect_space_group(lattice, species, coords)
             if detected == requested:
                 break
+        if built is None and detected is None:
+            raise RuntimeError(
+                f"crystal {index} of group {requested}: no placement in {self.max_attempts} "
+                "attempts (impossible Wyckoff combinations within max_atoms?)"
+            )
         positions = wyckoff_positions(requested)
         return GeneratedCrystal(
             lattice=lattice,
@@ -243,7 +257,7 @@ class RandomCrystalGenerator:
             index=index,
             split=self.split,
             seed=self.seed,
-            wyckoff=tuple(positions.labels[w] for w in combination),
+            wyckoff=tuple(positions.labels[w] for w in kept),
             attempts=attempt,
         )
 
@@ -326,6 +340,18 @@ _SYSTEM_SHIFTS = {
 }
 
 
+def _grow(lattice: np.ndarray, direction: np.ndarray, system: int) -> np.ndarray:
+    """The lattice with its vectors lengthened by up to 15% along a fractional ``direction [3]``
+    (axes the crystal system ties together grow together; angles are kept)."""
+    weights = direction * np.linalg.norm(lattice, axis=1)
+    if system in (_TETRAGONAL, _TRIGONAL, _HEXAGONAL):
+        weights[:2] = weights[:2].mean()
+    if system == _CUBIC or not weights.sum() > 0:
+        weights[:] = 1.0
+    growth = 1.0 + _AXIS_GROWTH * weights / weights.max()
+    return lattice * growth[:, None]
+
+
 def _place(
     ops_list: list[np.ndarray],
     dof: np.ndarray,
@@ -333,6 +359,7 @@ def _place(
     lattice: np.ndarray,
     shifts: np.ndarray | None,
     factor: float,
+    system: int,
     rng: np.random.Generator,
 ) -> tuple[list[np.ndarray], np.ndarray] | None:
     """Positions ``[m_o, 3]`` of every orbit and the lattice, grown where an orbit found no
@@ -358,16 +385,19 @@ def _place(
                 [candidates[:, 1:], np.broadcast_to(placed, (len(candidates), *placed.shape))],
                 axis=1,
             )  # [T, m - 1 + P, 3]
-            squared = _squared_distances(others - candidates[:, :1], lattice, shifts)
+            delta = others - candidates[:, :1]
+            squared = _squared_distances(delta, lattice, shifts)
             closest = (squared / limits).min(axis=1, initial=np.inf)  # >= 1: far enough
             if (closest >= 1).any():
                 break
             growths += 1
             if growths > _MAX_GROWTHS:
                 return None
-            lattice = lattice * _LENGTH_GROWTH
-        # Of the candidates that fit, the one nearest to contact: atoms bond into networks
-        # instead of spreading out as first-fit random placement leaves them.
+            # Grow along the axes that the best candidate's worst contact runs along: atoms
+            # on a line (0, 0, z) need a long c, not a bigger cell.
+            t = int(np.argmax(closest))
+            worst = delta[t, int(np.argmin(squared[t] / limits))]
+            lattice = _grow(lattice, np.abs(worst - np.rint(worst)), system)
         chosen = candidates[int(np.argmax(closest >= 1))]
         result[o] = chosen
         placed = np.concatenate([placed, chosen])
@@ -375,21 +405,55 @@ def _place(
     return result, lattice
 
 
-def _closest_contact(
+def _closest_contacts(
     orbits: list[np.ndarray], contacts: np.ndarray, lattice: np.ndarray, shifts: np.ndarray | None
-) -> float:
-    """Least ``distance / contact distance`` over all pairs of atoms and atoms' own images (as
-    in :func:`_place`, each orbit's first atom stands for the whole orbit)."""
+) -> np.ndarray:
+    """Least ``distance / contact distance`` of every orbit's atoms to any atom, ``[O]`` (as in
+    :func:`_place`, each orbit's first atom stands for the whole orbit)."""
     sizes = [len(orbit) for orbit in orbits]
     coords = np.concatenate(orbits)
     orbit_of_atom = np.repeat(np.arange(len(orbits)), sizes)
     firsts = np.cumsum([0, *sizes[:-1]])
     squared = _squared_distances(coords[firsts, None, :] - coords, lattice, shifts)  # [O, N]
     squared[np.arange(len(firsts)), firsts] = np.inf
-    ratio = float((np.sqrt(squared) / contacts[:, orbit_of_atom]).min())
+    return (np.sqrt(squared) / contacts[:, orbit_of_atom]).min(axis=1, initial=np.inf)
+
+
+def _shortest_translation(lattice: np.ndarray) -> float:
     translations = _NONZERO_SHIFTS @ lattice
-    shortest = math.sqrt(np.einsum("ij,ij->i", translations, translations).min())
-    return min(ratio, shortest / float(np.diag(contacts).max()))
+    return math.sqrt(np.einsum("ij,ij->i", translations, translations).min())
+
+
+def _compact(orbits, ops_list, dof, contacts, lattice, shifts, factor, volume, rng):
+    """Shrink the cell towards ``volume``: scale it until the closest contact reaches
+    ``factor``, move an orbit of that contact to a random place where it fits, repeat."""
+    self_contact = float(np.diag(contacts).max())
+    for _ in range(_COMPACTION_ROUNDS):
+        ratios = _closest_contacts(orbits, contacts, lattice, shifts)
+        floor = max(factor / ratios.min(), factor * self_contact / _shortest_translation(lattice))
+        target = (volume / abs(np.linalg.det(lattice))) ** (1 / 3)
+        lattice = lattice * min(max(target, floor), 1.0)
+        if target >= floor:  # the drawn volume is reached
+            break
+        movable = np.flatnonzero((ratios <= ratios.min() * (1 + 1e-9)) & (dof > 0))
+        if not len(movable):
+            break
+        o = int(rng.choice(movable))
+        orbit_of_atom = np.repeat(np.arange(len(orbits)), [len(orbit) for orbit in orbits])
+        others = np.concatenate(orbits)[orbit_of_atom != o]
+        other_orbit = orbit_of_atom[orbit_of_atom != o]
+        ops = ops_list[o]
+        neighbours = np.concatenate([np.full(len(ops) - 1, o), other_orbit])
+        limits = (factor * contacts[o, neighbours]) ** 2
+        candidates = _orbit_positions(ops, rng.random((_CANDIDATES, 3)))
+        near = np.concatenate(
+            [candidates[:, 1:], np.broadcast_to(others, (len(candidates), *others.shape))], axis=1
+        )
+        squared = _squared_distances(near - candidates[:, :1], lattice, shifts)
+        closest = (squared / limits).min(axis=1, initial=np.inf)
+        if (closest >= 1).any():
+            orbits = [*orbits[:o], candidates[int(np.argmax(closest))], *orbits[o + 1 :]]
+    return orbits, lattice
 
 
 def _build(
@@ -399,8 +463,9 @@ def _build(
     elements: list[str],
     rng: np.random.Generator,
     factor: float,
-) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Lattice ``[3, 3]``, species and fractional coordinates ``[N, 3]`` of one structure."""
+) -> tuple[np.ndarray, list[str], np.ndarray] | None:
+    """Lattice ``[3, 3]``, species and fractional coordinates ``[N, 3]`` of one structure, or
+    None when its atoms found no place or only an unphysically loose cell holds them."""
     positions = wyckoff_positions(space_group)
     offsets = positions.op_offsets
     ops_list = [positions.ops[offsets[w] : offsets[w + 1]] for w in combination]
@@ -408,7 +473,8 @@ def _build(
     orbit_elements = [elements[e] for e in element_of_orbit]
     contacts = np.array([[_contact_distance(a, b) for b in orbit_elements] for a in orbit_elements])
     multiplicities = np.array([len(ops) for ops in ops_list])
-    shifts = _SYSTEM_SHIFTS.get(crystal_system_index(space_group))
+    system = crystal_system_index(space_group)
+    shifts = _SYSTEM_SHIFTS.get(system)
     # The volume of a solid: atoms as spheres of their shortest contact distance filling a
     # fraction of it (0.74 for close-packed metals, 0.5 for rock salt, 0.25 for quartz). The
     # cell grows where the atoms do not fit.
@@ -419,13 +485,12 @@ def _build(
     translations = _NONZERO_SHIFTS @ lattice
     shortest = math.sqrt(np.einsum("ij,ij->i", translations, translations).min())
     lattice = lattice * max(1.0, factor * float(np.diag(contacts).max()) / shortest)
-    placement = _place(ops_list, dof, contacts, lattice, shifts, factor, rng)
+    placement = _place(ops_list, dof, contacts, lattice, shifts, factor, system, rng)
     if placement is None:
-        raise RuntimeError(f"could not place the {positions.labels} orbits of group {space_group}")
+        return None
     orbits, lattice = placement
-    # Where the cell grew, shrink it back towards the volume drawn as far as contacts allow.
-    scale = (volume / abs(np.linalg.det(lattice))) ** (1 / 3)
-    contact = _closest_contact(orbits, contacts, lattice, shifts)
-    lattice = lattice * max(scale, factor / contact)
+    orbits, lattice = _compact(orbits, ops_list, dof, contacts, lattice, shifts, factor, volume, rng)
+    if abs(np.linalg.det(lattice)) > _MAX_VOLUME_PER_ATOM * multiplicities.sum():
+        return None
     species = [element for element, orbit in zip(orbit_elements, orbits, strict=True) for _ in orbit]
     return lattice, species, np.concatenate(orbits)
