@@ -11,8 +11,9 @@ import gemmi
 import numpy as np
 import pytest
 
+from physmoe.data import simulate as simulate_module
 from physmoe.data.grid import CU_KA1, CU_KA2
-from physmoe.data.simulate import PeakList, simulate_peaks
+from physmoe.data.simulate import PeakList, simulate_peaks, simulate_peaks_batch
 from physmoe.data.structures import Crystal
 
 from .conftest import SI_640E_B, SI_640E_HKL, SI_640E_INTENSITY, SI_640E_LATTICE
@@ -319,3 +320,128 @@ def test_element_without_form_factor_raises():
 def test_unsupported_type_raises():
     with pytest.raises(TypeError, match="expected a Crystal"):
         simulate_peaks({"lattice": np.eye(3)})
+
+
+# ------------------------------------------------------------------------- small cells, batch
+
+
+def _simple_structures() -> dict:
+    """Real 1-8 atom cells: conventional and primitive rock salt, diamond and fcc Cu, CsCl, bcc
+    Fe, primitive MgO."""
+    from pymatgen.core import Lattice, Structure
+
+    origin, centre = [0, 0, 0], [0.5, 0.5, 0.5]
+    build = Structure.from_spacegroup
+    rock_salt = build("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [origin, centre])
+    diamond = build("Fd-3m", Lattice.cubic(SI_640E_LATTICE), ["Si"], [origin])
+    copper = build("Fm-3m", Lattice.cubic(3.615), ["Cu"], [origin])
+    magnesia = build("Fm-3m", Lattice.cubic(4.21), ["Mg", "O"], [origin, centre])
+    return {
+        "NaCl": rock_salt,
+        "NaCl-primitive": rock_salt.get_primitive_structure(),
+        "Si": diamond,
+        "Si-primitive": diamond.get_primitive_structure(),
+        "CsCl": Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [origin, centre]),
+        "Cu": copper,
+        "Cu-primitive": copper.get_primitive_structure(),
+        "Fe": build("Im-3m", Lattice.cubic(2.8665), ["Fe"], [origin]),
+        "MgO-primitive": magnesia.get_primitive_structure(),
+    }
+
+
+def test_small_cells_match_xrdcalculator():
+    """1-8 atom cells (the fast path's fixed-cost regime) line by line against pymatgen, with
+    pymatgen's form-factor table; a primitive cell gives the pattern of its conventional cell."""
+    pytest.importorskip("pymatgen")
+    structures = _simple_structures()
+    assert sorted(len(s) for s in structures.values()) == [1, 2, 2, 2, 2, 2, 4, 8, 8]
+    for name, structure in structures.items():
+        ours = simulate_peaks(structure, CU_KA1, RANGE, form_factors="pymatgen", return_hkl=True)
+        x, y = pymatgen_pattern(structure, {})
+        assert len(ours) == len(x), name
+        np.testing.assert_allclose(ours.two_theta, x, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(ours.intensity, y, atol=2e-3, err_msg=name)
+    for name in ("NaCl", "Si", "Cu"):
+        conventional = simulate_peaks(structures[name], CU_KA1, RANGE)
+        primitive = simulate_peaks(structures[f"{name}-primitive"], CU_KA1, RANGE)
+        np.testing.assert_allclose(primitive.two_theta, conventional.two_theta, atol=1e-9)
+        np.testing.assert_allclose(primitive.intensity, conventional.intensity, atol=1e-4)
+
+
+def _mixed_batch(test_structures, silicon) -> list:
+    """Different elements, occupancies and B factors, 1 to 128 sites (the last takes the box
+    kernel), pymatgen and Crystal inputs, and silicon, which has no line below 28 deg."""
+    rng = np.random.default_rng(7)
+    large = Crystal.from_parameters(
+        (13.0, 14.3, 11.7, 85.0, 95.0, 100.0), [str(e) for e in rng.choice(["O", "Si", "Ba"], 128)],
+        rng.uniform(0, 1, (128, 3)), occupancies=rng.uniform(0.5, 1.0, 128),
+    )  # fmt: skip
+    uniform_b = Crystal(silicon.lattice, silicon.species, silicon.frac_coords, b_iso=[0.7] * 8)
+    return [
+        *[item.structure for item in test_structures[::6]],
+        _disordered_triclinic(6, False, seed=1),
+        _disordered_triclinic(40, True, seed=2),
+        silicon,
+        uniform_b,
+        large,
+        *_simple_structures().values(),
+    ]
+
+
+@pytest.mark.parametrize("group_pairs", [None, 2000], ids=["default-groups", "many-groups"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"two_theta_range": (5.0, 27.0)},  # silicon's first line is at 28.4 deg: an empty list
+        {"two_theta_range": (2.0, 100.0), "return_hkl": True},
+        {"two_theta_range": (10.0, 80.0), "kalpha2": True, "b_iso": {"O": 0.9},
+         "min_intensity": 0.5},  # fmt: skip
+    ],
+    ids=["with-empty", "hkl", "kalpha2-b-override"],
+)
+def test_batch_equals_single(test_structures, silicon, monkeypatch, kwargs, group_pairs):
+    if group_pairs is not None:  # many small groups: group bounds fall between all structures
+        monkeypatch.setattr(simulate_module, "_GROUP_PAIRS", group_pairs)
+    structures = _mixed_batch(test_structures, silicon)
+    batch = simulate_peaks_batch(structures, wavelength=CU_KA1, **kwargs)
+    assert len(batch) == len(structures)
+    empty = 0
+    for index, (structure, peaks) in enumerate(zip(structures, batch, strict=True)):
+        single = simulate_peaks(structure, CU_KA1, **kwargs)
+        assert len(peaks) == len(single), index
+        empty += len(single) == 0
+        np.testing.assert_allclose(peaks.two_theta, single.two_theta, rtol=1e-6, err_msg=str(index))
+        np.testing.assert_allclose(peaks.intensity, single.intensity, rtol=1e-6, err_msg=str(index))
+        np.testing.assert_allclose(peaks.d_spacing, single.d_spacing, rtol=1e-6, err_msg=str(index))
+        if kwargs.get("return_hkl"):
+            np.testing.assert_array_equal(peaks.hkl, single.hkl)
+        else:
+            assert peaks.hkl is None
+        assert peaks.wavelength == single.wavelength
+    if kwargs["two_theta_range"] == (5.0, 27.0):
+        assert empty >= 2  # silicon with its own and with a uniform B
+
+
+def test_batch_against_loop_oracle():
+    """The batch path checked directly against explicit loops (no detour through simulate_peaks)."""
+    crystals = [_disordered_triclinic(6, False, seed=6), _disordered_triclinic(40, True, seed=40)]
+    batch = simulate_peaks_batch(crystals, two_theta_range=(10.0, 70.0))
+    for crystal, ours in zip(crystals, batch, strict=True):
+        positions, intensities = loop_oracle(crystal, CU_KA1, (10.0, 70.0), crystal.b_iso)
+        strong = intensities > 0.01
+        index = np.searchsorted(ours.two_theta, positions[strong] - 1e-7)
+        np.testing.assert_allclose(ours.two_theta[index], positions[strong], atol=1e-8)
+        np.testing.assert_allclose(ours.intensity[index], intensities[strong], atol=2e-3)
+
+
+def test_batch_edges_and_bad_arguments(silicon):
+    from physmoe.data import simulate_peaks_batch as exported
+
+    assert exported is simulate_peaks_batch
+    assert simulate_peaks_batch([]) == []
+    with pytest.raises(ValueError, match="two_theta_range"):
+        simulate_peaks_batch([silicon], two_theta_range=(50.0, 10.0))
+    with pytest.raises(ValueError, match="b_iso"):
+        simulate_peaks_batch([silicon], b_iso=-1.0)
+    with pytest.raises(TypeError, match="expected a Crystal"):
+        simulate_peaks_batch([silicon, {"lattice": np.eye(3)}])

@@ -32,7 +32,7 @@ from .render import (
     render_padded,
     render_patterns,
 )
-from .simulate import PeakList, simulate_peaks
+from .simulate import PeakList, simulate_peaks, simulate_peaks_batch
 from .structures import Crystal, as_crystal, element_symbol, lattice_matrix
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "read_reference_npy",
     "read_simxrd",
     "simulate_peaks",
+    "simulate_peaks_batch",
     "GeneratedCrystal",
     "RandomCrystalGenerator",
 ]
