@@ -200,3 +200,53 @@ def test_fine_tuning_overrides_are_validated_and_label_sets_checked(tmp_path):
     tiny_model(num_labels=10, hierarchical_inference="none", loss_preset="cross_entropy").save_pretrained(subset)
     with pytest.raises(ValueError, match="predicts 10 labels, not the 230 space groups"):
         build_model(ModelArguments(model_name_or_path=str(subset)), counts)
+
+
+def test_train_on_a_stream_of_generated_crystals(tmp_path, capsys):
+    """dataset: stream trains on generated crystals for max_steps, saves the stream position in
+    every checkpoint and evaluates on held-out generated crystals that the stream never yields."""
+    out = tmp_path / "stream"
+    stream_settings = dict(
+        stream_seed=1, stream_max_atoms=16, stream_validation_size=12, stream_test_size=12,
+        patterns_per_crystal=2, stream_crystals_per_block=4, max_steps=4, eval_strategy="steps",
+        eval_steps=2, save_strategy="steps", save_steps=2, dataloader_num_workers=1, plots=False,
+        bootstrap_samples=10,
+    )
+    config = write_config(tmp_path / "stream.yaml", "stream", out, **stream_settings)
+    assert main(["train", str(config)]) == 0
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["test_num_samples"] == 12 and results["validation_num_samples"] == 12
+    position = json.loads((out / "checkpoint-4" / "physmoe_stream.json").read_text())
+    assert position["batches_per_rank"] == 4 and position["seed"] == 1
+    assert "streamed / 12 / 12" in (out / "README.md").read_text()
+
+    from physmoe.workflow import DataArguments, build_stream, load_data
+
+    fields = {k: v for k, v in stream_settings.items() if hasattr(DataArguments, k)}
+    data_args = DataArguments(dataset="stream", **fields)
+    held_out, _ = load_data(data_args)
+    assert held_out["test"][0]["structure_id"] == "test-1-0"
+    stream = build_stream(data_args, held_out)
+    assert len(stream.exclude_fingerprints) == 24
+    rows = iter(stream.configure(batch_size=1, num_workers=0))
+    streamed = {next(rows)["structure_id"] for _ in range(64)}
+    held_ids = {i for split in ("validation", "test") for i in held_out[split]["structure_id"]}
+    assert len(held_ids) == 24 and not streamed & held_ids
+
+    settings = {**stream_settings, "max_steps": -1}
+    no_steps = write_config(tmp_path / "bad.yaml", "stream", tmp_path / "bad", **settings)
+    assert main(["train", str(no_steps)]) == 1
+    assert "max_steps" in capsys.readouterr().err
+
+
+def test_simulate_with_the_fast_generator(tmp_path, capsys):
+    from datasets import load_from_disk
+
+    out = tmp_path / "fast"
+    args = ["simulate", str(out), "--num-structures", "40", "--generator", "fast"]
+    assert main([*args, "--num-proc", "1", "--shard-size", "20", "--max-atoms", "24"]) == 0
+    table = capsys.readouterr().out
+    assert "split" in table and "space groups" in table
+    dataset = load_from_disk(out / "dataset")
+    assert sum(len(split) for split in dataset.values()) == 40
+    assert set(dataset["train"]["source"]) == {"random_crystals"}

@@ -1,6 +1,7 @@
 """The ``physmoe`` command line.
 
     physmoe simulate OUT_DIR [--num-structures N] [--seed S] [--prior icsd] [--num-proc 2]
+                     [--generator pyxtal|fast]
     physmoe train CONFIG.yaml [--any_training_argument VALUE ...]
     physmoe evaluate CHECKPOINT [--dataset PATH|default] [--split test]
     physmoe predict CHECKPOINT FILE... [--top-k 5] [--wavelength 1.54056]
@@ -81,6 +82,7 @@ def _simulate(args: argparse.Namespace) -> int:
     dataset = generate_dataset(
         args.out_dir, args.num_structures, seed=args.seed, prior=args.prior, num_proc=args.num_proc,
         shard_size=args.shard_size, max_atoms=args.max_atoms, overwrite=args.overwrite,
+        generator=args.generator,
     )
     print(f"dataset written to {Path(args.out_dir) / 'dataset'}")
     print(f"{'split':<12}{'structures':>12}{'space groups':>14}")
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) to stderr")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    simulate = commands.add_parser("simulate", help="generate a long-tailed dataset of random crystals (needs physmoe[sim])")
+    simulate = commands.add_parser("simulate", help="generate a long-tailed dataset of random crystals")
     simulate.add_argument("out_dir")
     simulate.add_argument("--num-structures", type=int, default=10_000)
     simulate.add_argument("--seed", type=int, default=0)
@@ -203,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--num-proc", type=int, default=2)
     simulate.add_argument("--shard-size", type=int, default=500)
     simulate.add_argument("--max-atoms", type=int, default=64)
+    simulate.add_argument(
+        "--generator", choices=("pyxtal", "fast"), default="pyxtal",
+        help="pyxtal (needs physmoe[sim]) or fast (RandomCrystalGenerator, ~25x faster)",
+    )
     simulate.add_argument("--overwrite", action="store_true", help="reuse a non-empty out_dir of another run")
 
     commands.add_parser("train", help="train, calibrate and test a model from a YAML config", add_help=False)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,11 +35,19 @@ from .crystallography import NUM_SPACE_GROUPS
 from .data.collator import PXRDCollator
 from .data.feature_extraction import XRDFeatureExtractor
 from .data.grid import TwoThetaGrid
+from .data.streaming import STREAM_STATE_FILE, StreamingCrystalDataset
 from .evaluation import apply_temperature, compute_metrics
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PhysMoETrainingArguments", "PhysMoETrainer", "PhysMoECallback", "SpaceGroupMetrics", "class_counts"]
+__all__ = [
+    "PhysMoETrainingArguments",
+    "PhysMoETrainer",
+    "PhysMoECallback",
+    "SpaceGroupMetrics",
+    "StreamPositionCallback",
+    "class_counts",
+]
 
 
 @dataclass
@@ -129,6 +138,29 @@ class PhysMoECallback(TrainerCallback):
             model.apply_epoch_momentum()
 
 
+class StreamPositionCallback(TrainerCallback):
+    """Keeps a :class:`~physmoe.data.StreamingCrystalDataset`'s position in the checkpoints.
+
+    Every checkpoint gets ``physmoe_stream.json``: the stream's :meth:`state_dict` after
+    ``global_step * gradient_accumulation_steps`` batches per rank (written by the main process).
+    :meth:`PhysMoETrainer.train` reads it back on resume."""
+
+    def __init__(self, trainer: PhysMoETrainer):
+        self.trainer = trainer
+
+    def on_save(self, args, state, control, **kwargs):
+        dataset = self.trainer.train_dataset
+        if not isinstance(dataset, StreamingCrystalDataset) or not args.should_save:
+            return
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if not folder.is_dir():
+            logger.warning("no checkpoint folder %s: stream position not saved", folder)
+            return
+        batches = self.trainer.stream_batches(state.global_step)
+        position = dataset.state_dict(batches_per_rank=batches)
+        (folder / STREAM_STATE_FILE).write_text(json.dumps(position, indent=1))
+
+
 class PhysMoETrainer(Trainer):
     """A :class:`~transformers.Trainer` for :class:`~physmoe.ResNet1D_MoE`.
 
@@ -139,6 +171,12 @@ class PhysMoETrainer(Trainer):
             default counted from ``train_dataset["space_group"]`` when that column exists.
         eval_data_collator: collator for evaluation and prediction (default: the training
             collator's grid with clean, deterministic conditions).
+
+    ``train_dataset`` may be a :class:`~physmoe.data.StreamingCrystalDataset` (set ``max_steps``):
+    every rank then reads its own part of the stream with ``dataloader_num_workers`` workers
+    that generate, simulate and render; checkpoints hold the stream position
+    (``physmoe_stream.json``) and a resumed run continues after it instead of skipping batches;
+    the class counts default to the stream's expected crystals per class over ``max_steps``.
 
     With ``data_collator=None`` the training collator is a :class:`PXRDCollator` on the model's
     grid with the default (SimXRD-like) measurement conditions. ``compute_metrics=None`` uses
@@ -181,6 +219,17 @@ class PhysMoETrainer(Trainer):
             )
         if eval_data_collator is None and isinstance(data_collator, PXRDCollator):
             eval_data_collator = replace(data_collator, train=False)
+        if isinstance(train_dataset, StreamingCrystalDataset):
+            if args.max_steps is None or args.max_steps <= 0:
+                raise ValueError(
+                    f"a StreamingCrystalDataset never ends: set max_steps (got {args.max_steps})"
+                )
+            if train_class_counts is None:
+                patterns = (
+                    args.max_steps * args.per_device_train_batch_size
+                    * args.gradient_accumulation_steps * args.world_size
+                )
+                train_class_counts = train_dataset.expected_class_counts(patterns)
         if train_class_counts is None and train_dataset is not None and "space_group" in getattr(train_dataset, "column_names", ()):
             train_class_counts = class_counts(train_dataset["space_group"], model.config.num_labels)
         if compute_metrics is None:
@@ -199,6 +248,7 @@ class PhysMoETrainer(Trainer):
         self.train_class_counts = train_class_counts
         self.eval_data_collator = eval_data_collator or self.data_collator
         self.add_callback(PhysMoECallback(self))
+        self.add_callback(StreamPositionCallback(self))
         self._component_sums: dict[str, torch.Tensor] = {}
         self._component_steps = 0
         self._miner_batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -216,21 +266,89 @@ class PhysMoETrainer(Trainer):
             for name, value in saved.items():
                 setattr(self, name, value)
 
-    def train(self, *args, **kwargs):
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """``Trainer.train``. With a :class:`~physmoe.data.PXRDCollator`, which checks labels and
         patterns on the host as it collates, the model's own per-step value checks (each a host
         sync, see ``config.validate_inputs``) are switched off for the run
-        (:meth:`~physmoe.ResNet1D_MoE.value_checks_disabled`)."""
-        collator, config = self.data_collator, getattr(self.model, "config", None)
-        checked_on_host = (
-            isinstance(collator, PXRDCollator) and config is not None and collator.num_labels <= config.num_labels
+        (:meth:`~physmoe.ResNet1D_MoE.value_checks_disabled`).
+
+        With a :class:`~physmoe.data.StreamingCrystalDataset` a resumed run restores the stream
+        position from the checkpoint and does not skip (regenerate) the consumed batches."""
+        with contextlib.ExitStack() as stack:
+            if isinstance(self.train_dataset, StreamingCrystalDataset):
+                self._restore_stream(resume_from_checkpoint)
+                no_skip = replace_args(self.args, ignore_data_skip=True)
+                stack.enter_context(self._swapped(args=no_skip))
+                stack.enter_context(self._cpu_threads_beside_workers())
+            collator, config = self.data_collator, getattr(self.model, "config", None)
+            checked_on_host = (
+                isinstance(collator, PXRDCollator)
+                and config is not None
+                and collator.num_labels <= config.num_labels
+            )
+            if checked_on_host and hasattr(self.model, "value_checks_disabled"):
+                stack.enter_context(self.model.value_checks_disabled())
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def _cpu_threads_beside_workers(self) -> Iterator[None]:
+        """On the CPU, leave one core to every stream worker: torch's OpenMP threads wait for
+        each other at every operator, and one of them pre-empted by a busy worker stalls the
+        step (measured 10-30x slower on 2 cores with 2 threads + 1 worker)."""
+        workers = self.args.dataloader_num_workers
+        threads = torch.get_num_threads()
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        if self.args.device.type != "cpu" or workers == 0 or threads + workers <= (cpus or 1):
+            yield
+            return
+        fewer = max(1, (cpus or 1) - workers)
+        logger.info(
+            "%d stream workers on %d CPUs: training with %d torch threads instead of %d",
+            workers, cpus, fewer, threads,
         )
-        if checked_on_host and hasattr(self.model, "value_checks_disabled"):
-            with self.model.value_checks_disabled():
-                return super().train(*args, **kwargs)
-        return super().train(*args, **kwargs)
+        torch.set_num_threads(fewer)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+    def stream_batches(self, global_step: int) -> int:
+        """Batches every rank has taken from the training stream after ``global_step`` steps."""
+        return int(global_step) * self.args.gradient_accumulation_steps
+
+    def _configure_stream(self) -> StreamingCrystalDataset:
+        return self.train_dataset.configure(
+            batch_size=self._train_batch_size, num_workers=self.args.dataloader_num_workers,
+            rank=self.args.process_index, world_size=self.args.world_size,
+        )
+
+    def _restore_stream(self, resume_from_checkpoint) -> None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        stream = self._configure_stream()
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if not resume_from_checkpoint:
+            return
+        folder = Path(resume_from_checkpoint)
+        state_file = folder / STREAM_STATE_FILE
+        if state_file.is_file():
+            stream.load_state_dict(json.loads(state_file.read_text()))
+            logger.info("training stream continues after %s", state_file)
+            return
+        trainer_state = folder / "trainer_state.json"
+        steps = 0
+        if trainer_state.is_file():
+            steps = json.loads(trainer_state.read_text()).get("global_step", 0)
+        logger.warning(
+            "%s has no %s: assuming the stream was read with the current layout for %d steps",
+            folder, STREAM_STATE_FILE, steps,
+        )
+        stream.load_state_dict(stream.state_dict(batches_per_rank=self.stream_batches(steps)))
 
     def get_train_dataloader(self):
+        if isinstance(self.train_dataset, StreamingCrystalDataset):
+            return self._stream_dataloader()
         # A last training batch of one sample breaks BatchNorm; dropping the remainder of a
         # shuffled epoch loses nothing systematic. Evaluation never drops samples.
         args = replace_args(self.args, dataloader_drop_last=True)
@@ -241,6 +359,34 @@ class PhysMoETrainer(Trainer):
             )
         with self._swapped(args=args):
             return super().get_train_dataloader()
+
+    def _stream_dataloader(self):
+        """Each rank reads its own slots of the stream (see :mod:`physmoe.data.streaming`), so the
+        DataLoader is prepared for one process: accelerate's default for an IterableDataset
+        (rank 0 generates everything and dispatches it) or its sharding (every rank generates
+        everything) would waste the other ranks' cores."""
+        from accelerate.data_loader import prepare_data_loader
+        from torch.utils.data import DataLoader
+
+        stream, args = self._configure_stream(), self.args
+        workers = args.dataloader_num_workers
+        loader = DataLoader(
+            stream,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=args.dataloader_prefetch_factor if workers > 0 else None,
+            multiprocessing_context=(
+                args.dataloader_multiprocessing_context if workers > 0 else None
+            ),
+            timeout=stream.worker_timeout if workers > 0 else 0,
+        )
+        return prepare_data_loader(
+            loader, self.args.device, num_processes=1, process_index=0, put_on_device=True,
+            dispatch_batches=False, non_blocking=self.accelerator.non_blocking,
+        )
 
     def get_eval_dataloader(self, eval_dataset=None):
         with self._swapped(data_collator=self.eval_data_collator):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import DatasetDict
+from datasets import DatasetDict, concatenate_datasets
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
@@ -30,6 +30,7 @@ from .data.collator import PXRDCollator
 from .data.dataset import PEAK_WAVELENGTH, dataset_metadata, default_dataset, load_dataset_dict
 from .data.grid import TwoThetaGrid
 from .data.render import MeasurementConditions
+from .data.streaming import StreamingCrystalDataset, held_out_dataset, structure_fingerprint
 from .evaluation import (
     TemperatureScaler,
     apply_temperature,
@@ -51,6 +52,7 @@ __all__ = [
     "ModelArguments",
     "RunArguments",
     "build_model",
+    "build_stream",
     "evaluate_checkpoint",
     "load_data",
     "longtail_markdown_table",
@@ -81,17 +83,48 @@ class DataArguments:
     """Which data to train and evaluate on.
 
     Args:
-        dataset: A DatasetDict written by ``physmoe simulate`` / ``generate_dataset``, or
-            ``"default"`` for the embedded 12,000-structure set.
+        dataset: A DatasetDict written by ``physmoe simulate`` / ``generate_dataset``,
+            ``"default"`` for the embedded 12,000-structure set, or ``"stream"``: training
+            crystals generated without end inside the DataLoader workers
+            (:class:`~physmoe.data.StreamingCrystalDataset`; needs ``max_steps``), validation and
+            test crystals generated once from the generator's own "validation" / "test" streams.
         augmentation: Training measurement conditions: ``"default"`` (random SimXRD-like
             realism, new for every batch and epoch) or ``"clean"``.
         max_train_samples / max_eval_samples: Truncate splits (quick runs).
+        stream_prior / stream_seed / stream_max_atoms / stream_prior_floor: The stream's
+            generator (prior "icsd", "cod", "ccdc" or "uniform"; the floor mixes in that share of
+            the uniform prior so that rare groups are seen; held-out crystals use the same).
+        stream_validation_size / stream_test_size: Held-out generated crystals (no structure of
+            them is ever streamed: other generator streams, and excluded by fingerprint).
+        patterns_per_crystal: Renderings of every streamed crystal, each with its own random
+            measurement conditions (amortises generation and simulation).
+        stream_crystals_per_block: Crystals generated and shuffled together.
     """
 
-    dataset: str = field(default="default", metadata={"help": "DatasetDict path or 'default'."})
+    dataset: str = field(
+        default="default", metadata={"help": "DatasetDict path, 'default' or 'stream'."}
+    )
     augmentation: str = field(default="default", metadata={"help": "'default' or 'clean'."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation/test rows."})
+    stream_prior: str = field(
+        default="icsd", metadata={"help": "Stream prior: icsd, cod, ccdc or uniform."}
+    )
+    stream_seed: int = field(default=0, metadata={"help": "Seed of the stream's generator."})
+    stream_prior_floor: float = field(
+        default=0.0, metadata={"help": "Share of the uniform prior mixed into stream_prior."}
+    )
+    stream_max_atoms: int = field(default=64, metadata={"help": "Most atoms per generated cell."})
+    stream_validation_size: int = field(
+        default=1000, metadata={"help": "Held-out validation crystals."}
+    )
+    stream_test_size: int = field(default=1000, metadata={"help": "Held-out test crystals."})
+    patterns_per_crystal: int = field(
+        default=8, metadata={"help": "Patterns rendered per streamed crystal."}
+    )
+    stream_crystals_per_block: int = field(
+        default=32, metadata={"help": "Crystals generated and shuffled together."}
+    )
 
 
 @dataclass
@@ -115,7 +148,12 @@ class RunArguments:
 
 
 def load_data(data_args: DataArguments, seed: int = 0) -> tuple[DatasetDict, dict]:
-    """The DatasetDict and its metadata (peak wavelength, source)."""
+    """The DatasetDict and its metadata (peak wavelength, source). For ``dataset="stream"`` it
+    holds the held-out ``validation`` and ``test`` splits only (see :func:`build_stream`)."""
+    if data_args.dataset == "stream":
+        prior, stream_seed = data_args.stream_prior, data_args.stream_seed
+        name = f"streamed random crystals ({prior} prior, seed {stream_seed})"
+        return _held_out_splits(data_args), {"name": name, "peak_wavelength": PEAK_WAVELENGTH}
     if data_args.dataset == "default":
         dataset = default_dataset()
         metadata = {"name": "physmoe embedded default (12,000 pyxtal structures)", "peak_wavelength": PEAK_WAVELENGTH}
@@ -133,6 +171,46 @@ def load_data(data_args: DataArguments, seed: int = 0) -> tuple[DatasetDict, dic
         if limit is not None and limit < len(dataset[split]):
             dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
     return dataset, metadata
+
+
+def _held_out_splits(data_args: DataArguments) -> DatasetDict:
+    sizes = {"validation": data_args.stream_validation_size, "test": data_args.stream_test_size}
+    for split, size in sizes.items():
+        if isinstance(size, bool) or int(size) != size or size < 1:
+            raise ValueError(f"stream_{split}_size must be a positive integer, got {size!r}")
+        if data_args.max_eval_samples is not None:
+            if data_args.max_eval_samples < 1:
+                raise ValueError(f"max_eval_samples must be >= 1, got {data_args.max_eval_samples}")
+            sizes[split] = min(size, data_args.max_eval_samples)
+    logger.info("generating %d validation and %d test crystals", sizes["validation"], sizes["test"])
+    settings = {
+        "prior": data_args.stream_prior, "seed": data_args.stream_seed,
+        "max_atoms": data_args.stream_max_atoms, "prior_floor": data_args.stream_prior_floor,
+    }
+    return DatasetDict(
+        {split: held_out_dataset(split, size, **settings) for split, size in sizes.items()}
+    )
+
+
+def build_stream(
+    data_args: DataArguments, held_out: DatasetDict | None = None
+) -> StreamingCrystalDataset:
+    """The training stream of ``data_args``; crystals with the fingerprint of a held-out row
+    (``held_out``'s splits) are never streamed."""
+    exclude = set()
+    if held_out is not None and len(held_out):
+        columns = ["lattice_parameters", "species", "frac_coords"]
+        rows = concatenate_datasets(list(held_out.values())).select_columns(columns)
+        exclude = {structure_fingerprint(*(row[name] for name in columns)) for row in rows}
+    return StreamingCrystalDataset(
+        data_args.stream_prior,
+        seed=data_args.stream_seed,
+        max_atoms=data_args.stream_max_atoms,
+        patterns_per_crystal=data_args.patterns_per_crystal,
+        crystals_per_block=data_args.stream_crystals_per_block,
+        exclude_fingerprints=exclude,
+        prior_floor=data_args.stream_prior_floor,
+    )
 
 
 def build_model(model_args: ModelArguments, train_class_counts: np.ndarray) -> ResNet1D_MoE:
@@ -237,9 +315,26 @@ def train_and_evaluate(
     output_dir = Path(training_args.output_dir)
     last_checkpoint = _check_output_dir(output_dir, run_args.overwrite_output)
     resume_from = training_args.resume_from_checkpoint or last_checkpoint
+    if data_args.dataset == "stream" and training_args.max_steps <= 0:
+        raise ValueError(
+            f"dataset: stream never ends: set max_steps (got {training_args.max_steps}); "
+            "num_train_epochs has no meaning for it"
+        )
     dataset, metadata = load_data(data_args, seed=training_args.seed)
-    train_counts = class_counts(dataset["train"]["space_group"])
-    model = build_model(model_args, train_counts)
+    if data_args.dataset == "stream":
+        train_dataset = build_stream(data_args, dataset)
+        # Training counts: the expected crystals per class over the run (label prior x patterns /
+        # patterns_per_crystal, float64) for logit adjustment and the shot buckets.
+        patterns = (
+            training_args.max_steps * training_args.per_device_train_batch_size
+            * training_args.gradient_accumulation_steps * training_args.world_size
+        )
+        train_counts = train_dataset.expected_class_counts(patterns)
+        model = build_model(model_args, train_counts)
+    else:
+        train_dataset = dataset["train"]
+        train_counts = class_counts(train_dataset["space_group"])
+        model = build_model(model_args, train_counts)
     grid = TwoThetaGrid.from_config(model.config)
     if data_args.augmentation not in ("default", "clean"):
         raise ValueError(f"augmentation must be 'default' or 'clean', got {data_args.augmentation!r}")
@@ -251,13 +346,15 @@ def train_and_evaluate(
         model,
         training_args,
         data_collator=collator,
-        train_dataset=dataset["train"],
+        train_dataset=train_dataset,
         eval_dataset=dataset["validation"],
         train_class_counts=train_counts,
     )
     logger.info(
-        "training %s (%.2f M parameters) on %d structures, validating on %d",
-        model_args.model_name_or_path or model_args.preset, model.num_parameters() / 1e6, len(dataset["train"]), len(dataset["validation"]),
+        "training %s (%.2f M parameters) on %s structures, validating on %d",
+        model_args.model_name_or_path or model_args.preset, model.num_parameters() / 1e6,
+        "streamed" if data_args.dataset == "stream" else len(train_dataset),
+        len(dataset["validation"]),
     )
     trainer.train(resume_from_checkpoint=resume_from)
     model = trainer.model
@@ -298,7 +395,10 @@ def _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, t
     test_metrics = {key: value for key, value in results.items() if key.startswith("test_")}
     training_data = {
         "dataset": metadata.get("name"),
-        "structures (train / validation / test)": f"{len(dataset['train'])} / {len(dataset['validation'])} / {len(dataset['test'])}",
+        "structures (train / validation / test)": " / ".join(
+            str(len(dataset[split])) if split in dataset else "streamed"
+            for split in ("train", "validation", "test")
+        ),
         "space groups in training": int((train_counts > 0).sum()),
         "peak wavelength (A)": metadata.get("peak_wavelength"),
         "calibration temperature (fitted on validation)": round(float(temperature), 4),
@@ -362,6 +462,10 @@ def evaluate_checkpoint(
     training split; probabilities at the checkpoint's calibration temperature)."""
     from .runtime import recommended_autocast_dtype
 
+    if dataset == "stream":
+        raise ValueError(
+            "dataset 'stream' has no stored splits to evaluate: pass a saved dataset or 'default'"
+        )
     data, metadata = load_data(DataArguments(dataset=dataset, max_eval_samples=max_samples))
     if split not in data:
         raise ValueError(f"no split {split!r} in {dataset!r}; choose one of {sorted(data)}")

@@ -33,6 +33,7 @@ from .render import (
     render_patterns,
 )
 from .simulate import PeakList, simulate_peaks, simulate_peaks_batch
+from .streaming import StreamingCrystalDataset, held_out_dataset, structure_fingerprint
 from .structures import Crystal, as_crystal, element_symbol, lattice_matrix
 
 __all__ = [
@@ -73,4 +74,7 @@ __all__ = [
     "simulate_peaks_batch",
     "GeneratedCrystal",
     "RandomCrystalGenerator",
+    "StreamingCrystalDataset",
+    "held_out_dataset",
+    "structure_fingerprint",
 ]

@@ -1,0 +1,187 @@
+"""Training throughput on streamed crystals against the model-only step rate.
+
+    python scripts/benchmark_streaming.py [--preset small] [--batch-size 32] [--steps 60]
+        [--workers 1] [--patterns-per-crystal 8] [--max-atoms 64] [--json out.json]
+
+Measures, in one process on the CPU (bf16 autocast where recommended, as ``physmoe train``):
+
+* ``model only``: the bare training step (forward with labels + PhysMoE loss + backward + AdamW)
+  on a fixed batch, as ``scripts/benchmark_speed.py`` times it, with all torch threads and with
+  one fewer (what :class:`~physmoe.training.PhysMoETrainer` leaves the model beside a stream
+  worker on the CPU);
+* ``trainer, stored patterns``: :class:`~physmoe.training.PhysMoETrainer` on pre-rendered
+  patterns (the Trainer's own overhead, no data cost);
+* ``trainer, stream``: :class:`~physmoe.training.PhysMoETrainer` on a
+  :class:`~physmoe.data.StreamingCrystalDataset` whose DataLoader workers generate crystals,
+  simulate their peaks and render every crystal ``--patterns-per-crystal`` times;
+* ``stream alone``: the stream's DataLoader without a model (what the workers can deliver).
+
+Trainer rates are patterns per second between the end of step ``--warmup`` and the last step;
+the model-only rate is the median step. ``--workers`` and ``--patterns-per-crystal`` take
+comma-separated lists (every combination is measured).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+from transformers import TrainerCallback
+
+from physmoe.data import PXRDCollator, StreamingCrystalDataset, TwoThetaGrid
+from physmoe.models.resnet1d_moe import ResNet1D_MoE, ResNet1DMoEConfig
+from physmoe.runtime import configure_malloc, recommended_autocast_dtype
+from physmoe.training import PhysMoETrainer, PhysMoETrainingArguments
+
+
+class StepClock(TrainerCallback):
+    def __init__(self):
+        self.times: list[float] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter())
+
+
+def build_model(preset: str) -> ResNet1D_MoE:
+    torch.manual_seed(0)
+    return ResNet1D_MoE(ResNet1DMoEConfig.from_preset(preset))
+
+
+def model_only(preset: str, batch: int, steps: int, warmup: int, dtype) -> float:
+    model = build_model(preset).train()
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.rand(batch, model.config.num_points, generator=generator)
+    labels = torch.randint(0, 230, (batch,), generator=generator)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for step in range(warmup + steps):
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            loss = model(inputs, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    return batch / statistics.median(times)
+
+
+def trainer_rate(preset, batch, steps, warmup, dtype, train_dataset, workers: int) -> float:
+    model = build_model(preset)
+    clock = StepClock()
+    with tempfile.TemporaryDirectory(prefix="physmoe-bench-") as out:
+        args = PhysMoETrainingArguments(
+            output_dir=out,
+            per_device_train_batch_size=batch,
+            max_steps=warmup + steps,
+            learning_rate=1e-4,
+            logging_steps=50,
+            save_strategy="no",
+            report_to=[],
+            use_cpu=True,
+            disable_tqdm=True,
+            bf16=dtype is not None,
+            dataloader_num_workers=workers,
+            seed=0,
+        )
+        trainer = PhysMoETrainer(model, args, train_dataset=train_dataset, callbacks=[clock])
+        trainer.train()
+    elapsed = clock.times[-1] - clock.times[warmup - 1]
+    return steps * batch / elapsed
+
+
+def stored_patterns(preset: str, count: int) -> Dataset:
+    num_points = ResNet1DMoEConfig.from_preset(preset).num_points
+    generator = torch.Generator().manual_seed(0)
+    patterns = torch.rand(count, num_points, generator=generator)
+    labels = torch.randint(0, 230, (count,), generator=generator)
+    return Dataset.from_dict({"input_values": patterns.numpy(), "space_group": labels.numpy()})
+
+
+def stream_alone(preset, batch, steps, warmup, workers, stream) -> float:
+    collator = PXRDCollator(TwoThetaGrid.from_config(ResNet1DMoEConfig.from_preset(preset)), seed=0)
+    stream.configure(batch_size=batch, num_workers=workers)
+    loader = DataLoader(stream, batch_size=batch, collate_fn=collator, num_workers=workers)
+    iterator = iter(loader)
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=60, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed first steps")
+    parser.add_argument("--workers", default="1", help="comma-separated DataLoader worker counts")
+    parser.add_argument("--patterns-per-crystal", default="8", help="comma-separated values")
+    parser.add_argument("--max-atoms", type=int, default=64)
+    parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--skip-alone", action="store_true", help="skip the stream-alone rate")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    malloc = configure_malloc(reexec=True)
+    dtype = None if args.fp32 else recommended_autocast_dtype("cpu")
+    threads = torch.get_num_threads()
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} CPUs, {threads} torch threads, "
+        f"preset {args.preset}, batch {args.batch_size}, {args.steps} timed steps after "
+        f"{args.warmup}, precision {'bf16' if dtype is not None else 'fp32'}, "
+        f"malloc {malloc['method']}"
+    )
+    rows = []
+
+    def report(name: str, rate: float) -> None:
+        rows.append({"setting": name, "patterns_per_s": rate})
+        print(f"| {name} | {rate:.1f} |", flush=True)
+
+    print("| setting | patterns/s |\n|---|---:|")
+    batch, steps, warmup = args.batch_size, args.steps, args.warmup
+    report(
+        f"model only (bare step, {threads} threads)",
+        model_only(args.preset, batch, steps, warmup, dtype),
+    )
+    if threads > 1:  # what PhysMoETrainer leaves the model beside one stream worker
+        torch.set_num_threads(threads - 1)
+        rate = model_only(args.preset, batch, steps, warmup, dtype)
+        report(f"model only (bare step, {threads - 1} threads)", rate)
+        torch.set_num_threads(threads)
+    stored = stored_patterns(args.preset, batch * 8)
+    rate = trainer_rate(args.preset, batch, steps, warmup, dtype, stored, 0)
+    report("trainer, stored patterns", rate)
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    per_crystal_counts = [int(p) for p in args.patterns_per_crystal.split(",")]
+    for workers, per_crystal in itertools.product(worker_counts, per_crystal_counts):
+
+        def stream(per_crystal=per_crystal):
+            return StreamingCrystalDataset(
+                "icsd", seed=0, max_atoms=args.max_atoms, patterns_per_crystal=per_crystal
+            )
+
+        name = f"{workers} worker(s), {per_crystal} patterns/crystal"
+        if not args.skip_alone:
+            rate = stream_alone(args.preset, batch, steps, warmup, workers, stream())
+            report(f"stream alone, {name}", rate)
+        rate = trainer_rate(args.preset, batch, steps, warmup, dtype, stream(), workers)
+        report(f"trainer, stream, {name}", rate)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
