@@ -23,7 +23,7 @@ gives the same crystals for any number of worker processes, in any order, and th
    along the axes of the closest contact (atoms placed stay valid) and new coordinates are
    drawn. Then the cell shrinks back towards the drawn volume: it is scaled until the closest
    contact reaches the limit, an orbit of that contact moves to a random place where it fits,
-   and so on (8 rounds). Cells looser than 150 A^3 per atom (caesium metal has 117) are
+   and so on (4 rounds). Cells looser than 150 A^3 per atom (caesium metal has 117) are
    rejected.
 5. **Label**: moyo (``moyopy``, spglib's algorithm in Rust, ~5x faster than spglib on cubic
    cells) detects the space group (``symprec`` 1e-3 A). A structure in a supergroup (its atoms
@@ -66,11 +66,11 @@ SPLITS: dict[str, int] = {"train": 0, "validation": 1, "test": 2}
 
 _SYMPREC = 1e-3
 _CANDIDATES = 16  # free-coordinate sets tried at once per orbit
-_AXIS_GROWTH = 0.05  # cell growth (lengths) when an orbit finds no place
-_MAX_GROWTHS = 60  # 1.05^60 = 19x the lengths: only an impossible placement gets there
+_MAX_STEP = 1.5  # most growth of the cell's lengths at once when an orbit finds no place
+_MAX_GROWTHS = 60  # growth steps per attempt before its orbits are drawn again
 _MAX_VOLUME_PER_ATOM = 150.0  # A^3; caesium metal, the loosest element, has 117
 _FILLING = (0.3, 0.7)
-_COMPACTION_ROUNDS = 8  # moves of a contact's orbit while the cell shrinks
+_COMPACTION_ROUNDS = 4  # moves of a contact's orbit while the cell shrinks
 _RATIO_SIGMA = 0.3
 _RHOMBOHEDRAL = frozenset((146, 148, 155, 160, 161, 166, 167))
 # Crystal systems (0-6: triclinic ... cubic).
@@ -315,11 +315,14 @@ def _squared_distances(delta: np.ndarray, lattice: np.ndarray, shifts: np.ndarra
     """Squared length of fractional differences ``[..., 3]`` to their nearest image: by rounding
     alone (exact in orthogonal cells; an upper bound otherwise) or the least over ``shifts``."""
     delta = delta - np.rint(delta)
-    if shifts is not None:
-        delta = delta[..., None, :] + shifts
     cartesian = delta @ lattice
-    squared = np.einsum("...i,...i->...", cartesian, cartesian)
-    return squared if shifts is None else squared.min(-1)
+    squared = (cartesian * cartesian).sum(-1)
+    if shifts is None:
+        return squared
+    # |(d + s) L|^2 = |d L|^2 + 2 (d L) . (s L) + |s L|^2: no [..., S, 3] intermediate.
+    shifted = shifts @ lattice
+    cross = cartesian @ (2 * shifted.T)
+    return (squared[..., None] + cross + (shifted * shifted).sum(-1)).min(-1)
 
 
 # Images to search beyond rounding, per crystal system: none where the axes are orthogonal, the
@@ -340,15 +343,15 @@ _SYSTEM_SHIFTS = {
 }
 
 
-def _grow(lattice: np.ndarray, direction: np.ndarray, system: int) -> np.ndarray:
-    """The lattice with its vectors lengthened by up to 15% along a fractional ``direction [3]``
-    (axes the crystal system ties together grow together; angles are kept)."""
+def _grow(lattice: np.ndarray, direction: np.ndarray, system: int, step: float) -> np.ndarray:
+    """The lattice with its vectors lengthened by up to ``step`` (0.1 = 10%) along a fractional
+    ``direction [3]`` (axes the crystal system ties together grow together; angles kept)."""
     weights = direction * np.linalg.norm(lattice, axis=1)
     if system in (_TETRAGONAL, _TRIGONAL, _HEXAGONAL):
         weights[:2] = weights[:2].mean()
     if system == _CUBIC or not weights.sum() > 0:
         weights[:] = 1.0
-    growth = 1.0 + _AXIS_GROWTH * weights / weights.max()
+    growth = 1.0 + step * weights / weights.max()
     return lattice * growth[:, None]
 
 
@@ -379,13 +382,13 @@ def _place(
         ops = ops_list[o]
         neighbours = np.concatenate([np.full(len(ops) - 1, o), placed_orbit])
         limits = (factor * contacts[o, neighbours]) ** 2
+        candidates = _orbit_positions(ops, rng.random((_CANDIDATES if dof[o] else 1, 3)))
+        others = np.concatenate(
+            [candidates[:, 1:], np.broadcast_to(placed, (len(candidates), *placed.shape))],
+            axis=1,
+        )  # [T, m - 1 + P, 3]
+        delta = others - candidates[:, :1]
         while True:
-            candidates = _orbit_positions(ops, rng.random((_CANDIDATES if dof[o] else 1, 3)))
-            others = np.concatenate(
-                [candidates[:, 1:], np.broadcast_to(placed, (len(candidates), *placed.shape))],
-                axis=1,
-            )  # [T, m - 1 + P, 3]
-            delta = others - candidates[:, :1]
             squared = _squared_distances(delta, lattice, shifts)
             closest = (squared / limits).min(axis=1, initial=np.inf)  # >= 1: far enough
             if (closest >= 1).any():
@@ -393,11 +396,12 @@ def _place(
             growths += 1
             if growths > _MAX_GROWTHS:
                 return None
-            # Grow along the axes that the best candidate's worst contact runs along: atoms
-            # on a line (0, 0, z) need a long c, not a bigger cell.
+            # Grow just enough for the best candidate, along the axes its worst contact runs
+            # along: atoms on a line (0, 0, z) need a long c, not a bigger cell.
             t = int(np.argmax(closest))
             worst = delta[t, int(np.argmin(squared[t] / limits))]
-            lattice = _grow(lattice, np.abs(worst - np.rint(worst)), system)
+            needed = min(1.0 / math.sqrt(max(closest[t], 1e-12)), _MAX_STEP) * 1.001
+            lattice = _grow(lattice, np.abs(worst - np.rint(worst)), system, needed - 1.0)
         chosen = candidates[int(np.argmax(closest >= 1))]
         result[o] = chosen
         placed = np.concatenate([placed, chosen])
