@@ -76,6 +76,8 @@ _CACHED_BOX_POINTS = 4096
 # (estimated from the cell volume): enough to amortise per-call costs over small cells, small
 # enough for the temporaries (~40 bytes a pair) to stay in cache (2^20 was slower, measured).
 _GROUP_PAIRS = 1 << 16
+# Structures below this many (reflection, site) pairs are grouped by simulate_peaks_batch.
+_SMALL_PAIRS = 1 << 12
 # Entries of the complex64 blocks held at once by the box kernel (8 MB and 0.5 MB).
 _PHASE_BLOCK_ENTRIES = 1 << 20
 _GATHER_BLOCK_ENTRIES = 1 << 16
@@ -849,11 +851,11 @@ def simulate_peaks_batch(
 ) -> list[PeakList]:
     """:func:`simulate_peaks` of many structures at once: the same lists, faster per structure.
 
-    Structures are processed in groups of about 65,000 (reflection, site) pairs (small enough to
-    stay in cache): the phases of a whole group go through one set of trigonometric calls, and the
-    merging, scaling and cutting of all its lines through one set of sorts and reductions, so the
-    fixed per-call cost of :func:`simulate_peaks` is paid once per group. That matters for small
-    cells; cells of dozens of atoms and more cost about the same either way.
+    Small structures (under ~4,000 reflection-site pairs: cells of a few atoms) are processed in
+    groups of about 65,000 pairs (small enough to stay in cache): the phases of a whole group go
+    through one set of trigonometric calls, and the merging, scaling and cutting of all its lines
+    through one set of sorts and reductions, so the fixed per-call cost of :func:`simulate_peaks`
+    is paid once per group. Larger structures are simulated one by one, which measured faster.
 
     Args:
         crystals: Structures of any type :func:`simulate_peaks` takes.
@@ -876,10 +878,20 @@ def simulate_peaks_batch(
     volumes = np.abs(np.linalg.det(np.stack([crystal.lattice for crystal in crystals])))
     sites = np.array([len(crystal.species) for crystal in crystals])
     pairs = (2 * np.pi / 3) * options.g_max**3 * volumes * sites
-    group = np.cumsum(pairs) // _GROUP_PAIRS
-    bounds = [0, *(np.flatnonzero(group[1:] != group[:-1]) + 1).tolist(), len(crystals)]
-    peaks = []
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        peaks.extend(_simulate_group(crystals[lo:hi], b_sites[lo:hi], options))
-    logger.debug("simulated %d structures in %d groups", len(crystals), len(bounds) - 1)
+    # Only small structures gain from sharing calls; larger ones run alone (grouping them was
+    # measured slower than a loop: their arrays no longer fit in cache).
+    small = pairs < _SMALL_PAIRS
+    peaks: list[PeakList | None] = [None] * len(crystals)
+    for index in np.flatnonzero(~small).tolist():
+        peaks[index] = _simulate_group([crystals[index]], [b_sites[index]], options)[0]
+    small_indices = np.flatnonzero(small)
+    group = np.cumsum(pairs[small_indices]) // _GROUP_PAIRS
+    for members in np.split(small_indices, np.flatnonzero(np.diff(group)) + 1):
+        if len(members):
+            chosen = members.tolist()
+            found = _simulate_group(
+                [crystals[i] for i in chosen], [b_sites[i] for i in chosen], options
+            )
+            for i, peak_list in zip(chosen, found, strict=True):
+                peaks[i] = peak_list
     return peaks

@@ -185,8 +185,9 @@ class StreamingCrystalDataset(IterableDataset):
         split: Generator split to stream (``"train"``; validation and test crystals come from
             the other splits, see :func:`held_out_dataset`).
         patterns_per_crystal: Renderings of every generated crystal (each with its own random
-            measurement conditions). Generation and simulation cost ~5-6 ms per crystal, so 1
-            cannot keep up with a CPU training step; 8-32 amortise them (default 8).
+            measurement conditions). Generating and simulating a crystal costs several times
+            more than rendering a pattern (``scripts/benchmark_streaming.py``), so 1 cannot keep
+            up with a CPU training step; 8-32 amortise it (default 8).
         crystals_per_block: Crystals generated and shuffled together (the shuffle buffer holds
             ``crystals_per_block * patterns_per_crystal`` rows).
         exclude_fingerprints: :func:`structure_fingerprint` values that must never be streamed
