@@ -113,7 +113,7 @@ def main() -> None:
 
     miner = HardNegativeMining_Proto(num_classes, args.feat_dim).to(device)
     miner.update_prototypes(outputs["features"].detach(), labels)
-    miner.update_confusion_matrix(labels, outputs["expert_logits"].detach().mean(dim=1))
+    miner.update_confusion_matrix(outputs["expert_logits"].detach().mean(dim=1), labels)
 
     cases = {
         "physmoe": ("physmoe", {}),

@@ -44,7 +44,7 @@ def test_two_process_training_keeps_replicas_and_miner_in_sync(tmp_path):
     for step0, step1 in zip(ranks[0]["local_batches"], ranks[1]["local_batches"], strict=True):
         global_batch = [torch.cat(parts) for parts in zip(step0, step1, strict=True)]
         miner.update_prototypes(global_batch[0], global_batch[2])
-        miner.update_confusion_matrix(global_batch[2], global_batch[1])
+        miner.update_confusion_matrix(global_batch[1], global_batch[2])  # (predicted, labels)
     miner.apply_epoch_momentum()
     torch.testing.assert_close(state["hard_negative_miner.prototypes"], miner.prototypes, rtol=1e-5, atol=1e-6)
     assert torch.equal(state["hard_negative_miner.confusion_matrix"], miner.confusion_matrix)

@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 from physmoe.crystallography import rule_similarity_matrix, sg_to_sys_map
 from physmoe.loss import HardNegativeMining_Proto, PhysMoELossWrapper
 
-from . import hnm_oracle, unit
+from . import hnm_oracle
 
 
 def prototypes_oracle(prototypes, features, labels, momentum):
-    """Spec 3.1.1 with a loop over the unique labels (features normalised first)."""
+    """Spec 3.1.1 with a loop over the unique labels (features as given, not normalised)."""
     updated = prototypes.clone().double()
     for label in sorted(set(labels.tolist())):
-        rows = [unit(features[b]) for b in range(len(labels)) if int(labels[b]) == label]
+        rows = [features[b].double() for b in range(len(labels)) if int(labels[b]) == label]
         mean = sum(rows) / len(rows)
         updated[label] = momentum * updated[label] + (1 - momentum) * mean
     return updated
@@ -41,6 +41,29 @@ def test_update_prototypes_matches_loop():
     assert miner.prototypes.dtype == torch.float32
 
 
+def test_update_prototypes_by_hand_is_the_momentum_mean_of_raw_features():
+    miner = HardNegativeMining_Proto(num_classes=3, feat_dim=2, momentum=0.9, k=1)
+    features = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+    miner.update_prototypes(features, torch.tensor([0, 0, 1]))
+    # Class 0: mean([3, 4], [1, 0]) = [2, 2] -> 0.9 * 0 + 0.1 * [2, 2]; class 1: 0.1 * [0, 2].
+    # (Normalising first would give 0.1 * mean([0.6, 0.8], [1, 0]) = [0.08, 0.04].)
+    expected = torch.tensor([[0.2, 0.2], [0.0, 0.2], [0.0, 0.0]])
+    torch.testing.assert_close(miner.prototypes, expected, rtol=0, atol=1e-7)
+    miner.update_prototypes(torch.tensor([[10.0, 0.0]]), torch.tensor([0]))
+    # Class 0: 0.9 * [0.2, 0.2] + 0.1 * [10, 0] = [1.18, 0.18]; the others are unchanged.
+    expected = torch.tensor([[1.18, 0.18], [0.0, 0.2], [0.0, 0.0]])
+    torch.testing.assert_close(miner.prototypes, expected, rtol=0, atol=1e-6)
+    # The loss normalises the prototypes (spec 3.1.4 step 1): their scale does not matter.
+    miner.confusion_matrix.copy_(torch.tensor([[5.0, 1.0, 0.0], [2.0, 5.0, 0.0], [0.0, 1.0, 5.0]]))
+    features, labels = torch.tensor([[1.0, 2.0], [-1.0, 0.5]]), torch.tensor([0, 1])
+    loss = miner.compute_contrastive_loss(features, labels)
+    hard = miner.get_hard_negative_classes(labels).tolist()
+    expected_loss = hnm_oracle(features, labels, expected, hard)
+    assert float(loss) == pytest.approx(expected_loss, rel=1e-5)
+    miner.prototypes.mul_(7.0)
+    torch.testing.assert_close(miner.compute_contrastive_loss(features, labels), loss)
+
+
 def test_update_confusion_matrix_matches_loop():
     torch.manual_seed(1)
     miner = HardNegativeMining_Proto(num_classes=5, feat_dim=2)
@@ -48,12 +71,80 @@ def test_update_confusion_matrix_matches_loop():
     labels = torch.randint(0, 5, (20,))
     predictions = torch.randint(0, 5, (20,))
     logits = torch.randn(20, 5)
-    miner.update_confusion_matrix(labels, predictions)
-    miner.update_confusion_matrix(labels, logits)
+    miner.update_confusion_matrix(predictions, labels)  # the seed's positional order
+    miner.update_confusion_matrix(labels=labels, predictions=logits)  # our keyword names
     for b in range(20):
         expected[int(labels[b]), int(predictions[b])] += 1
         expected[int(labels[b]), int(logits[b].argmax())] += 1
     assert torch.equal(miner.confusion_matrix, expected)
+
+
+def test_positional_call_from_ported_seed_code_fills_true_by_predicted():
+    # Seed code: miner.update_confusion_matrix(predicted, labels); rows true, columns predicted.
+    labels = torch.tensor([0, 1, 1, 2, 2])
+    predicted = torch.tensor([2, 1, 0, 2, 2])
+    expected = torch.tensor([[0.0, 0.0, 1.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]])
+    miner = HardNegativeMining_Proto(num_classes=3, feat_dim=2, k=1)
+    miner.update_confusion_matrix(predicted, labels)
+    assert torch.equal(miner.confusion_matrix, expected)
+    assert not torch.equal(miner.confusion_matrix, expected.T)
+    # Class 0 was mistaken for class 2 (never the reverse): its hard negative is 2.
+    assert miner.get_hard_negative_classes(torch.tensor([0])).tolist() == [[2]]
+    # Every keyword spelling gives the same matrix.
+    logits = torch.nn.functional.one_hot(predicted, 3).float() * 3 - 1
+    calls = (
+        {"predicted": predicted, "labels": labels},
+        {"labels": labels, "predictions": predicted},
+        {"labels": labels, "predictions": logits},
+    )
+    for kwargs in calls:
+        other = HardNegativeMining_Proto(num_classes=3, feat_dim=2, k=1)
+        other.update_confusion_matrix(**kwargs)
+        assert torch.equal(other.confusion_matrix, expected), sorted(kwargs)
+    mixed = HardNegativeMining_Proto(num_classes=3, feat_dim=2, k=1)
+    mixed.update_confusion_matrix(predicted, labels=labels)
+    assert torch.equal(mixed.confusion_matrix, expected)
+
+
+def test_update_confusion_matrix_argument_errors():
+    miner = HardNegativeMining_Proto(num_classes=3, feat_dim=2, k=1)
+    labels, predicted = torch.tensor([0, 1]), torch.tensor([1, 1])
+    with pytest.raises(TypeError, match="both 'predicted' and its alias 'predictions'"):
+        miner.update_confusion_matrix(predicted, labels, predictions=predicted)
+    with pytest.raises(TypeError, match="missing predicted and labels"):
+        miner.update_confusion_matrix()
+    with pytest.raises(TypeError, match="missing labels"):
+        miner.update_confusion_matrix(predictions=predicted)
+    with pytest.raises(TypeError, match="missing predicted"):
+        miner.update_confusion_matrix(labels=labels)
+    # Old-order call with logits: the logits land in `labels`, a clear error names the order.
+    with pytest.raises(ValueError, match=r"update_confusion_matrix\(predicted, labels\)"):
+        miner.update_confusion_matrix(labels, torch.randn(2, 3))
+    assert not miner.confusion_matrix.any()
+
+
+def test_apply_epoch_momentum_argument_and_configured_default():
+    counts = torch.tensor([[10.0, 2.0], [4.0, 20.0]])
+    miner = HardNegativeMining_Proto(num_classes=2, feat_dim=2, k=1)  # momentum 0.9
+    miner.confusion_matrix.copy_(counts)
+    miner.apply_epoch_momentum()  # configured 0.9: counts * (1 - 0.9)
+    torch.testing.assert_close(miner.confusion_matrix, torch.tensor([[1.0, 0.2], [0.4, 2.0]]))
+    configured = HardNegativeMining_Proto(num_classes=2, feat_dim=2, momentum=0.75, k=1)
+    configured.confusion_matrix.copy_(counts)
+    configured.apply_epoch_momentum(momentum=0.9)  # the seed's call: the argument wins
+    torch.testing.assert_close(configured.confusion_matrix, torch.tensor([[1.0, 0.2], [0.4, 2.0]]))
+    configured.apply_epoch_momentum()  # then the configured 0.75: * 0.25
+    torch.testing.assert_close(
+        configured.confusion_matrix, torch.tensor([[0.25, 0.05], [0.1, 0.5]])
+    )
+    configured.apply_epoch_momentum(0.5)  # positional, as a number
+    torch.testing.assert_close(
+        configured.confusion_matrix, torch.tensor([[0.125, 0.025], [0.05, 0.25]])
+    )
+    for bad in (1.5, -0.1, True, "0.9"):
+        with pytest.raises(ValueError, match="momentum"):
+            configured.apply_epoch_momentum(bad)
+    assert configured.momentum == 0.75
 
 
 def test_hard_negatives_match_loop_and_exclude_self():
@@ -137,7 +228,9 @@ def test_contrastive_loss_gradcheck_degenerate_and_reduced_precision():
 
 def test_epoch_momentum_and_state_dict():
     miner = HardNegativeMining_Proto(num_classes=4, feat_dim=3, momentum=0.75)
-    miner.update_confusion_matrix(torch.tensor([0, 1, 1, 3]), torch.tensor([2, 1, 0, 3]))
+    miner.update_confusion_matrix(
+        labels=torch.tensor([0, 1, 1, 3]), predicted=torch.tensor([2, 1, 0, 3])
+    )
     before = miner.confusion_matrix.clone()
     miner.apply_epoch_momentum()
     torch.testing.assert_close(miner.confusion_matrix, before * 0.25)
@@ -164,7 +257,9 @@ def test_validation():
         miner.update_prototypes(torch.randn(2, 3), torch.tensor([0, 4]))
     with pytest.raises(ValueError, match="batch size"):
         miner.compute_contrastive_loss(torch.randn(3, 3), torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="predictions"):
+    with pytest.raises(ValueError, match="predicted must lie in 0..3"):
+        miner.update_confusion_matrix(torch.tensor([0, 9]), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="labels must lie in 0..3"):
         miner.update_confusion_matrix(torch.tensor([0, 1]), torch.tensor([0, 9]))
     with pytest.raises(ValueError, match="k must be"):
         miner.get_hard_negative_classes(torch.tensor([0]), k=0)

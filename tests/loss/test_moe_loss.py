@@ -55,12 +55,12 @@ def mix_outputs_oracle(outputs, labels, balance=False, label_dis=None, eps=1e-6)
                         math.exp(a) * (a - c) for a, c in zip(log_p[i], log_p[j], strict=True)
                     )
     distillation /= batch
-    parallel = sum(
-        num_experts / sum(1.0 / (ce[b][k] + eps) for k in range(num_experts)) for b in range(batch)
-    )
-    parallel /= batch
+    # Spec 1.2 item 3: from each expert's cross-entropy loss (its batch mean), not per sample.
+    expert_ce = [sum(ce[b][k] for b in range(batch)) / batch for k in range(num_experts)]
+    parallel = num_experts / sum(1.0 / (expert_ce[k] + eps) for k in range(num_experts))
     average = sum(o.double() for o in outputs) / num_experts
-    return loss_ce + distillation + parallel, average, distillation, parallel
+    # Spec 1.2 item 1 (item 4 in balance mode): the returned loss is the CE sum alone.
+    return loss_ce, average, distillation, parallel
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,7 +150,62 @@ def test_mix_outputs_identical_experts_have_zero_distillation_and_parallel_equal
     assert float(distillation) == pytest.approx(0.0, abs=1e-6)
     # Harmonic mean of two equal losses times K: K * ce / 2 ... = ce (up to eps).
     assert float(parallel) == pytest.approx(float(ce.mean()), rel=1e-4)
-    assert float(loss) == pytest.approx(float(2 * ce.mean() + parallel), rel=1e-5)
+    assert float(loss) == pytest.approx(float(2 * ce.mean()), rel=1e-5)  # CE sum only
+
+
+# Two experts, three classes, two samples; logits = log(probabilities), so softmax(logits) = p.
+HAND_PROBS = (
+    [[1 / 2, 1 / 4, 1 / 4], [1 / 4, 1 / 4, 1 / 2]],  # expert 0
+    [[1 / 4, 1 / 2, 1 / 4], [1 / 4, 1 / 4, 1 / 2]],  # expert 1
+)
+HAND_LABELS = (0, 2)
+
+
+def hand_outputs(dtype=torch.float64):
+    return [torch.tensor(p, dtype=dtype).log() for p in HAND_PROBS], torch.tensor(HAND_LABELS)
+
+
+def test_mix_outputs_by_hand_normal_mode():
+    outputs, labels = hand_outputs()
+    ln2 = math.log(2)
+    # ce_k = batch mean of -log p_k[b, y_b]: expert 0 (ln2 + ln2) / 2, expert 1 (2 ln2 + ln2) / 2.
+    ce0, ce1 = ln2, 1.5 * ln2
+    # Sample 0: KL(p0 || p1) = 1/2 ln2 + 1/4 ln(1/2) = ln2 / 4, and KL(p1 || p0) = ln2 / 4 too;
+    # sample 1: the experts agree (0). Batch mean of the pair sums: (ln2 / 2 + 0) / 2.
+    distillation = ln2 / 4
+    for eps in (0.0, 1e-6):
+        loss, average, got_distillation, parallel = mix_outputs(outputs, labels, eps=eps)
+        assert float(loss) == pytest.approx(ce0 + ce1, rel=1e-12)  # 2.5 ln2: the CE sum only
+        assert float(got_distillation) == pytest.approx(distillation, rel=1e-12)
+        # reciprocal_sum = 1 / (ce0 + eps) + 1 / (ce1 + eps); loss_parallel = 2 / reciprocal_sum.
+        expected_parallel = 2 / (1 / (ce0 + eps) + 1 / (ce1 + eps))
+        assert float(parallel) == pytest.approx(expected_parallel, rel=1e-12)
+        torch.testing.assert_close(average, (outputs[0] + outputs[1]) / 2)
+    assert float(parallel) != pytest.approx(7 / 6 * ln2, rel=1e-4)  # the per-sample mean
+    assert float(mix_outputs(outputs, labels, eps=0.0)[3]) == pytest.approx(1.2 * ln2, rel=1e-12)
+
+
+def test_mix_outputs_by_hand_balance_mode():
+    outputs, labels = hand_outputs()
+    # label_dis counts [1, 1, 2] -> prior [1/4, 1/4, 1/2]; softmax(log p + log prior) ∝ p * prior.
+    # Expert 0: sample 0 [1/8, 1/16, 1/8] -> [2/5, 1/5, 2/5], CE ln(5/2); sample 1
+    # [1/16, 1/16, 1/4] -> [1/6, 1/6, 2/3], CE ln(3/2). Expert 1: sample 0 [1/16, 1/8, 1/8] ->
+    # [1/5, 2/5, 2/5], CE ln 5; sample 1 as expert 0, CE ln(3/2).
+    ce0 = (math.log(5 / 2) + math.log(3 / 2)) / 2
+    ce1 = (math.log(5) + math.log(3 / 2)) / 2
+    loss, average, distillation, parallel = mix_outputs(
+        outputs, labels, balance=True, label_dis=torch.tensor([1.0, 1.0, 2.0]), eps=0.0
+    )
+    # log_class_prior is float32 (its rounding, ~1e-8, bounds the agreement in float64).
+    assert float(loss) == pytest.approx(ce0 + ce1, rel=1e-7)  # sum of prior-adjusted CEs
+    assert float(parallel) == pytest.approx(2 / (1 / ce0 + 1 / ce1), rel=1e-7)
+    assert float(distillation) == pytest.approx(math.log(2) / 4, rel=1e-12)  # raw logits
+    torch.testing.assert_close(average, (outputs[0] + outputs[1]) / 2)
+    # The same with probabilities instead of counts, and in float32.
+    outputs32, _ = hand_outputs(torch.float32)
+    again = mix_outputs(outputs32, labels, balance=True, label_dis=[0.25, 0.25, 0.5], eps=0.0)
+    assert float(again[0]) == pytest.approx(ce0 + ce1, rel=1e-6)
+    assert float(again[3]) == pytest.approx(2 / (1 / ce0 + 1 / ce1), rel=1e-6)
 
 
 def test_mix_outputs_is_device_agnostic_and_validates():

@@ -13,6 +13,7 @@ rank 0); nothing here updates the state implicitly, and the loss wrappers never 
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -92,49 +93,82 @@ class HardNegativeMining_Proto(nn.Module):
 
     @torch.no_grad()
     def update_prototypes(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Momentum update of the prototypes of the classes present in the batch.
+        """Momentum update of the prototypes of the classes present in the batch (spec 3.1.1).
 
-        ``prototype_c <- momentum * prototype_c + (1 - momentum) * mean_{y_b = c} f_b`` with the
-        features ``[B, D]`` L2-normalised first (all features are normalised before use);
-        classes absent from the batch keep their prototype. Per-class sums use ``index_add_``.
+        ``prototype_c <- momentum * prototype_c + (1 - momentum) * mean_{y_b = c} f_b``: the
+        momentum mean of the features ``[B, D]`` *as given* (no normalisation before averaging;
+        :meth:`compute_contrastive_loss` normalises features and prototypes, spec 3.1.4 step 1).
+        Classes absent from the batch keep their prototype. Per-class sums use ``index_add_``;
+        computed in float32 (float64 features are rounded to the float32 buffer).
         """
         labels = check_labels(labels, self.num_classes, check_range=self.validate)
-        features = F.normalize(self._check_features(features, labels).detach().float(), dim=1)
-        sums = torch.zeros(
-            self.num_classes, self.feat_dim, dtype=torch.float32, device=features.device
-        )
-        sums.index_add_(0, labels, features)
+        features = self._check_features(features, labels).detach().float()
+        sums = features.new_zeros(self.num_classes, self.feat_dim).index_add_(0, labels, features)
         # index_add_, not bincount: on CUDA bincount reads min and max on the host (a sync).
-        counts = features.new_zeros(self.num_classes).index_add_(0, labels, features.new_ones(labels.shape[0]))
+        ones = features.new_ones(labels.shape[0])
+        counts = features.new_zeros(self.num_classes).index_add_(0, labels, ones)
         means = sums / counts.clamp_min(1)[:, None]
         old = self.prototypes.float()
         updated = self.momentum * old + (1.0 - self.momentum) * means
         self.prototypes.copy_(torch.where(counts[:, None] > 0, updated, old))
 
     @torch.no_grad()
-    def update_confusion_matrix(self, labels: torch.Tensor, predictions: torch.Tensor) -> None:
-        """``confusion_matrix[true, predicted] += 1`` for every sample.
+    def update_confusion_matrix(
+        self,
+        predicted: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        *,
+        predictions: torch.Tensor | None = None,
+    ) -> None:
+        """``confusion_matrix[true, predicted] += 1`` for every sample (spec 3.1.2).
 
-        ``predictions``: predicted classes ``[B]`` or logits/probabilities ``[B, C]`` (argmax).
+        The seed's signature and order: ``update_confusion_matrix(predicted, labels)``.
+
+        Args:
+            predicted: predicted classes ``[B]`` or logits/probabilities ``[B, C]`` (argmax).
+            labels: true classes ``[B]`` (the rows).
+            predictions: keyword-only alias of ``predicted`` (this package's former name), so
+                ``update_confusion_matrix(labels=y, predictions=p)`` keeps working; give
+                ``predicted`` or ``predictions``, not both.
         """
-        labels = check_labels(labels, self.num_classes, check_range=self.validate)
-        predictions = check_tensor(predictions, "predictions")
-        if predictions.dim() == 2:
-            if predictions.shape != (labels.shape[0], self.num_classes):
-                raise ValueError(
-                    f"prediction logits must be [batch, {self.num_classes}], got {list(predictions.shape)}"
-                )
-            predictions = predictions.argmax(dim=1)
-        elif predictions.shape != labels.shape:
-            raise ValueError(
-                f"predictions must be [batch] classes or [batch, C] logits, got {list(predictions.shape)}"
+        if predicted is not None and predictions is not None:
+            raise TypeError(
+                "update_confusion_matrix got both 'predicted' and its alias 'predictions'; "
+                "pass the predictions once"
             )
-        predictions = check_labels(
-            predictions, self.num_classes, check_range=self.validate, name="predictions"
+        predicted = predictions if predicted is None else predicted
+        if predicted is None or labels is None:
+            missing = [n for n, v in (("predicted", predicted), ("labels", labels)) if v is None]
+            raise TypeError(
+                f"update_confusion_matrix(predicted, labels) is missing {' and '.join(missing)}"
+            )
+        labels = check_tensor(labels, "labels")
+        if labels.dim() != 1:
+            raise ValueError(
+                f"labels must be [batch] class indices, got {list(labels.shape)}; the order is "
+                "update_confusion_matrix(predicted, labels), as in the seed implementation"
+            )
+        labels = check_labels(labels, self.num_classes, check_range=self.validate)
+        predicted = check_tensor(predicted, "predicted")
+        if predicted.dim() == 2:
+            if predicted.shape != (labels.shape[0], self.num_classes):
+                raise ValueError(
+                    f"predicted logits must be [batch, {self.num_classes}], "
+                    f"got {list(predicted.shape)}"
+                )
+            predicted = predicted.argmax(dim=1)
+        elif predicted.shape != labels.shape:
+            raise ValueError(
+                "predicted must be [batch] classes or [batch, C] logits matching labels "
+                f"{list(labels.shape)}, got {list(predicted.shape)}"
+            )
+        predicted = check_labels(
+            predicted, self.num_classes, check_range=self.validate, name="predicted"
         )
         # Scatter-add in place (no host sync, unlike bincount on CUDA); repeated pairs accumulate.
         ones = torch.ones(labels.shape[0], dtype=self.confusion_matrix.dtype, device=labels.device)
-        self.confusion_matrix.view(-1).index_add_(0, labels * self.num_classes + predictions, ones)
+        flat = labels * self.num_classes + predicted
+        self.confusion_matrix.view(-1).index_add_(0, flat, ones)
 
     @torch.no_grad()
     def get_hard_negative_classes(self, labels: torch.Tensor, k: int | None = None) -> torch.Tensor:
@@ -159,8 +193,9 @@ class HardNegativeMining_Proto(nn.Module):
     ) -> torch.Tensor:
         """Prototype contrastive loss with hard negatives (scalar, batch mean).
 
-        With unit features ``f``, unit prototypes ``p`` (zero prototypes stay zero), ``t`` the
-        temperature and ``N(b)`` the ``k`` hard-negative classes of ``y_b``:
+        With unit features ``f``, unit prototypes ``p`` (the stored prototypes are momentum
+        means of raw features; they are L2-normalised here, spec 3.1.4 step 1; zero prototypes
+        stay zero), ``t`` the temperature and ``N(b)`` the ``k`` hard-negative classes of ``y_b``:
         ``loss_b = -log(exp(f.p_y / t) / (exp(f.p_y / t) + mean_{n in N(b)} exp(f.p_n / t)))``,
         evaluated as a ``logsumexp``. Gradients flow into the features only.
         """
@@ -181,9 +216,20 @@ class HardNegativeMining_Proto(nn.Module):
             return (torch.logsumexp(scores, dim=1) - positive.squeeze(1)).mean()
 
     @torch.no_grad()
-    def apply_epoch_momentum(self) -> None:
-        """End-of-epoch decay of the confusion counts: ``confusion_matrix *= (1 - momentum)``."""
-        self.confusion_matrix.mul_(1.0 - self.momentum)
+    def apply_epoch_momentum(self, momentum: float | None = None) -> None:
+        """End-of-epoch decay of the confusion counts (spec 3.1.5):
+        ``confusion_matrix *= (1 - momentum)``.
+
+        ``momentum``: as in the seed's ``apply_epoch_momentum(momentum=0.9)``; ``None`` (the
+        default) uses the configured ``self.momentum`` (0.9 unless set otherwise), so with the
+        defaults the counts are multiplied by 0.1.
+        """
+        momentum = self.momentum if momentum is None else momentum
+        if isinstance(momentum, bool) or not (
+            isinstance(momentum, numbers.Real) and 0 <= momentum <= 1
+        ):
+            raise ValueError(f"momentum must be a number in [0, 1], got {momentum!r}")
+        self.confusion_matrix.mul_(1.0 - float(momentum))
 
     def extra_repr(self) -> str:
         return (

@@ -295,29 +295,32 @@ def mix_outputs(
     label_dis: torch.Tensor | Sequence[float] | None = None,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Multi-expert loss: per-expert cross-entropy, mutual distillation and a parallel term.
+    """Multi-expert loss (spec 1.2): per-expert cross-entropy, mutual distillation, parallel term.
 
     Args:
-        outputs: list of ``K`` expert logits ``[batch, num_classes]`` or ``[batch, K, num_classes]``.
+        outputs: list of ``K`` expert logits ``[batch, num_classes]`` or one tensor
+            ``[batch, K, num_classes]``.
         labels: class indices ``[batch]`` or soft targets ``[batch, num_classes]``.
         balance: add ``log(label_dis)`` to every expert's logits in the cross-entropy terms
             (balanced softmax; ``label_dis`` are counts or probabilities, zeros clamped as in
             :func:`log_class_prior`).
         label_dis: class distribution ``[num_classes]``, required when ``balance=True``.
-        eps: added to each expert's cross-entropy before taking its reciprocal.
+        eps: added to each expert's cross-entropy loss before taking its reciprocal.
 
-    Returns ``(loss, avg_output, loss_distillation, loss_parallel)``:
+    Returns the spec's tuple ``(loss, avg_output, loss_distillation, loss_parallel)``, with
+    ``ce_k = soft_entropy(outputs[k], labels)`` the cross-entropy loss of expert ``k`` (a batch
+    mean; with ``balance=True`` of the prior-adjusted logits ``outputs[k] + log(label_dis)``):
 
-    * ``loss_ce = sum_k soft_entropy(outputs[k] (+ log label_dis), labels)``: batch means summed
-      over experts;
-    * ``loss_distillation = sum_{i != j} KL(p_i || p_j)`` with ``p_k = softmax(outputs[k])``
-      (raw logits), per sample and averaged over the batch; summing over all ordered pairs makes
-      it symmetric, so the KL direction does not matter; no target is detached (mutual learning);
-    * ``loss_parallel = K / sum_k 1 / (ce_k + eps)``: ``K`` times the "fused" reciprocal of the
-      per-sample cross-entropies ``ce_k`` (their harmonic mean), averaged over the batch; it is
-      dominated by the best expert of each sample;
-    * ``loss = loss_ce + loss_distillation + loss_parallel`` (the total; the two terms are
-      returned separately for logging or re-weighting);
+    * ``loss = sum_k ce_k`` (spec 1.2 item 1; item 4 in balance mode): the experts'
+      cross-entropies only. The two other terms are **not** added into it; they are returned
+      separately, and a caller that wants them in its objective adds (and weights) them;
+    * ``loss_distillation = sum_{i != j} KL(p_i || p_j)`` (item 2) with
+      ``p_k = softmax(outputs[k])`` (raw logits, also in balance mode), per sample and averaged
+      over the batch; summing over all ordered pairs makes it symmetric, so the KL direction
+      does not matter; no target is detached (mutual learning);
+    * ``loss_parallel = K / sum_k 1 / (ce_k + eps)`` (item 3): ``K`` times the "fused"
+      reciprocal of the per-expert losses ``ce_k`` (their harmonic mean), dominated by the best
+      expert; a scalar built from the batch means, not from per-sample values;
     * ``avg_output``: mean of the raw expert logits ``[batch, num_classes]``.
 
     Runs on the inputs' device (no device is hard-coded).
@@ -348,7 +351,9 @@ def mix_outputs(
         ce = -(labels.to(log_probs.dtype)[:, None, :] * log_probs).sum(dim=2)
     else:
         ce = -log_probs.gather(2, labels[:, None, None].expand(-1, num_experts, 1)).squeeze(2)
-    loss_ce = ce.mean(dim=0).sum()
+    # Each expert's cross-entropy loss, a batch mean [K]; the spec's loss is their sum.
+    expert_ce = ce.mean(dim=0)
+    loss = expert_ce.sum()
 
     # KL(p_i || p_j) = sum_c p_i (log p_i - log p_j) for all pairs at once: [batch, K, K].
     raw_log_probs = F.log_softmax(logits, dim=2)
@@ -359,10 +364,10 @@ def mix_outputs(
     off_diagonal = ~torch.eye(num_experts, dtype=torch.bool, device=logits.device)
     loss_distillation = (kl * off_diagonal).sum(dim=(1, 2)).mean()
 
-    fused = 1.0 / (1.0 / (ce + eps)).sum(dim=1)
-    loss_parallel = (fused * num_experts).mean()
+    # Spec: reciprocal_sum = sum_k 1 / (ce_k + eps); fused = 1 / reciprocal_sum; times K.
+    fused = 1.0 / (1.0 / (expert_ce + eps)).sum()
+    loss_parallel = fused * num_experts
 
-    loss = loss_ce + loss_distillation + loss_parallel
     return loss, logits.mean(dim=1), loss_distillation, loss_parallel
 
 

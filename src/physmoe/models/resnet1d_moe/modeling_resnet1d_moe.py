@@ -988,7 +988,9 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
             raise ImportError("updating the hard-negative miner needs the physmoe package (pip install physmoe)")
         labels = labels.detach().long()
         miner.update_prototypes(features.detach().float(), labels)
-        miner.update_confusion_matrix(labels, logits_or_predictions.detach())
+        # Keywords: the miner's positional order is the seed's (predicted, labels); these names
+        # also work with physmoe releases whose order was (labels, predictions).
+        miner.update_confusion_matrix(labels=labels, predictions=logits_or_predictions.detach())
 
     @torch.no_grad()
     def apply_epoch_momentum(self) -> None:
