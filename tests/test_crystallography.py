@@ -153,3 +153,100 @@ def test_shipped_matrix_matches_the_generator_script():
     assert result.returncode == 0, result.stdout + result.stderr
     computed = cryst.compute_rule_similarity_matrix()
     assert np.allclose(cryst.rule_similarity_matrix().numpy(), computed, atol=1e-6)
+
+
+# -- groups a powder pattern cannot tell apart --------------------------------------------------
+
+ENANTIOMORPHIC_PAIRS = [
+    (76, 78), (91, 95), (92, 96), (144, 145), (151, 153), (152, 154), (169, 170),
+    (171, 172), (178, 179), (180, 181), (212, 213),
+]
+
+
+def test_powder_classes_partition_the_230_groups():
+    for merge in (False, True):
+        classes = cryst.powder_equivalence_classes(merge)
+        members = [n for members in classes for n in members]
+        assert sorted(members) == list(range(1, 231))
+        assert all(list(c) == sorted(c) for c in classes)
+        assert [c[0] for c in classes] == sorted(c[0] for c in classes)
+        index = cryst.powder_equivalence_index(merge)
+        for position, c in enumerate(classes):
+            assert set(index[np.asarray(c) - 1]) == {position}
+            for n in c:
+                assert cryst.indistinguishable_groups(n, merge_laue_classes=merge) == c
+    assert len(cryst.powder_equivalence_classes()) == 120
+    assert sum(len(c) == 1 for c in cryst.powder_equivalence_classes()) == 50
+    assert len(cryst.powder_equivalence_classes(merge_laue_classes=True)) == 97
+
+
+@pytest.mark.parametrize("pair", ENANTIOMORPHIC_PAIRS)
+def test_enantiomorphic_pairs_are_indistinguishable(pair):
+    assert pair[1] in cryst.indistinguishable_groups(pair[0])
+
+
+def test_powder_classes_against_textbook_extinction_symbols():
+    same = cryst.indistinguishable_groups
+    assert same(3) == (3, 6, 10)  # P2, Pm, P2/m
+    assert same(1) == (1, 2)
+    assert same(14) == (14,)  # P2_1/c
+    assert same(62) == (33, 62)  # Pnma and Pn2_1a (= Pna2_1): extinction symbol Pn-a
+    assert 19 not in same(62)
+    assert same(21) == (21, 35, 38, 65)  # C---: C222, Cmm2, C2mm (= Amm2), Cmmm
+    assert same(23) == (23, 24, 44, 71)  # I---: I222, I2_12_12_1, Imm2, Immm
+    assert same(197) == (197, 199, 204)  # I23, I2_13, Im-3
+    assert same(151) == (151, 152, 153, 154)  # 00l: l = 3n, Laue -3m (either orientation)
+    assert same(230) == (230,) and same(205) == (205,)  # Ia-3d, Pa-3
+    assert same(161) == (161, 167)  # R3c, R-3c
+    # The data notes' "225 = {196, 202, 209, 216}" holds only when Laue classes are merged:
+    # F23 and Fm-3 are Laue m-3, the others m-3m.
+    assert same(225) == (209, 216, 225) and same(196) == (196, 202)
+    assert same(225, merge_laue_classes=True) == (196, 202, 209, 216, 225)
+    assert same(198, merge_laue_classes=True) == (198, 208)  # P2_13 and P4_232: h00, h = 2n
+    assert same(152, merge_laue_classes=True) == (144, 145, 151, 152, 153, 154, 171, 172, 180, 181)
+
+
+def test_members_share_family_and_laue_class():
+    table = cryst.space_group_table()
+    family = {name: i for i, name in enumerate(("triclinic", "monoclinic", "orthorhombic", "tetragonal"))}
+    family.update(trigonal=4, hexagonal=4, cubic=5)
+    for merge in (False, True):
+        for c in cryst.powder_equivalence_classes(merge):
+            assert len({family[table[n - 1].crystal_system] for n in c}) == 1
+            if not merge:
+                assert len({table[n - 1].laue_class for n in c}) == 1
+
+
+def test_powder_classes_match_a_recomputation_from_raw_absences():
+    """Independent route: raw gemmi absences on a smaller hkl cube (no powder-line orbits),
+    orthorhombic groups under the 6 axis permutations; same family and Laue class."""
+    import itertools
+
+    axis = np.arange(-5, 6)
+    hkl = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    hkl = hkl[np.any(hkl != 0, axis=1)]
+    keys: dict[tuple, list[int]] = {}
+    for info in cryst.space_group_table():
+        ops = gemmi.find_spacegroup_by_number(info.number).operations()
+        perms = itertools.permutations(range(3)) if info.crystal_system == "orthorhombic" else [(0, 1, 2)]
+        fingerprint = min(
+            tuple(np.flatnonzero(ops.systematic_absences(np.ascontiguousarray(hkl[:, list(p)], dtype=np.int32))))
+            for p in perms
+        )
+        family = {"trigonal": "hexagonal"}.get(info.crystal_system, info.crystal_system)
+        keys.setdefault((family, info.laue_class, fingerprint), []).append(info.number)
+    assert tuple(sorted(tuple(v) for v in keys.values())) == cryst.powder_equivalence_classes()
+
+
+def test_powder_lines_of_pa3_need_the_whole_orbit_absent():
+    # Pa-3: 0kl absent for odd k, but 0lk lies at the same angle; the line goes only when both do.
+    hkl = np.array([[0, 1, 2], [0, 2, 1], [0, 1, 3], [0, 2, 2]], dtype=np.int32)
+    ops = gemmi.find_spacegroup_by_number(205).operations()
+    assert list(ops.systematic_absences(hkl)) == [True, False, True, False]
+    assert cryst._powder_absences(205, hkl).tolist() == [False, False, True, False]
+
+
+@pytest.mark.parametrize("bad", [0, 231])
+def test_indistinguishable_groups_rejects_bad_numbers(bad):
+    with pytest.raises(ValueError, match=str(bad)):
+        cryst.indistinguishable_groups(bad)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from physmoe import ResNet1D_MoE, XRDFeatureExtractor
-from physmoe.crystallography import CRYSTAL_SYSTEMS, space_group_symbol
+from physmoe.crystallography import CRYSTAL_SYSTEMS, indistinguishable_groups, space_group_symbol
 from physmoe.data import MeasurementConditions, TwoThetaGrid, render_patterns, simulate_peaks
 from physmoe.inference import SpaceGroupPredictor, format_predictions
 from tiny_models import tiny_config
@@ -109,3 +110,86 @@ def test_predictions_of_a_model_over_a_subset_of_groups_name_those_groups():
     result = SpaceGroupPredictor(model, autocast_dtype=torch.float32).predict_input_values(torch.rand(1, 64), top_k=3)[0]
     assert sorted(c.space_group for c in result.candidates) == numbers
     assert {c.symbol for c in result.candidates} == {"P2_1/c", "Pnma", "Fm-3m"}
+
+
+def test_abstention_threshold(saved_model):
+    predictor = SpaceGroupPredictor.from_pretrained(saved_model, autocast_dtype=torch.float32)
+    patterns = torch.rand(3, 64, generator=torch.Generator().manual_seed(3))
+    plain = predictor.predict_input_values(patterns)
+    best = np.array([p.best.probability for p in plain])
+    assert not any(p.uncertain for p in plain) and all(p.min_confidence is None for p in plain)
+    threshold = float(np.median(best))
+    flagged = predictor.predict_input_values(patterns, min_confidence=threshold)
+    # Strictly below the threshold is uncertain; the candidates are listed all the same.
+    assert [p.uncertain for p in flagged] == (best < threshold).tolist()
+    assert sum(p.uncertain for p in flagged) == 1
+    assert [[c.space_group for c in p.candidates] for p in flagged] == [[c.space_group for c in p.candidates] for p in plain]
+    assert all(p.uncertain for p in predictor.predict_input_values(patterns, min_confidence=1.0))
+    assert not any(p.uncertain for p in predictor.predict_input_values(patterns, min_confidence=0))
+    table = format_predictions(flagged)
+    assert table.count("uncertain") == 1 and f"min-confidence {threshold:g}" in table
+    for bad in (-0.1, 1.5, float("nan"), "0.5", True):
+        with pytest.raises(ValueError, match="min_confidence"):
+            predictor.predict_input_values(patterns, min_confidence=bad)
+    with pytest.raises(ValueError, match="min_confidence"):
+        predictor.predict(np.linspace(5, 90, 100), np.ones(100), min_confidence=2)
+
+
+def test_predictions_carry_the_powder_indistinguishable_set(saved_model):
+    model = ResNet1D_MoE.from_pretrained(saved_model).eval()
+    forward = model.forward
+
+    def favour_p2(input_values, **kwargs):  # P2 (label 2) first, its set mates Pm and P2/m next
+        output = forward(input_values, **kwargs)
+        logits = torch.full_like(output.logits, -30.0)
+        logits[:, [2, 5, 9]] = torch.tensor([0.0, -1.0, -2.0])
+        output.logits = logits
+        return output
+
+    model.forward = favour_p2
+    predictor = SpaceGroupPredictor(model, autocast_dtype=torch.float32)
+    result = predictor.predict_input_values(torch.rand(1, 64), top_k=4)[0]
+    assert result.best.symbol == "P2"
+    assert result.indistinguishable_space_groups == (3, 6, 10)
+    assert result.indistinguishable == ("P2", "Pm", "P2/m")
+    # By hand at the checkpoint's temperature 2.5: three groups at 0, -1, -2 and 227 at -30.
+    inside = 1 + np.exp(-1 / 2.5) + np.exp(-2 / 2.5)
+    expected = inside / (inside + 227 * np.exp(-30 / 2.5))
+    assert result.indistinguishable_probability == pytest.approx(expected, rel=1e-5)
+    assert result.best.probability == pytest.approx(1 / (inside + 227 * np.exp(-12)), rel=1e-5)
+    assert result.best.probability < result.indistinguishable_probability <= 1.0
+    table = format_predictions([result])
+    assert "indistinguishable by powder: P2, Pm, P2/m" in table
+    assert f"summed probability {result.indistinguishable_probability:.3f}" in table
+    record = result.to_dict()
+    assert record["indistinguishable"] == ["P2", "Pm", "P2/m"] and record["uncertain"] is False
+    assert record["candidates"][0]["symbol"] == "P2"
+
+
+def test_summed_probability_of_a_random_prediction(saved_model):
+    predictor = SpaceGroupPredictor.from_pretrained(saved_model, autocast_dtype=torch.float32)
+    patterns = torch.rand(4, 64, generator=torch.Generator().manual_seed(5))
+    probabilities = reference_probabilities(saved_model, patterns, 2.5)
+    for row, result in enumerate(predictor.predict_input_values(patterns)):
+        members = indistinguishable_groups(result.best.space_group)
+        assert result.indistinguishable_space_groups == members
+        expected = float(probabilities[row, [n - 1 for n in members]].sum())
+        assert result.indistinguishable_probability == pytest.approx(expected, rel=1e-5)
+
+
+def test_cli_predict_min_confidence_and_json(saved_model, capsys):
+    from physmoe.cli import main
+
+    cif = str(EXAMPLES / "NaCl_rocksalt.cif")
+    assert main(["predict", str(saved_model), cif, "--min-confidence", "1", "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["uncertain"] is True and record["min_confidence"] == 1.0
+    best = record["candidates"][0]["space_group"]
+    assert record["indistinguishable_space_groups"] == list(indistinguishable_groups(best))
+    assert record["indistinguishable"] == [space_group_symbol(n) for n in indistinguishable_groups(best)]
+    assert record["indistinguishable_probability"] >= record["candidates"][0]["probability"]
+    assert main(["predict", str(saved_model), cif, "--min-confidence", "0.0"]) == 0
+    printed = capsys.readouterr().out
+    assert "uncertain" not in printed and "indistinguishable by powder" in printed
+    assert main(["predict", str(saved_model), cif, "--min-confidence", "1.5"]) == 1
+    assert "min_confidence must lie in [0, 1], got 1.5" in capsys.readouterr().err

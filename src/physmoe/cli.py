@@ -4,7 +4,8 @@
                      [--generator pyxtal|fast]
     physmoe train CONFIG.yaml [--any_training_argument VALUE ...]
     physmoe evaluate CHECKPOINT [--dataset PATH|default] [--split test]
-    physmoe predict CHECKPOINT FILE... [--top-k 5] [--wavelength 1.54056]
+    physmoe evaluate CHECKPOINT --real [--conditions clean|lab] [--output metrics.json]
+    physmoe predict CHECKPOINT FILE... [--top-k 5] [--wavelength 1.54056] [--min-confidence 0.5]
     physmoe push CHECKPOINT REPO_ID [--private] [--revision BRANCH]
 
 ``train`` reads a YAML file of ``ModelArguments``, ``DataArguments``, ``RunArguments`` and
@@ -160,6 +161,20 @@ def _train(argv: Sequence[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.real:
+        from .evaluation.real import evaluate_real_checkpoint, format_real_benchmark
+
+        metrics = evaluate_real_checkpoint(
+            args.checkpoint, conditions=args.conditions or "clean", batch_size=args.batch_size,
+            max_samples=args.max_samples, seed=args.seed,
+        )
+        print(format_real_benchmark(metrics, title=f"real-structure benchmark ({args.checkpoint})"))
+        if args.output:
+            text = json.dumps(metrics, indent=2, allow_nan=False)
+            Path(args.output).write_text(text, encoding="utf-8")
+        return 0
+    if args.conditions is not None:
+        raise ValueError("--conditions applies to the real-structure benchmark only: add --real")
     from .workflow import evaluate_checkpoint
 
     metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split, batch_size=args.batch_size, max_samples=args.max_samples)
@@ -173,9 +188,14 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference import SpaceGroupPredictor, format_predictions
 
     predictor = SpaceGroupPredictor.from_pretrained(args.checkpoint, device=args.device)
-    results = [predictor.predict_file(path, wavelength=args.wavelength, top_k=args.top_k) for path in args.files]
+    results = [
+        predictor.predict_file(
+            path, wavelength=args.wavelength, top_k=args.top_k, min_confidence=args.min_confidence
+        )
+        for path in args.files
+    ]
     if args.json:
-        print(json.dumps([{"source": r.source, "candidates": [c.__dict__ for c in r.candidates], "crystal_systems": r.crystal_system_probabilities} for r in results], indent=2))
+        print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         print(format_predictions(results))
     return 0
@@ -220,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--max-samples", type=int, default=None)
     evaluate.add_argument("--output", help="also write the metrics as JSON here")
+    evaluate.add_argument(
+        "--real", action="store_true",
+        help="the real-structure benchmark (419 structures shipped with physmoe; a test set only)",
+    )
+    evaluate.add_argument(
+        "--conditions", choices=("clean", "lab"), default=None,
+        help="with --real: clean patterns (default) or fixed-seed laboratory realism",
+    )
+    evaluate.add_argument(
+        "--seed", type=int, default=0, help="with --real --conditions lab: rendering seed"
+    )
 
     predict = commands.add_parser("predict", help="ranked space groups for patterns (.xy/.xye/.csv) or CIF files")
     predict.add_argument("checkpoint")
@@ -228,6 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--wavelength", type=float, default=None, help="Angstrom, for pattern files that do not state it")
     predict.add_argument("--device", default=None)
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument(
+        "--min-confidence", type=float, default=None,
+        help="mark a prediction 'uncertain' when its best probability is below this (0-1)",
+    )
 
     push = commands.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
     push.add_argument("checkpoint")

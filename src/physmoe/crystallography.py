@@ -39,6 +39,9 @@ __all__ = [
     "operator_cosine_matrix",
     "systematic_absence_table",
     "RULE_MATRIX_WEIGHTS",
+    "powder_equivalence_classes",
+    "powder_equivalence_index",
+    "indistinguishable_groups",
 ]
 
 NUM_SPACE_GROUPS = 230
@@ -299,3 +302,153 @@ def operator_cosine_matrix() -> torch.Tensor:
     """
     # Centring multiplies every count by the same factor, so the cosine ignores it.
     return torch.from_numpy(_cosine(_point_group_type_counts()).astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Groups a powder pattern cannot tell apart
+# ----------------------------------------------------------------------------------------------
+
+#: A group of each crystal family whose point group is the family's lattice holohedry
+#: (-1, 2/m, mmm, 4/mmm, 6/mmm, m-3m), indexed by crystal system; the rhombohedral lattice is
+#: described on hexagonal axes, whose metric has the hexagonal holohedry.
+_HOLOHEDRY_GROUP = (2, 10, 47, 123, 191, 191, 221)
+_ORTHORHOMBIC = CRYSTAL_SYSTEMS.index("orthorhombic")
+_AXIS_PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+
+def _holohedry_rotations(number: int) -> np.ndarray:
+    """Integer rotation parts ``[n_ops, 3, 3]`` of space group ``number``'s point group."""
+    ops = gemmi.find_spacegroup_by_number(number).operations().sym_ops
+    return np.stack([np.array(op.rot, dtype=np.int32) // op.DEN for op in ops])
+
+
+def _powder_absences(number: int, hkl: np.ndarray) -> np.ndarray:
+    """Boolean ``[N]``: whether the powder line at ``hkl[n]`` is systematically extinct.
+
+    Reflections related by the holohedry of the lattice metric lie at the same 2θ for every
+    cell of the crystal family, so a powder line is extinct only when every one of them is
+    systematically absent (e.g. in Pa-3, 012 is absent but 021, at the same angle, is not).
+    """
+    info = space_group_info(number)
+    holohedry = _HOLOHEDRY_GROUP[info.crystal_system_index]
+    if info.laue_class == space_group_info(holohedry).laue_class:
+        # Absences are invariant under the Laue group, here the whole holohedry: no orbit needed.
+        rotations = np.eye(3, dtype=np.int32)[None]
+    else:
+        rotations = _holohedry_rotations(holohedry)
+    # Reciprocal indices transform as row vectors: h' = h R. One gemmi call for the whole orbit.
+    orbit = np.einsum("ni,rij->rnj", hkl, rotations).reshape(-1, 3)
+    orbit = np.ascontiguousarray(orbit, dtype=np.int32)
+    ops = gemmi.find_spacegroup_by_number(number).operations()
+    absent = np.asarray(ops.systematic_absences(orbit), dtype=bool).reshape(len(rotations), -1)
+    return absent.all(axis=0)
+
+
+def _absence_signature(number: int, hkl: np.ndarray, index: np.ndarray) -> bytes:
+    """Setting-independent fingerprint of a group's powder extinctions on the cube ``hkl``.
+
+    Orthorhombic axes can be labelled in any order (a powder pattern fixes only the three cell
+    lengths), so an orthorhombic group's fingerprint is the smallest of its six axis
+    permutations: Pna2_1 (standard setting) and Pnma then agree, as Pn2_1a and Pnma do in
+    International Tables' extinction symbol Pn-a. Every other family has one conventional
+    orientation of its symmetry directions, and gemmi's standard settings all use it
+    (monoclinic unique axis b, cell choice 1; rhombohedral groups on obverse hexagonal axes).
+    """
+    absent = _powder_absences(number, hkl)
+    if space_group_info(number).crystal_system_index != _ORTHORHOMBIC:
+        return np.packbits(absent).tobytes()
+    limit = int(np.abs(hkl).max())
+    return min(
+        np.packbits(absent[index[tuple((hkl[:, perm] + limit).T)]]).tobytes()
+        for perm in _AXIS_PERMUTATIONS
+    )
+
+
+@functools.cache
+def _absence_signatures() -> tuple[bytes, ...]:
+    hkl = _hkl_grid()
+    limit = _HKL_RANGE
+    # index[h + L, k + L, l + L] = row of (h, k, l) in hkl (the origin is not a row).
+    index = np.full((2 * limit + 1,) * 3, -1, dtype=np.int64)
+    index[tuple((hkl + limit).T)] = np.arange(len(hkl))
+    return tuple(_absence_signature(n, hkl, index) for n in range(1, NUM_SPACE_GROUPS + 1))
+
+
+@functools.cache
+def _powder_classes(merge_laue_classes: bool) -> tuple[tuple[int, ...], ...]:
+    signatures = _absence_signatures()
+    classes: dict[tuple, list[int]] = {}
+    for info in space_group_table():
+        family = _CRYSTAL_FAMILY[info.crystal_system_index]
+        laue = "" if merge_laue_classes else info.laue_class
+        key = (family, laue, signatures[info.label])
+        classes.setdefault(key, []).append(info.number)
+    return tuple(sorted(tuple(members) for members in classes.values()))
+
+
+def powder_equivalence_classes(merge_laue_classes: bool = False) -> tuple[tuple[int, ...], ...]:
+    """Partition of the 230 space groups into sets a powder pattern cannot tell apart.
+
+    Two groups are equivalent when they belong to the same crystal family (same lattice
+    metric: trigonal and hexagonal share one), the same Laue class (gemmi's, so -3m1 and -31m
+    are one class) and have the same powder extinctions: the same powder lines are
+    systematically absent, compared in a common setting (see below). Such groups give patterns
+    with identical line positions for every cell; only the intensities of a particular
+    structure can separate them, and a classifier reading patterns can at best rank them.
+    Examples: P2, Pm and P2/m; the enantiomorphic pairs (P3_121/P3_221, P4_122/P4_322,
+    P6_122/P6_522, P4_132/P4_332, ...); P1 and P-1; Pna2_1 and Pnma (extinction symbol Pn-a).
+    Pnma and P2_12_12_1 are not equivalent (the n- and a-glides extinguish zone reflections).
+
+    Extinctions are gemmi's ``GroupOps.systematic_absences`` over every hkl with
+    ``|h|, |k|, |l| <= 8`` in the standard setting (as for :func:`systematic_absence_table`).
+    A powder line is extinct when every reflection related to it by the holohedry of the
+    lattice metric is absent (those coincide in 2θ). Orthorhombic groups are compared under all
+    six permutations of the axes, since a powder pattern fixes only the three cell lengths: the
+    C-centred C222, Cmm2, Amm2 (as C2mm) and Cmmm form one set.
+
+    With the default, the partition has 120 sets (50 of a single group). F23 and Fm-3 (Laue
+    m-3) are then apart from F432, F-43m and Fm-3m (Laue m-3m).
+
+    Args:
+        merge_laue_classes: Also merge groups of different Laue classes of the same crystal
+            family (4/m and 4/mmm, -3 to 6/mmm, m-3 and m-3m). A powder pattern cannot show the
+            Laue class either: in a cubic cell hkl and khl lie at the same angle, so their
+            intensities, different in Laue class m-3, only appear summed. This is the
+            "absences and cell metric" partition of the data notes: 97 sets, with
+            {196, 202, 209, 216, 225} one of them and P3_1, P3_121, P6_2 and P6_222 (all 00l:
+            l = 3n) in another. (Without the orthorhombic axis permutations it would have 108
+            sets, the count the notes quote.)
+
+    Returns:
+        The sets as sorted tuples of space-group numbers, ordered by their smallest member.
+    """
+    return _powder_classes(bool(merge_laue_classes))
+
+
+@functools.cache
+def _powder_index(merge_laue_classes: bool) -> np.ndarray:
+    index = np.empty(NUM_SPACE_GROUPS, dtype=np.int64)
+    for position, members in enumerate(_powder_classes(merge_laue_classes)):
+        index[np.asarray(members) - 1] = position
+    index.setflags(write=False)
+    return index
+
+
+def powder_equivalence_index(merge_laue_classes: bool = False) -> np.ndarray:
+    """Int64 ``[230]``: position in :func:`powder_equivalence_classes` of each label's set.
+
+    Two labels ``i`` and ``j`` are indistinguishable by powder diffraction exactly when
+    ``index[i] == index[j]`` (a fresh copy each call).
+    """
+    return _powder_index(bool(merge_laue_classes)).copy()
+
+
+def indistinguishable_groups(number: int, merge_laue_classes: bool = False) -> tuple[int, ...]:
+    """The space groups a powder pattern cannot tell apart from group ``number`` (1..230),
+    ``number`` included, sorted; see :func:`powder_equivalence_classes`.
+
+    >>> indistinguishable_groups(3)
+    (3, 6, 10)
+    """
+    number, merge = _check_number(number), bool(merge_laue_classes)
+    return _powder_classes(merge)[int(_powder_index(merge)[number - 1])]

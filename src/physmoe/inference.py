@@ -10,11 +10,17 @@
 Probabilities are ``softmax(logits / T)`` with the temperature ``T`` fitted on the validation
 split at the end of training (``config.calibration_temperature``; 1 when not fitted), so a
 predicted 0.8 is right about 80 % of the time on data like the validation set.
+
+Every prediction also names the groups a powder pattern cannot tell apart from the best one
+(:func:`~physmoe.crystallography.indistinguishable_groups`: same Laue class and the same
+systematic absences, e.g. P2, Pm and P2/m) with their summed probability, and with
+``min_confidence`` it is marked ``uncertain`` when the best probability is below the threshold.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .crystallography import CRYSTAL_SYSTEMS, crystal_system_index, space_group_symbol
+from .crystallography import (
+    CRYSTAL_SYSTEMS,
+    crystal_system_index,
+    powder_equivalence_classes,
+    powder_equivalence_index,
+    space_group_symbol,
+)
 from .data.feature_extraction import XRDFeatureExtractor
 from .data.grid import TwoThetaGrid
 from .data.readers import read_pattern
@@ -34,7 +46,13 @@ from .runtime import recommended_autocast, recommended_autocast_dtype
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SpaceGroupCandidate", "SpaceGroupPrediction", "SpaceGroupPredictor", "format_predictions"]
+__all__ = [
+    "SpaceGroupCandidate",
+    "SpaceGroupPrediction",
+    "SpaceGroupPredictor",
+    "check_min_confidence",
+    "format_predictions",
+]
 
 _CIF_SUFFIXES = (".cif", ".mcif")
 
@@ -66,15 +84,54 @@ class SpaceGroupPrediction:
         source: Where the pattern came from (file name, or ``"pattern 0"``).
         candidates: The ``top_k`` most probable groups, best first.
         crystal_system_probabilities: Probability of each crystal system from the system head.
+        uncertain: The best probability is below ``min_confidence`` (the candidates are still
+            listed); always False without a threshold.
+        min_confidence: The threshold the prediction was made with, or None.
+        indistinguishable_space_groups: The best group's powder-equivalence set (numbers, the
+            best group included): groups with the same Laue class and systematic absences,
+            which a powder pattern cannot tell apart by its line positions.
+        indistinguishable: Their Hermann-Mauguin symbols.
+        indistinguishable_probability: Summed probability of that set (over the groups the
+            model knows); at least the best group's probability.
     """
 
     source: str
     candidates: list[SpaceGroupCandidate]
     crystal_system_probabilities: dict[str, float] = field(default_factory=dict)
+    uncertain: bool = False
+    min_confidence: float | None = None
+    indistinguishable_space_groups: tuple[int, ...] = ()
+    indistinguishable: tuple[str, ...] = ()
+    indistinguishable_probability: float | None = None
 
     @property
     def best(self) -> SpaceGroupCandidate:
         return self.candidates[0]
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (what ``physmoe predict --json`` prints for each pattern)."""
+        return {
+            "source": self.source,
+            "uncertain": self.uncertain,
+            "min_confidence": self.min_confidence,
+            "candidates": [dict(c.__dict__) for c in self.candidates],
+            "indistinguishable": list(self.indistinguishable),
+            "indistinguishable_space_groups": list(self.indistinguishable_space_groups),
+            "indistinguishable_probability": self.indistinguishable_probability,
+            "crystal_systems": dict(self.crystal_system_probabilities),
+        }
+
+
+def check_min_confidence(min_confidence: float | None) -> float | None:
+    """``min_confidence`` as a float in [0, 1] (or None); a clear ValueError otherwise."""
+    if min_confidence is None:
+        return None
+    if isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float, np.number)):
+        raise ValueError(f"min_confidence must be a number in [0, 1], got {min_confidence!r}")
+    value = float(min_confidence)
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"min_confidence must lie in [0, 1], got {min_confidence!r}")
+    return value
 
 
 class SpaceGroupPredictor:
@@ -116,6 +173,9 @@ class SpaceGroupPredictor:
                 "config.label_space_groups or id2label names ending in '(number)'"
             )
         self.label_space_groups = np.asarray(numbers, dtype=np.int64)
+        # Powder-equivalence set of every label, for the summed probability of the best one's.
+        label_class = powder_equivalence_index()[self.label_space_groups - 1]
+        self._label_powder_class = torch.from_numpy(label_class)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: torch.device | str | None = None, **kwargs) -> SpaceGroupPredictor:
@@ -134,9 +194,17 @@ class SpaceGroupPredictor:
 
     @torch.no_grad()
     def predict_input_values(
-        self, input_values: torch.Tensor, top_k: int = 5, sources: Sequence[str] | None = None
+        self,
+        input_values: torch.Tensor,
+        top_k: int = 5,
+        sources: Sequence[str] | None = None,
+        min_confidence: float | None = None,
     ) -> list[SpaceGroupPrediction]:
-        """Predictions for patterns already on the model grid, ``[B, num_points]`` (max 1)."""
+        """Predictions for patterns already on the model grid, ``[B, num_points]`` (max 1).
+
+        With ``min_confidence`` (in [0, 1]) a prediction whose best probability is below it is
+        marked ``uncertain``."""
+        min_confidence = check_min_confidence(min_confidence)
         input_values = torch.as_tensor(input_values, dtype=torch.float32).to(self.device)
         if input_values.dim() == 1:
             input_values = input_values[None]
@@ -150,6 +218,13 @@ class SpaceGroupPredictor:
         probabilities = torch.softmax(apply_temperature(output.logits.float(), self.temperature), dim=-1)
         system_probabilities = torch.softmax(output.crystal_system_logits.float(), dim=-1)
         top_probabilities, top_labels = probabilities.topk(top_k, dim=-1)
+        # Summed probability of every powder-equivalence set, then the best label's set.
+        label_class = self._label_powder_class.to(probabilities.device)
+        num_sets = int(label_class.max()) + 1
+        class_probabilities = probabilities.new_zeros(len(probabilities), num_sets)
+        class_probabilities.index_add_(1, label_class, probabilities)
+        best_class = label_class[top_labels[:, 0]]
+        set_probabilities = class_probabilities.gather(1, best_class[:, None])[:, 0].cpu().numpy()
         top_probabilities, top_labels = top_probabilities.cpu().numpy(), top_labels.cpu().numpy()
         system_probabilities = system_probabilities.cpu().numpy()
         sources = [f"pattern {i}" for i in range(len(input_values))] if sources is None else sources
@@ -168,7 +243,20 @@ class SpaceGroupPredictor:
                     )
                 )
             systems = {name: float(p) for name, p in zip(CRYSTAL_SYSTEMS, system_probabilities[row], strict=True)}
-            predictions.append(SpaceGroupPrediction(source, candidates, systems))
+            members = powder_equivalence_classes()[int(best_class[row])]
+            best = candidates[0].probability
+            predictions.append(
+                SpaceGroupPrediction(
+                    source,
+                    candidates,
+                    systems,
+                    uncertain=min_confidence is not None and best < min_confidence,
+                    min_confidence=min_confidence,
+                    indistinguishable_space_groups=members,
+                    indistinguishable=tuple(space_group_symbol(n) for n in members),
+                    indistinguishable_probability=float(set_probabilities[row]),
+                )
+            )
         return predictions
 
     # -- inputs from the outside world ----------------------------------------------------------
@@ -180,12 +268,17 @@ class SpaceGroupPredictor:
         wavelength: float | Sequence[float] | None = None,
         top_k: int = 5,
         sources: Sequence[str] | None = None,
+        min_confidence: float | None = None,
     ) -> list[SpaceGroupPrediction]:
         """Predictions for measured patterns: 2θ (degrees) and intensity arrays at ``wavelength``
         (Angstrom; default the model's), one pattern or a list. Converted to the model grid
-        through d-spacing by the feature extractor."""
+        through d-spacing by the feature extractor. ``min_confidence`` (in [0, 1]): mark a
+        prediction ``uncertain`` when its best probability is below it."""
+        min_confidence = check_min_confidence(min_confidence)
         features = self.feature_extractor(two_theta, intensity, wavelength=wavelength, return_tensors="pt")
-        return self.predict_input_values(features["input_values"], top_k=top_k, sources=sources)
+        return self.predict_input_values(
+            features["input_values"], top_k=top_k, sources=sources, min_confidence=min_confidence
+        )
 
     def pattern_from_cif(self, path: str | os.PathLike) -> torch.Tensor:
         """The clean pattern ``[num_points]`` of a CIF's structure on the model grid."""
@@ -195,34 +288,58 @@ class SpaceGroupPredictor:
         return render_patterns([peaks], self.grid, MeasurementConditions.clean(), peaks_wavelength=self.grid.wavelength)[0]
 
     def predict_file(
-        self, path: str | os.PathLike, wavelength: float | None = None, top_k: int = 5
+        self,
+        path: str | os.PathLike,
+        wavelength: float | None = None,
+        top_k: int = 5,
+        min_confidence: float | None = None,
     ) -> SpaceGroupPrediction:
         """Prediction for a file: a CIF (its clean simulated pattern) or a two-column pattern
         (``.xy``, ``.xye``, ``.csv``, ...; ``wavelength`` in Angstrom when the file does not say
-        and it is not the model's)."""
+        and it is not the model's). ``min_confidence``: as for :meth:`predict`."""
+        min_confidence = check_min_confidence(min_confidence)
         path = Path(path)
         if path.suffix.lower() in _CIF_SUFFIXES:
-            return self.predict_input_values(self.pattern_from_cif(path), top_k=top_k, sources=[path.name])[0]
+            pattern = self.pattern_from_cif(path)
+            return self.predict_input_values(
+                pattern, top_k=top_k, sources=[path.name], min_confidence=min_confidence
+            )[0]
         pattern = read_pattern(path, wavelength=wavelength)
         used_wavelength = pattern.wavelength if pattern.wavelength is not None else wavelength
         if used_wavelength is None:
             logger.warning("%s states no wavelength: assuming the model's (%.5f A)", path, self.grid.wavelength)
-        return self.predict(pattern.two_theta, pattern.intensity, wavelength=used_wavelength, top_k=top_k, sources=[path.name])[0]
+        return self.predict(
+            pattern.two_theta, pattern.intensity, wavelength=used_wavelength, top_k=top_k,
+            sources=[path.name], min_confidence=min_confidence,
+        )[0]
 
 
 def format_predictions(predictions: Sequence[SpaceGroupPrediction]) -> str:
-    """A readable fixed-width table of ranked predictions (what ``physmoe predict`` prints)."""
+    """A readable fixed-width table of ranked predictions (what ``physmoe predict`` prints).
+
+    An uncertain prediction is flagged ``uncertain`` on its title line; below the candidates,
+    the best group's powder-indistinguishable set and its summed probability."""
     lines = []
     header = f"{'rank':>4}  {'space group':<18} {'no.':>4}  {'crystal system':<14} {'probability':>11}"
     for prediction in predictions:
+        title = prediction.source
         if prediction.crystal_system_probabilities:
             system, system_p = max(prediction.crystal_system_probabilities.items(), key=lambda item: item[1])
-            lines.append(f"{prediction.source}  (crystal-system head: {system} {system_p:.3f})")
-        else:
-            lines.append(prediction.source)
+            title += f"  (crystal-system head: {system} {system_p:.3f})"
+        if prediction.uncertain:
+            title += (
+                f"  uncertain: best probability {prediction.best.probability:.3f} < "
+                f"min-confidence {prediction.min_confidence:g}"
+            )
+        lines.append(title)
         lines.append(header)
         lines.append("-" * len(header))
         for c in prediction.candidates:
             lines.append(f"{c.rank:>4}  {c.symbol:<18} {c.space_group:>4}  {c.crystal_system:<14} {c.probability:>11.3f}")
+        if prediction.indistinguishable:
+            line = f"indistinguishable by powder: {', '.join(prediction.indistinguishable)}"
+            if prediction.indistinguishable_probability is not None:
+                line += f"  (summed probability {prediction.indistinguishable_probability:.3f})"
+            lines.append(line)
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

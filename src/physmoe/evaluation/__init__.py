@@ -7,6 +7,9 @@
   :func:`hnm_most_confused_pairs`.
 * :class:`TemperatureScaler`, :func:`expected_calibration_error`.
 * :func:`format_metrics_table`, :func:`metrics_markdown_table`.
+* The real-structure benchmark (``physmoe evaluate --real``, a test set only):
+  :func:`run_real_benchmark`, :func:`evaluate_real_checkpoint`, :func:`real_benchmark_metrics`,
+  :func:`risk_coverage`, :func:`format_real_benchmark`.
 * Plots (``physmoe[plot]`` extra): :func:`plot_per_class_accuracy`,
   :func:`plot_crystal_system_confusion`, :func:`plot_pattern_top5`.
 """
@@ -29,6 +32,13 @@ from .metrics import (
     two_stage_bootstrap,
 )
 from .plots import plot_crystal_system_confusion, plot_pattern_top5, plot_per_class_accuracy
+from .real import (
+    evaluate_real_checkpoint,
+    format_real_benchmark,
+    real_benchmark_metrics,
+    risk_coverage,
+    run_real_benchmark,
+)
 from .report import format_metrics_table, metric_display_name, metrics_markdown_table
 
 __all__ = [
@@ -46,8 +56,10 @@ __all__ = [
     "class_buckets",
     "compute_metrics",
     "confusion_matrix",
+    "evaluate_real_checkpoint",
     "expected_calibration_error",
     "format_metrics_table",
+    "format_real_benchmark",
     "hnm_most_confused_pairs",
     "metric_display_name",
     "metrics_markdown_table",
@@ -55,4 +67,7 @@ __all__ = [
     "plot_crystal_system_confusion",
     "plot_pattern_top5",
     "plot_per_class_accuracy",
+    "real_benchmark_metrics",
+    "risk_coverage",
+    "run_real_benchmark",
 ]
