@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,7 +85,8 @@ class GeneratedCrystal(Crystal):
 
     Attributes (besides :class:`~physmoe.data.Crystal`'s ``lattice [3, 3]``, ``species``,
     ``frac_coords [N, 3]``, ``occupancies [N]``, ``b_iso [N]``):
-        space_group: The group spglib detects (1..230): the label.
+        space_group: The structure's space group (1..230) as moyo detects it (spglib agrees):
+            the label.
         requested_space_group: The group drawn from the prior (equal for ~all crystals).
         index: Index of the crystal in its split's stream.
         split: ``"train"``, ``"validation"`` or ``"test"``.
@@ -123,14 +125,14 @@ def _contact_distance(first: str, second: str) -> float:
     return float(gemmi.Element(first).covalent_r + gemmi.Element(second).covalent_r)
 
 
-def _check_positive_int(name: str, value, minimum: int = 1) -> int:
+def _check_int(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
 class RandomCrystalGenerator:
-    """Random crystals of the 230 space groups, ~1 ms each (see the module docs for how).
+    """Random crystals of the 230 space groups, ~2-3 ms each on one core (see the module docs).
 
     Args:
         prior: ``"icsd"`` (default), ``"cod"``, ``"ccdc"``, ``"uniform"`` or 230 non-negative
@@ -141,8 +143,9 @@ class RandomCrystalGenerator:
         prior_floor: Fraction of the uniform prior mixed in, in [0, 1]: every group then has
             probability >= ``prior_floor / 230``.
         split: Which independent stream :meth:`sample` and :meth:`generate` read.
-        min_distance_factor: Interatomic distances are at least this times the sum of the two
-            covalent radii.
+        min_distance_factor: Interatomic distances are at least this times the two atoms'
+            contact distance (sum of covalent radii; 0.9 of the van der Waals radii's sum for two
+            anions).
         max_attempts: Draws of the orbits before a structure keeps a supergroup's label.
 
     Example::
@@ -164,15 +167,15 @@ class RandomCrystalGenerator:
         min_distance_factor: float = 0.8,
         max_attempts: int = 16,
     ) -> None:
-        self.seed = _check_positive_int("seed", seed, minimum=0)
-        self.max_atoms = _check_positive_int("max_atoms", max_atoms)
-        self.max_attempts = _check_positive_int("max_attempts", max_attempts)
+        self.seed = _check_int("seed", seed, minimum=0)
+        self.max_atoms = _check_int("max_atoms", max_atoms)
+        self.max_attempts = _check_int("max_attempts", max_attempts)
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         self.split = split
-        if not (isinstance(prior_floor, int | float) and 0.0 <= prior_floor <= 1.0):
+        if not (isinstance(prior_floor, numbers.Real) and 0.0 <= prior_floor <= 1.0):
             raise ValueError(f"prior_floor must be a number in [0, 1], got {prior_floor!r}")
-        if not (isinstance(min_distance_factor, int | float) and 0 < min_distance_factor < 1.5):
+        if not (isinstance(min_distance_factor, numbers.Real) and 0 < min_distance_factor < 1.5):
             raise ValueError(
                 f"min_distance_factor must be in (0, 1.5), got {min_distance_factor!r}"
             )
@@ -191,12 +194,13 @@ class RandomCrystalGenerator:
     @property
     def label_prior(self) -> np.ndarray:
         """Expected distribution of the labels, float64 ``[230]`` (label = number - 1): the
-        prior, since supergroups are drawn again (a fraction of a percent keep another label)."""
+        prior, since supergroups are drawn again (with the uniform prior ~2% of the crystals, in
+        cubic groups that no orbit within ``max_atoms`` can build, keep a supergroup's label)."""
         return self.prior.copy()
 
     def sample(self, n: int, space_group: int | None = None) -> list[GeneratedCrystal]:
         """The next ``n`` crystals of the stream (advances :attr:`position`)."""
-        n = _check_positive_int("n", n, minimum=0)
+        n = _check_int("n", n, minimum=0)
         crystals = self.generate(range(self.position, self.position + n), space_group)
         self.position += n
         return crystals
@@ -216,7 +220,7 @@ class RandomCrystalGenerator:
                 raise ValueError(f"space_group must be an integer 1..230 or None, got {space_group!r}")
             space_group = int(space_group)
             check_max_atoms(space_group, self.max_atoms)
-        return [self._crystal(_check_positive_int("index", i, 0), space_group) for i in indices]
+        return [self._crystal(_check_int("index", i, 0), space_group) for i in indices]
 
     # ------------------------------------------------------------------------------ one crystal
 
