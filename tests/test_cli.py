@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ def write_config(path: Path, dataset: Path, output_dir: Path, **extra) -> Path:
         "metric_for_best_model": "balanced_accuracy", "logging_steps": 2, "use_cpu": True, "report_to": "none",
         "bootstrap_samples": 50, "bf16": False, "disable_tqdm": True, **extra,
     }
+    settings = {name: value for name, value in settings.items() if value is not None}  # None: unset
     path.write_text(yaml.safe_dump(settings))
     return path
 
@@ -95,8 +97,24 @@ def test_finished_models_are_not_overwritten_and_killed_runs_resume(small_datase
     assert main(["train", str(config)]) == 1
     assert "already holds a trained model" in capsys.readouterr().err
     assert (out / "model.safetensors").read_bytes() == before
+    # A mistake in the replacing run's config or data loses nothing: it is checked before any file
+    # is touched, and the new run trains beside the old model until it is saved.
+    (out / "notes.txt").write_text("mine")
+    snapshot = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    def siblings():
+        return sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("model"))
+
+    for mistake in (["--dataset", str(tmp_path / "no_such_dataset")], ["--augmentation", "bogus"]):
+        assert main(["train", str(config), "--overwrite_output", "true", *mistake]) == 1
+        assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == snapshot
+        assert siblings() == ["model"]
     assert main(["train", str(config), "--overwrite_output", "true", "--seed", "1"]) == 0
     assert (out / "model.safetensors").read_bytes() != before
+    assert (out / "notes.txt").read_text() == "mine"  # not a run output: kept
+    assert siblings() == ["model"]
+    (checkpoint,) = out.glob("checkpoint-*")
+    best = json.loads((checkpoint / "trainer_state.json").read_text())["best_model_checkpoint"]
+    assert best == str(checkpoint.resolve())  # moved with the run, pointing at its new place
 
     # A run killed after its first epoch's checkpoint continues from it.
     killed = tmp_path / "killed"
@@ -145,20 +163,192 @@ def test_train_switches_on_recommended_bf16_so_that_the_trainer_uses_it(tmp_path
     assert trainer.accelerator.mixed_precision == expected
 
 
-def test_overwriting_a_finished_model_removes_it_first_so_a_killed_rerun_resumes(tmp_path):
-    from physmoe.workflow import _check_output_dir
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only case: no accelerator")
+def test_train_without_use_cpu_runs_with_the_automatic_bf16_on_a_cpu(
+    small_dataset, tmp_path, monkeypatch
+):
+    """bf16 switched on automatically must not make transformers refuse the config ("Your setup
+    doesn't support bf16/gpu"): on a machine without accelerator use_cpu comes with it."""
+    import physmoe.runtime
+    import physmoe.workflow
+
+    monkeypatch.setattr(physmoe.runtime, "cpu_supports_bf16", lambda: True)  # as on our CPUs
+    seen = {}
+    real = physmoe.workflow.train_and_evaluate
+
+    def spy(model_args, data_args, run_args, training_args):
+        seen["args"] = training_args
+        return real(model_args, data_args, run_args, training_args)
+
+    monkeypatch.setattr(physmoe.workflow, "train_and_evaluate", spy)
+    out = tmp_path / "model"
+    config = write_config(
+        tmp_path / "run.yaml", small_dataset, out, use_cpu=None, bf16=None, num_train_epochs=1,
+        plots=False, max_train_samples=16, max_eval_samples=8,
+    )
+    assert not {"use_cpu", "bf16"} & set(yaml.safe_load(config.read_text()))
+    assert main(["train", str(config)]) == 0
+    assert seen["args"].bf16 and seen["args"].use_cpu
+    assert (out / "model.safetensors").is_file()
+    # A user's explicit use_cpu: false is kept; bf16 is then not switched on (fp32 runs).
+    def fake(model_args, data_args, run_args, training_args):
+        seen["args"] = training_args
+        return {"calibration_temperature": 1.0}
+
+    monkeypatch.setattr(physmoe.workflow, "train_and_evaluate", fake)
+    other = str(tmp_path / "b")
+    assert main(["train", str(config), "--use_cpu", "false", "--output_dir", other]) == 0
+    assert not seen["args"].bf16 and not seen["args"].use_cpu
+
+
+def test_automatic_precision_is_always_a_valid_configuration(monkeypatch):
+    import physmoe.runtime as runtime
+    from physmoe.runtime import automatic_training_precision
+    from physmoe.training import PhysMoETrainingArguments
+
+    for native_bf16 in (True, False):
+        monkeypatch.setattr(runtime, "cpu_supports_bf16", lambda native=native_bf16: native)
+        monkeypatch.setattr(runtime, "_trainer_accelerator", lambda: None)
+        for use_cpu in (False, True):
+            for may_set in (False, True):
+                automatic = automatic_training_precision(use_cpu, may_set_use_cpu=may_set)
+                settings = {"use_cpu": use_cpu, **automatic}
+                PhysMoETrainingArguments(output_dir="unused", report_to=[], **settings)  # accepted
+                assert settings.get("bf16", False) == (native_bf16 and (use_cpu or may_set))
+    # A GPU: bf16 where it supports it, never use_cpu; other accelerators keep fp32.
+    monkeypatch.setattr(runtime, "_trainer_accelerator", lambda: "cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert automatic_training_precision(False) == {"bf16": True}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert automatic_training_precision(False) == {}
+    monkeypatch.setattr(runtime, "_trainer_accelerator", lambda: "mps")
+    assert automatic_training_precision(False) == {}
+
+
+def real_checkpoint(output_dir: Path, steps: int = 2) -> Path:
+    """A complete Trainer checkpoint ``output_dir/checkpoint-{steps}`` of a tiny model."""
+    from datasets import Dataset
+
+    from physmoe.training import PhysMoETrainer, PhysMoETrainingArguments
+    from tiny_models import tiny_model
+
+    rng = np.random.default_rng(0)
+    rows = {
+        "peak_two_theta": [np.sort(10 + 70 * rng.random(6)).tolist() for _ in range(8)],
+        "peak_intensity": [(100 * rng.random(6)).tolist() for _ in range(8)],
+        "space_group": [1, 14, 62, 225] * 2,
+    }
+    args = PhysMoETrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=steps,
+        save_strategy="steps", save_steps=steps, report_to=[], use_cpu=True, disable_tqdm=True,
+    )
+    PhysMoETrainer(tiny_model(), args, train_dataset=Dataset.from_dict(rows)).train()
+    return output_dir / f"checkpoint-{steps}"
+
+
+def finished_run(out: Path, tag: str) -> None:
+    """The files of a finished run (as far as the output_dir logic cares), each holding ``tag``."""
+    (out / "checkpoint-10").mkdir(parents=True)
+    (out / "checkpoint-10" / "trainer_state.json").write_text(tag)
+    names = ("model.safetensors", "config.json", "README.md", "all_results.json")
+    for name in (*names, "example_top5.png"):
+        (out / name).write_text(tag)
+
+
+def contents(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): path.read_text() for path in folder.rglob("*")
+        if path.is_file() and path.parent.name != "checkpoint-2"
+    }
+
+
+def test_replacing_a_finished_model_trains_beside_it_and_swaps_at_the_end(tmp_path, capsys):
+    from physmoe.workflow import _check_output_dir, _replace_outputs
 
     out = tmp_path / "model"
-    (out / "checkpoint-10").mkdir(parents=True)
-    for name in ("model.safetensors", "config.json", "README.md", "all_results.json", "example_top5.png", "notes.txt"):
-        (out / name).write_text("x")
+    finished_run(out, "old")
+    (out / "notes.txt").write_text("mine")
+    before = contents(out)
     with pytest.raises(FileExistsError, match="already holds a trained model"):
         _check_output_dir(out, overwrite=False)
-    assert _check_output_dir(out, overwrite=True) is None
-    assert sorted(path.name for path in out.iterdir()) == ["notes.txt"]  # not ours: kept
-    # The new run is killed after its first checkpoint: started again, it resumes from it.
-    (out / "checkpoint-5").mkdir()
-    assert _check_output_dir(out, overwrite=False) == str(out / "checkpoint-5")
+    plan = _check_output_dir(out, overwrite=True)
+    new = tmp_path / "model.physmoe-new"
+    assert plan.replaces and plan.train_dir == new and plan.resume_from is None
+    assert contents(out) == before  # nothing deleted up front
+
+    # The replacement run is killed after its first checkpoint: started again, it resumes from it
+    # (and the old model is still there, also for a run without --overwrite_output).
+    checkpoint = real_checkpoint(new)
+    assert _check_output_dir(out, overwrite=True).resume_from == str(checkpoint)
+    with pytest.raises(FileExistsError, match="interrupted replacement run is in .*physmoe-new"):
+        _check_output_dir(out, overwrite=False)
+    assert contents(out) == before
+
+    # It finishes: its outputs replace the old run's; the user's other files stay.
+    finished_run(new, "new")
+    shutil.rmtree(new / "checkpoint-10")
+    _replace_outputs(new, out)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+    assert contents(out) == {
+        "notes.txt": "mine", "model.safetensors": "new", "config.json": "new", "README.md": "new",
+        "all_results.json": "new", "example_top5.png": "new",
+    }
+    assert (out / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (out / "checkpoint-10").exists()
+    # Not a replacement any more: a plain run resumes in output_dir itself.
+    (out / "model.safetensors").unlink()
+    plan = _check_output_dir(out, overwrite=False)
+    assert not plan.replaces and plan.resume_from == str(out / "checkpoint-2")
+
+
+def test_a_replacement_killed_while_swapping_is_completed_by_the_next_run(tmp_path, monkeypatch):
+    import os
+
+    from physmoe.workflow import _check_output_dir, _replace_outputs
+
+    def prepare(root: Path) -> tuple[Path, Path]:
+        out, new = root / "model", root / "model.physmoe-new"
+        finished_run(out, "old")
+        (out / "notes.txt").write_text("mine")
+        finished_run(new, "new")
+        (new / "checkpoint-12").mkdir()
+        (new / "checkpoint-12" / "trainer_state.json").write_text("new")
+        return out, new
+
+    expected_root, expected_new = prepare(tmp_path / "reference")
+    _replace_outputs(expected_new, expected_root)
+    expected = contents(expected_root)
+    assert expected["model.safetensors"] == expected["checkpoint-10/trainer_state.json"] == "new"
+
+    real_replace = os.replace
+    moves = 0
+    while True:  # killed at every move of the swap in turn
+        root = tmp_path / f"kill{moves}"
+        out, new = prepare(root)
+        calls = []
+
+        def killed(source, target, calls=calls, limit=moves):
+            if len(calls) == limit:
+                raise KeyboardInterrupt("killed")
+            calls.append(source)
+            return real_replace(source, target)
+
+        monkeypatch.setattr(os, "replace", killed)
+        try:
+            _replace_outputs(new, out)
+            finished = True
+        except KeyboardInterrupt:
+            finished = False
+        monkeypatch.setattr(os, "replace", real_replace)
+        if not finished:
+            with pytest.raises(FileExistsError):  # the next run completes the swap, then refuses
+                _check_output_dir(out, overwrite=False)
+        assert contents(out) == expected, moves
+        assert sorted(path.name for path in root.iterdir()) == ["model"], moves
+        if finished:
+            break
+        moves += 1
+    assert moves > 8
 
 
 def test_push_to_hub_publishes_the_final_card_with_the_test_metrics(small_dataset, tmp_path, hub_server):

@@ -103,6 +103,69 @@ def test_bad_inputs_are_refused(saved_model):
         SpaceGroupPredictor(anonymous)
 
 
+def nacl_pattern(predictor) -> torch.Tensor:
+    return predictor.pattern_from_cif(EXAMPLES / "NaCl_rocksalt.cif")  # Fm-3m, max 1
+
+
+def probabilities_of(predictions) -> np.ndarray:
+    return np.array([[c.probability for c in p.candidates] for p in predictions])
+
+
+def test_patterns_on_any_scale_and_dtype_predict_as_scaled_to_max_1(saved_model):
+    predictor = SpaceGroupPredictor.from_pretrained(saved_model, autocast_dtype=torch.float32)
+    pattern = nacl_pattern(predictor)
+    assert float(pattern.max()) == 1.0
+    expected = predictor.predict_input_values(pattern, top_k=230)
+    reference = reference_probabilities(saved_model, pattern[None], 2.5)[0]
+    ranked = reference.sort(descending=True).values
+    np.testing.assert_allclose(probabilities_of(expected)[0], ranked, rtol=1e-5)
+    scaled = [
+        pattern * 100,  # a 0-100 pattern, as read_reference_npy returns them
+        pattern * 0.01,
+        (pattern * 1000).double(),
+        (pattern * 1000).round().to(torch.int32),  # integer counts
+        (pattern * 255).round().to(torch.uint8),
+        (pattern * 100).numpy(),
+    ]
+    for values in scaled:
+        predictions = predictor.predict_input_values(values, top_k=230)
+        as_float = torch.as_tensor(values).double()
+        assert predictions[0].best.space_group == expected[0].best.space_group
+        exact = predictor.predict_input_values((as_float / as_float.max()).float(), top_k=230)
+        np.testing.assert_allclose(
+            probabilities_of(predictions), probabilities_of(exact), rtol=1e-5
+        )
+    times_100 = predictor.predict_input_values(pattern * 100, top_k=230)
+    np.testing.assert_allclose(probabilities_of(times_100), probabilities_of(expected), rtol=1e-5)
+    # Small negative values (noise after background subtraction) are clipped, as the feature
+    # extractor and the training renderer do.
+    noisy = pattern.clone()
+    noisy[pattern == 0] = -0.01
+    clipped = predictor.predict_input_values(noisy, top_k=230)
+    np.testing.assert_allclose(probabilities_of(clipped), probabilities_of(expected), rtol=1e-5)
+
+
+def test_what_cannot_be_a_pattern_is_refused_with_the_reason(saved_model):
+    predictor = SpaceGroupPredictor.from_pretrained(saved_model, autocast_dtype=torch.float32)
+    good = nacl_pattern(predictor)
+    index = torch.arange(64)
+    cases = [
+        (torch.zeros(64), "all zero"),
+        (-good, "no positive intensity"),
+        (torch.where(index == 5, 1.0, -2.0), r"most negative value -2 outweighs its maximum 1 "),
+        (torch.where(index == 3, float("nan"), good), r"non-finite values \(NaN or inf\)"),
+        (torch.where(index == 3, float("inf"), good), r"non-finite values"),
+    ]
+    for bad, reason in cases:
+        batch = torch.stack([good, bad])
+        expected = rf"^pattern 1 \(b.xy\) cannot be a diffraction pattern: .*{reason}"
+        with pytest.raises(ValueError, match=expected):
+            predictor.predict_input_values(batch, sources=["a.xy", "b.xy"])
+    expected = r"\[batch, num_points\] on the model grid \(64 points\), got shape \(2, 65\)"
+    with pytest.raises(ValueError, match=expected):
+        predictor.predict_input_values(torch.rand(2, 65))
+
+
 def test_predictions_of_a_model_over_a_subset_of_groups_name_those_groups():
     torch.manual_seed(1)
     numbers = [14, 62, 225]  # labels 0, 1, 2
@@ -169,6 +232,7 @@ def test_predictions_carry_the_powder_indistinguishable_set(saved_model):
 def test_summed_probability_of_a_random_prediction(saved_model):
     predictor = SpaceGroupPredictor.from_pretrained(saved_model, autocast_dtype=torch.float32)
     patterns = torch.rand(4, 64, generator=torch.Generator().manual_seed(5))
+    patterns /= patterns.amax(dim=1, keepdim=True)  # as the predictor scales them
     probabilities = reference_probabilities(saved_model, patterns, 2.5)
     for row, result in enumerate(predictor.predict_input_values(patterns)):
         members = indistinguishable_groups(result.best.space_group)

@@ -99,7 +99,7 @@ def _train(argv: Sequence[str]) -> int:
     import yaml
     from transformers import HfArgumentParser
 
-    from .runtime import recommended_autocast_dtype
+    from .runtime import automatic_training_precision
     from .training import PhysMoETrainingArguments
     from .workflow import DataArguments, ModelArguments, RunArguments, train_and_evaluate
 
@@ -133,15 +133,27 @@ def _train(argv: Sequence[str]) -> int:
         argument.split("=")[0] in ("--bf16", "--fp16") for argument in overrides
     )
     if not chose_precision:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() and not training_args.use_cpu else "cpu"
-        if recommended_autocast_dtype(device) is not None:
+        chose_device = "use_cpu" in settings or any(
+            argument.split("=")[0].replace("-", "_") == "__use_cpu" for argument in overrides
+        )
+        automatic = automatic_training_precision(
+            training_args.use_cpu, may_set_use_cpu=not chose_device
+        )
+        if automatic:
             # Parsed again: TrainingArguments turns bf16 into its mixed-precision setting in
             # __post_init__, so setting the attribute afterwards would change nothing.
-            parser.set_defaults(bf16=True)
-            model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=overrides)
-            logger.info("bf16 autocast (recommended on this %s)", device)
+            parser.set_defaults(**automatic)
+            try:
+                parsed = parser.parse_args_into_dataclasses(args=overrides)
+            except ValueError as error:  # never let the automatic choice break a valid config
+                logger.warning("bf16 not switched on (%s): training in fp32", error)
+                parser.set_defaults(bf16=False, use_cpu=settings.get("use_cpu", False))
+                parsed = parser.parse_args_into_dataclasses(args=overrides)
+            else:
+                device = "CPU" if parsed[3].use_cpu else "GPU"
+                note = "; use_cpu set: no accelerator here" if "use_cpu" in automatic else ""
+                logger.info("bf16 autocast (recommended on this %s)%s", device, note)
+            model_args, data_args, run_args, training_args = parsed
     results = train_and_evaluate(model_args, data_args, run_args, training_args)
     if training_args.process_index == 0:
         print(_metrics_table(results, "test_", f"test split ({training_args.output_dir})"))

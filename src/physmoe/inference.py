@@ -200,14 +200,20 @@ class SpaceGroupPredictor:
         sources: Sequence[str] | None = None,
         min_confidence: float | None = None,
     ) -> list[SpaceGroupPrediction]:
-        """Predictions for patterns already on the model grid, ``[B, num_points]`` (max 1).
+        """Predictions for patterns already on the model grid, ``[num_points]`` or
+        ``[B, num_points]``, on any intensity scale.
+
+        The model was trained on patterns scaled to maximum 1 with no negative values, so every
+        row is brought there first (:meth:`normalize_input_values`: integer and other dtypes
+        become float32, each row is divided by its maximum, small negative values from
+        background subtraction are clipped to 0); rows that cannot be a pattern (non-finite
+        values, no positive intensity, negative values outweighing the peaks) are refused with
+        a ValueError naming the row and the reason.
 
         With ``min_confidence`` (in [0, 1]) a prediction whose best probability is below it is
         marked ``uncertain``."""
         min_confidence = check_min_confidence(min_confidence)
-        input_values = torch.as_tensor(input_values, dtype=torch.float32).to(self.device)
-        if input_values.dim() == 1:
-            input_values = input_values[None]
+        input_values = self.normalize_input_values(input_values, sources).to(self.device)
         top_k = min(int(top_k), self.model.config.num_labels)
         if top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {top_k}")
@@ -258,6 +264,61 @@ class SpaceGroupPredictor:
                 )
             )
         return predictions
+
+    def normalize_input_values(
+        self, input_values, sources: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """``input_values`` as the model's input: float32 ``[B, num_points]``, every row scaled to
+        maximum 1 (the model was trained on such patterns; a pattern on a 0-100 or counts scale,
+        e.g. :func:`~physmoe.data.read_reference_npy`'s, would otherwise give another answer),
+        negative values clipped to 0 (as :class:`~physmoe.XRDFeatureExtractor` does).
+
+        Raises:
+            ValueError: a wrong shape; a row with NaN/inf, without a positive value (all zero
+                or negative) or whose most negative value exceeds its maximum in size (a
+                sign-flipped or wrongly background-subtracted pattern); naming the row (and its
+                source, from ``sources``).
+        """
+        values = torch.as_tensor(input_values)
+        if values.dim() == 1:
+            values = values[None]
+        num_points = self.grid.num_points
+        if values.dim() != 2 or values.shape[1] != num_points:
+            raise ValueError(
+                f"input_values must be [num_points] or [batch, num_points] on the model grid "
+                f"({num_points} points), got shape {tuple(values.shape)}; use predict() for "
+                "patterns on their own 2theta axis"
+            )
+        if values.is_complex():
+            raise ValueError(f"input_values must be real intensities, got dtype {values.dtype}")
+        values = values.detach().to(torch.float64)
+        finite = torch.isfinite(values).all(dim=1)
+        clean = torch.where(finite[:, None], values, 0.0)
+        peak, lowest = clean.amax(dim=1), clean.amin(dim=1)
+        bad = ~finite | (peak <= 0) | (-lowest > peak)
+        if bool(bad.any()):
+            row = int(torch.nonzero(bad)[0])
+            high, low = float(peak[row]), float(lowest[row])
+            if not bool(finite[row]):
+                reason = "it has non-finite values (NaN or inf)"
+            elif high <= 0:
+                reason = "it is all zero" if low == 0 else "it has no positive intensity"
+            else:
+                reason = (
+                    f"its most negative value {low:.4g} outweighs its maximum {high:.4g} "
+                    "(sign-flipped, or a wrongly subtracted background?)"
+                )
+            name = f"pattern {row}"
+            if sources is not None and row < len(sources):
+                name += f" ({sources[row]})"
+            raise ValueError(f"{name} cannot be a diffraction pattern: {reason}")
+        rescaled = (peak - 1.0).abs() > 1e-6
+        if bool(rescaled.any()):
+            logger.info(
+                "%d of %d patterns rescaled to maximum 1 (their maxima start %s)",
+                int(rescaled.sum()), len(values), [round(float(v), 4) for v in peak[rescaled][:3]],
+            )
+        return (values.clamp_min(0.0) / peak[:, None]).to(torch.float32)
 
     # -- inputs from the outside world ----------------------------------------------------------
 

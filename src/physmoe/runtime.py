@@ -4,6 +4,10 @@
   native bf16 arithmetic (AVX512-BF16 or AMX) and on GPUs that support bf16; fp32 elsewhere.
   On a 2-core Zen 4 CPU bf16 autocast made the ResNet1D_MoE trunk 1.57x faster in training and
   1.5x at inference, with outputs within about 1 % of fp32.
+* :func:`automatic_training_precision`: the ``TrainingArguments`` settings ``physmoe train``
+  switches on when a config chooses no precision; always a combination that transformers accepts
+  and the Trainer can run (bf16 on a CPU needs ``use_cpu``, which is set where there is no
+  accelerator, since the Trainer would train on the CPU anyway).
 * :func:`configure_malloc`: glibc's default allocator maps and unmaps every block of 32 MB or
   more (a ``[32, 32, 8500]`` fp32 activation is 35 MB) on each use: ~200k page faults per batch-32
   forward. ``MALLOC_MMAP_MAX_=0`` and a large ``MALLOC_TRIM_THRESHOLD_`` keep freed memory in the
@@ -28,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "MALLOC_ENV",
+    "automatic_training_precision",
     "configure_malloc",
     "cpu_supports_bf16",
     "malloc_configured",
@@ -80,6 +85,56 @@ def recommended_autocast_dtype(device: torch.device | str | None = None) -> torc
     if device.type == "cpu":
         return torch.bfloat16 if cpu_supports_bf16() else None
     return None
+
+
+def _trainer_accelerator() -> str | None:
+    """The accelerator ``transformers.Trainer`` would train on without ``use_cpu`` (``"cuda"``,
+    ``"xla"``, ``"mps"`` ...), or None when it would train on the CPU."""
+    if torch.cuda.is_available():
+        return "cuda"
+    try:
+        from transformers.utils import is_torch_xla_available
+
+        if is_torch_xla_available():
+            return "xla"
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is not None and accelerator.is_available():
+        return accelerator.current_accelerator().type
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():  # pragma: no cover - torch < 2.6 on Apple
+        return "mps"
+    return None
+
+
+def automatic_training_precision(
+    use_cpu: bool = False, may_set_use_cpu: bool = True
+) -> dict[str, bool]:
+    """The ``TrainingArguments`` fields to set when a training config chooses no precision.
+
+    * ``{"bf16": True}`` on a CUDA device with bf16, and with ``use_cpu=True`` on a CPU with
+      native bf16 (:func:`recommended_autocast_dtype`);
+    * ``{"bf16": True, "use_cpu": True}`` on a CPU with native bf16 when the machine has no
+      accelerator and ``use_cpu`` is not set: transformers refuses ``bf16`` without an
+      accelerator unless ``use_cpu`` is set ("Your setup doesn't support bf16/gpu"), although the
+      Trainer trains on the CPU either way; with ``may_set_use_cpu=False`` (the user chose
+      ``use_cpu: false``) it is ``{}`` instead;
+    * ``{}`` (fp32) elsewhere: CPUs without bf16 instructions, GPUs without bf16, and other
+      accelerators (MPS, XPU, XLA ...), whose bf16 physmoe has not measured.
+
+    Whatever it returns is a configuration that transformers accepts and that runs.
+    """
+    accelerator = None if use_cpu else _trainer_accelerator()
+    if accelerator is not None:
+        if accelerator == "cuda" and recommended_autocast_dtype("cuda") is torch.bfloat16:
+            return {"bf16": True}
+        return {}
+    if recommended_autocast_dtype("cpu") is None:
+        return {}
+    if use_cpu:
+        return {"bf16": True}
+    return {"bf16": True, "use_cpu": True} if may_set_use_cpu else {}
 
 
 def recommended_autocast(

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from datasets import DatasetDict, concatenate_datasets
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .crystallography import ID2LABEL, NUM_SPACE_GROUPS, sg_to_sys_map
 from .data.collator import PXRDCollator
@@ -42,8 +41,14 @@ from .evaluation import (
     plot_per_class_accuracy,
 )
 from .models.resnet1d_moe import ResNet1D_MoE, ResNet1DMoEConfig
-from .training import PhysMoETrainer, PhysMoETrainingArguments, class_counts
-from .utils import write_json
+from .training import (
+    PhysMoETrainer,
+    PhysMoETrainingArguments,
+    class_counts,
+    last_complete_checkpoint,
+    replace_args,
+)
+from .utils import atomic_open, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -272,28 +277,136 @@ _RUN_OUTPUTS = (
 )
 
 
-def _check_output_dir(output_dir: Path, overwrite: bool) -> str | None:
-    """The checkpoint to resume from, if any; refuses to clobber a finished model."""
-    if not output_dir.is_dir():
-        return None
-    last = get_last_checkpoint(str(output_dir))
+# A finished model is replaced through two siblings of output_dir: the new run trains into
+# "<name>.physmoe-new" and its outputs move into output_dir once they are all saved; the old ones
+# wait in "<name>.physmoe-old" while they are swapped. _READY in the new folder says its outputs
+# are complete, _MOVED in the old one that output_dir's old outputs have all left.
+_NEW_SUFFIX, _OLD_SUFFIX = ".physmoe-new", ".physmoe-old"
+_READY, _MOVED = ".physmoe-ready", ".physmoe-moved"
+
+
+@dataclass
+class _OutputPlan:
+    """Where a run trains (``train_dir``), the checkpoint it resumes from, and whether its
+    outputs replace a finished model in ``output_dir`` at the end (``train_dir`` is then the
+    ``.physmoe-new`` sibling)."""
+
+    output_dir: Path
+    train_dir: Path
+    resume_from: str | None
+    replaces: bool
+
+
+def _replacement_folders(output_dir: Path) -> tuple[Path, Path]:
+    absolute = Path(os.path.abspath(output_dir))
+    name = absolute.name
+    return absolute.with_name(name + _NEW_SUFFIX), absolute.with_name(name + _OLD_SUFFIX)
+
+
+def _is_run_output(entry: Path) -> bool:
+    if entry.is_dir():
+        return entry.name.startswith("checkpoint-")
+    return any(fnmatch.fnmatch(entry.name, pattern) for pattern in _RUN_OUTPUTS)
+
+
+def _check_output_dir(
+    output_dir: Path, overwrite: bool, require_training_state: bool = True
+) -> _OutputPlan:
+    """Where to train and what to resume from; refuses to clobber a finished model.
+
+    Nothing is deleted here. A finished model is replaced (``overwrite``) by training into the
+    ``<output_dir>.physmoe-new`` sibling; :func:`_replace_outputs` swaps the new outputs in once
+    they are all saved, so a failing or killed run leaves the old model as it was, and a killed
+    replacement run resumes from its own checkpoints when started again. A replacement killed
+    while swapping is completed here. Incomplete checkpoints (a run killed while saving one) are
+    skipped (:func:`~physmoe.training.last_complete_checkpoint`).
+    """
+    output_dir = Path(output_dir)
+    new, _ = _replacement_folders(output_dir)
+    if (new / _READY).is_file():
+        logger.warning(
+            "%s holds a finished replacement of %s that was not moved in: moving it now",
+            new, output_dir,
+        )
+        _replace_outputs(new, output_dir)
     finished = (output_dir / "model.safetensors").exists()
     if finished and not overwrite:
+        pending = f"; an interrupted replacement run is in {new}" if new.is_dir() else ""
         raise FileExistsError(
-            f"{output_dir} already holds a trained model; pass --overwrite_output true to replace it or choose another output_dir"
+            f"{output_dir} already holds a trained model{pending}; pass --overwrite_output true "
+            "to replace it or choose another output_dir"
         )
-    if finished and overwrite:
-        # The old model goes now, not when the new one is saved: a new run killed on its way then
-        # resumes from its own checkpoints instead of meeting a "finished" folder.
-        for entry in output_dir.iterdir():
-            if entry.is_dir() and entry.name.startswith("checkpoint-"):
-                shutil.rmtree(entry, ignore_errors=True)  # every DDP process may get here
-            elif entry.is_file() and any(fnmatch.fnmatch(entry.name, pattern) for pattern in _RUN_OUTPUTS):
-                entry.unlink(missing_ok=True)
-        return None
+    if finished:
+        last = last_complete_checkpoint(new, require_training_state)
+        logger.info(
+            "training into %s%s; the model in %s is replaced only once the new one is saved",
+            new, f" (resuming from {last})" if last else "", output_dir,
+        )
+        return _OutputPlan(output_dir, new, last, replaces=True)
+    if new.is_dir():
+        logger.warning(
+            "%s holds no finished model: ignoring the unfinished replacement run in %s",
+            output_dir, new,
+        )
+    last = last_complete_checkpoint(output_dir, require_training_state)
     if last is not None:
         logger.info("resuming from %s", last)
-    return last
+    return _OutputPlan(output_dir, output_dir, last, replaces=False)
+
+
+def _retarget_checkpoints(new: Path, output_dir: Path) -> None:
+    """Point ``best_model_checkpoint`` in the new run's checkpoints at their final place."""
+    prefix, target = str(new), str(Path(os.path.abspath(output_dir)))
+    for state_file in new.glob("checkpoint-*/trainer_state.json"):
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # an incomplete checkpoint: skipped on resume anyway
+            continue
+        best = state.get("best_model_checkpoint") if isinstance(state, dict) else None
+        if isinstance(best, str) and best.startswith(prefix):
+            state["best_model_checkpoint"] = target + best[len(prefix):]
+            with atomic_open(state_file) as handle:  # as TrainerState.save_to_json writes it
+                handle.write(json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+
+def _move_merging(source: Path, target: Path) -> None:
+    """Move ``source`` to ``target``; folders that exist in both are merged; a file that exists
+    in ``target`` (not a run output: those were moved away) is kept and the new one dropped."""
+    if not target.exists():
+        os.replace(source, target)
+    elif source.is_dir() and target.is_dir():
+        for child in list(source.iterdir()):
+            _move_merging(child, target / child.name)
+    else:
+        logger.warning(
+            "%s exists and is not a run output: kept (the new run's %s is dropped)",
+            target, source.name,
+        )
+
+
+def _replace_outputs(new: Path, output_dir: Path) -> None:
+    """Swap the finished run in ``new`` into ``output_dir``: the old run outputs (model files,
+    card, results, plots, checkpoints) move to the ``.physmoe-old`` sibling, the new ones move
+    in, both siblings are removed. Other files in ``output_dir`` stay. Safe to repeat after a
+    kill at any point (:func:`_check_output_dir` does)."""
+    _, old = _replacement_folders(output_dir)
+    (new / _READY).touch()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not (old / _MOVED).is_file():
+        old.mkdir(exist_ok=True)
+        for entry in sorted(output_dir.iterdir()):
+            if _is_run_output(entry):
+                stale = old / entry.name
+                if stale.is_dir():
+                    shutil.rmtree(stale)
+                os.replace(entry, stale)
+        (old / _MOVED).touch()
+    for entry in sorted(new.iterdir()):
+        if entry.name != _READY:
+            _move_merging(entry, output_dir / entry.name)
+    shutil.rmtree(new)
+    shutil.rmtree(old, ignore_errors=True)
+    logger.info("the new model replaced the old one in %s", output_dir)
 
 
 def _prefixed(metrics: dict, prefix: str) -> dict:
@@ -313,8 +426,18 @@ def train_and_evaluate(
     """
     set_seed(training_args.seed)
     output_dir = Path(training_args.output_dir)
-    last_checkpoint = _check_output_dir(output_dir, run_args.overwrite_output)
-    resume_from = training_args.resume_from_checkpoint or last_checkpoint
+    with training_args.main_process_first(local=False, desc="checking output_dir"):
+        plan = _check_output_dir(
+            output_dir, run_args.overwrite_output, not training_args.save_only_model
+        )
+    if plan.replaces:
+        # The new run lives in the sibling folder until its outputs are saved (see
+        # _check_output_dir); the Hub repository keeps output_dir's name.
+        changes = {"output_dir": str(plan.train_dir)}
+        if training_args.push_to_hub and not training_args.hub_model_id:
+            changes["hub_model_id"] = Path(os.path.abspath(output_dir)).name
+        training_args = replace_args(training_args, **changes)
+    resume_from = training_args.resume_from_checkpoint or plan.resume_from
     if data_args.dataset == "stream" and training_args.max_steps <= 0:
         raise ValueError(
             f"dataset: stream never ends: set max_steps (got {training_args.max_steps}); "
@@ -379,7 +502,15 @@ def train_and_evaluate(
         results["hnm_most_confused_pairs"] = [pair._asdict() for pair in pairs]
 
     if trainer.is_world_process_zero():
-        _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, train_counts, test, temperature, run_args)
+        _save_outputs(
+            trainer, plan.train_dir, results, dataset, metadata, conditions, train_counts, test,
+            temperature, run_args,
+        )
+        if plan.replaces:
+            _retarget_checkpoints(plan.train_dir, output_dir)
+            _replace_outputs(plan.train_dir, output_dir)
+        if trainer.args.push_to_hub:  # once the card and the results exist
+            _push_outputs(trainer, output_dir)
     return results
 
 
@@ -387,7 +518,7 @@ def _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, t
     from .hub import write_model_card
 
     # Weights, config and the feature extractor (processing class). Not pushed from here: the
-    # push below comes once the card and the results exist.
+    # push comes once the card and the results exist (and a replaced model has been swapped).
     trainer.save_model(str(output_dir), _internal_call=True)
     write_json(output_dir / "all_results.json", results)
     write_json(output_dir / "log_history.json", trainer.state.log_history, indent=1)
@@ -409,15 +540,18 @@ def _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, t
     )
     if run_args.plots:
         _save_plots(output_dir, test, temperature, train_counts, dataset, trainer)
-    if trainer.args.push_to_hub:
-        from .hub import push_checkpoint
 
-        repo_id = getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id or output_dir.name
-        url = push_checkpoint(
-            output_dir, repo_id, private=bool(trainer.args.hub_private_repo), token=trainer.args.hub_token,
-            revision=trainer.args.hub_revision, commit_message="physmoe train: final model, card and metrics",
-        )
-        logger.info("pushed %s to the Hub: %s", output_dir, url)
+
+def _push_outputs(trainer, output_dir: Path) -> None:
+    from .hub import push_checkpoint
+
+    repo_id = getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id or output_dir.name
+    url = push_checkpoint(
+        output_dir, repo_id, private=bool(trainer.args.hub_private_repo),
+        token=trainer.args.hub_token, revision=trainer.args.hub_revision,
+        commit_message="physmoe train: final model, card and metrics",
+    )
+    logger.info("pushed %s to the Hub: %s", output_dir, url)
 
 
 def _condition_summary(conditions: MeasurementConditions) -> dict:

@@ -53,6 +53,87 @@ def test_wavelength_is_never_assumed(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        # Units: Angstrom in its spellings, nm and pm converted.
+        ("# Wavelength = 1.54056 Å", 1.54056),
+        ("# wavelength 1.54056 A", 1.54056),
+        ("# wavelength 1.54056A", 1.54056),
+        ("# Wavelength: 0.70930 angstrom", 0.7093),
+        ("# Wavelength [Angstroms] 0.70930", 0.7093),
+        ("# Wavelength (A): 0.70930", 0.7093),
+        ("# Wavelength: 0.154056 nm", 1.54056),
+        ("# wavelength 154.056 pm", 1.54056),
+        ("# The X-ray wavelength was 1.5406 Å", 1.5406),
+        # Key and value without a unit: Angstrom when it can only be Angstrom (0.3-3).
+        ("# wavelength: 1.5406", 1.5406),
+        ("lambda = 0.7093", 0.7093),
+        ("_diffrn_radiation_wavelength 0.7093", 0.7093),
+        # Emission lines: K-alpha1 preferred over K-alpha2, in any spelling and order.
+        ("# Kα1 = 1.540562 Å, Kα2 = 1.544390 Å", 1.540562),
+        ("# K-Alpha1 1.540598, K-Alpha2 1.544426, ratio 0.5", 1.540598),
+        ("# Ka2 1.54439 A Ka1 1.54056 A", 1.54056),
+        ("# Wavelength (A): 1.544390 (Ka2), 1.540562 (Ka1)", 1.540562),
+        ("# lambda1 = 1.54056, lambda2 = 1.54439", 1.54056),
+        ("# K-alpha 1.54184 A", 1.54184),  # the doublet's mean is a wavelength too
+        # Anode names: their K-alpha1.
+        ("# Anode Cu, wavelength type K-Alpha1, scan time 1.2 s/step", 1.54056),
+        ("# Radiation: Co", 1.78897),
+        ("# Target: Mo Kα", 0.7093),
+        ("# Tube: Fe", 1.93604),
+        ("# CrKa1 radiation", 2.2897),
+        ("# source: silver", 0.559421),
+        ("# Anode Cu, wavelength 1.5406 A", 1.5406),  # consistent with the anode
+        # Nothing about the wavelength: unknown, as before.
+        ("# scan time 1.2 s/step, file 64 kB, sample Fe2O3", None),
+    ],
+)
+def test_header_wavelength_forms(tmp_path, caplog, header, expected):
+    path = write(tmp_path, "scan.xy", f"{header}\n10 1\n11 2\n")
+    with caplog.at_level("WARNING", logger="physmoe.data.readers"):
+        pattern = read_pattern(path)
+    if expected is None:
+        assert pattern.wavelength is None and caplog.text == ""
+        return
+    assert pattern.wavelength == pytest.approx(expected, abs=1e-9)
+    # The value used and where it came from are reported.
+    assert f"using the wavelength {expected:.6g} A" in caplog.text and "line 1" in caplog.text
+    assert str(path) in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("header", "reason"),
+    [
+        ("# wavelength type K-Alpha1, scan time 1.2 s/step", "gives no value with a unit"),
+        ("# wavelength 0.154", r"0.154 without a unit \(Angstrom or nm\?\)"),
+        ("# Ka2 = 1.54439 A", "only a K-alpha2 wavelength"),
+        ("# Radiation: Cu Kβ", "K-beta"),
+        (
+            "# wavelength 1.5406 A\n# wavelength 0.7093 A",
+            r"1.5406 A \(line 1\) and 0.7093 A \(line 2\)",
+        ),
+        ("# Kα1 1.54056 Å\n# Kα1 0.70930 Å", "K-alpha1 1.54056 A"),
+        ("# anode Cu, anode Co", "anodes Co, Cu"),
+        ("# wavelength: 1.5406 A, anode Mo", "the anode is Mo"),
+        ("# wavelength 15406 A", "no X-ray wavelength"),
+    ],
+)
+def test_ambiguous_header_wavelengths_are_refused_unless_given(tmp_path, header, reason):
+    path = write(tmp_path, "scan.xy", f"{header}\n10 1\n11 2\n")
+    expected = rf"scan\.xy: ambiguous wavelength in the header: .*{reason}.*--wavelength"
+    with pytest.raises(ValueError, match=expected):
+        read_pattern(path)
+    assert read_pattern(path, wavelength=1.78897).wavelength == 1.78897  # the user's value wins
+
+
+def test_the_callers_wavelength_wins_without_a_warning(tmp_path, caplog):
+    path = write(tmp_path, "scan.xy", "# Wavelength: 1.54056 A\n10 1\n11 2\n")
+    with caplog.at_level("WARNING", logger="physmoe.data.readers"):
+        assert read_pattern(path, wavelength=0.7093).wavelength == 0.7093
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize(
     ("name", "text"),
     [
         ("comma.csv", "two_theta,intensity,sigma\n10.0,5.0,0.5\n10.5,6.0,0.6\n11.0,7.0,0.7\n"),
@@ -239,6 +320,39 @@ def test_simxrd_missing_file_is_not_created(tmp_path):
     with pytest.raises(FileNotFoundError, match="absent.db"):
         read_simxrd(path)
     assert not path.exists()
+
+
+def test_simxrd_files_are_read_without_being_written(simxrd_db):
+    before = simxrd_db.read_bytes()
+    assert len(read_simxrd(simxrd_db)) == 3
+    assert simxrd_db.read_bytes() == before
+    assert sorted(path.name for path in simxrd_db.parent.iterdir()) == ["simxrd.db"]  # no journal
+
+
+@pytest.mark.parametrize("content", ["foreign", "empty", "text"])
+def test_simxrd_refuses_files_that_are_no_ase_database_and_leaves_them_alone(tmp_path, content):
+    import sqlite3
+
+    pytest.importorskip("ase.db")
+    path = tmp_path / "data.db"
+    if content == "foreign":
+        with sqlite3.connect(path) as connection:
+            connection.execute("CREATE TABLE measurements (angle REAL, counts REAL)")
+            connection.execute("INSERT INTO measurements VALUES (10.0, 5.0)")
+        connection.close()
+        message = r"no table 'information', 'keys', 'systems' \(its tables are \['measurements'\]\)"
+    elif content == "empty":
+        path.write_bytes(b"")
+        message = r"\(it is empty\)"
+    else:
+        path.write_text("10 1\n11 2\n")
+        message = "file is not a database"
+    before = path.read_bytes()
+    expected = rf"data\.db is not a SimXRD-4M \(ASE SQLite\) database.*{message}"
+    with pytest.raises(ValueError, match=expected):
+        read_simxrd(path)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.db"]
 
 
 # ----------------------------------------------------------------------- reference .npy dicts

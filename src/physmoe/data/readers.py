@@ -3,8 +3,10 @@ the public reference implementation's ``.npy`` files.
 
 * :func:`read_pattern` -- two- or three-column text (``.xy``, ``.xye``, ``.csv``, ``.txt``, ``.dat``):
   2θ, intensity and an optional standard deviation, with comments, a header and any of the
-  usual delimiters. The wavelength is never assumed: it is ``None`` unless given or stated in the
-  file's comments/header (``# wavelength: 1.5406``, ``lambda = 0.7093``).
+  usual delimiters. The wavelength is never assumed: it is ``None`` unless given or stated
+  unambiguously in the file's comments/header (``# Wavelength: 1.5406 A``, ``0.154056 nm``,
+  ``lambda = 0.7093``, ``Kα1 = 1.54056 Å, Kα2 = ...``, ``# Anode Cu``); ambiguous headers are
+  refused unless the wavelength is given.
 * :func:`read_cif` -- a CIF file to a :class:`~physmoe.data.structures.Crystal` (gemmi, with
   pymatgen's lenient parser as a fallback).
 * :func:`iter_simxrd` / :func:`read_simxrd` -- SimXRD-4M ASE SQLite databases, whose per-row
@@ -19,10 +21,12 @@ the public reference implementation's ``.npy`` files.
 from __future__ import annotations
 
 import ast
+import contextlib
 import logging
 import math
 import os
 import re
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +35,11 @@ from typing import Any
 import numpy as np
 
 from ..crystallography import CRYSTAL_SYSTEMS, NUM_SPACE_GROUPS, crystal_system_index
-from .grid import TwoThetaGrid, bragg_d_spacing, bragg_two_theta, check_pattern_arrays
+from .grid import CU_KA1, TwoThetaGrid, bragg_d_spacing, bragg_two_theta, check_pattern_arrays
 from .structures import Crystal
 
 __all__ = [
+    "ANODE_KALPHA1",
     "Pattern",
     "ReferenceArrays",
     "SIMXRD_WAVELENGTH",
@@ -52,12 +57,214 @@ logger = logging.getLogger(__name__)
 SIMXRD_WAVELENGTH = 1.54184
 
 _COMMENT_PREFIXES = ("#", "!", ";", "%", "//", "*")
-# "wavelength", "lambda" or "λ", then (lazily) up to 40 characters, then a decimal number:
-# "# Wavelength (A): 1.5406", "lambda1 = 1.54056", "_diffrn_radiation_wavelength 0.7093".
-_WAVELENGTH_PATTERN = re.compile(r"(?:wavelength|lambda|λ).{0,40}?(\d*\.\d+)", re.IGNORECASE)
 _NUMPY_SCALAR_REPR = re.compile(r"np\.\w+\(([^()]*)\)")
 # Stated values outside this range (Angstrom) are not wavelengths of a diffraction experiment.
 _PLAUSIBLE_WAVELENGTH = (0.01, 10.0)
+# A value stated without a unit is taken as Angstrom only inside this range (all laboratory
+# anodes, most synchrotron work); outside it (e.g. 0.154: nm or Angstrom?) it is ambiguous.
+_UNITLESS_ANGSTROM = (0.3, 3.0)
+
+#: K-alpha1 wavelengths in Angstrom of the usual anodes (Cu from physmoe.data.grid; the others
+#: Hoelzer et al. 1997, as in pymatgen). Headers that only name the anode get these.
+ANODE_KALPHA1 = {
+    "Cu": CU_KA1, "Co": 1.78897, "Mo": 0.70930, "Fe": 1.93604, "Cr": 2.28970, "Ag": 0.559421,
+}
+_ANODE_NAMES = {
+    "copper": "Cu", "cobalt": "Co", "molybdenum": "Mo", "iron": "Fe", "chromium": "Cr",
+    "silver": "Ag",
+}
+_ANODE_NAME = r"(Cu|Co|Mo|Fe|Cr|Ag|copper|cobalt|molybdenum|iron|chromium|silver)"
+_ANODE = _ANODE_NAME + r"(?![A-Za-z0-9])"
+_UNIT = r"(Å|Å|ångströms?|angstr[öo]ms?|A|nm|pm)(?![A-Za-z])"
+_TO_ANGSTROM = {"nm": 10.0, "pm": 0.01}
+# "wavelength", "lambda", "λ" (optionally numbered: "lambda1 =" is K-alpha1).
+_KEYWORD = re.compile(r"(?:wave[ -]?length|lambda|λ)(?:[ _-]?([12])(?![\d.]))?", re.IGNORECASE)
+# An emission line: "Kα1", "K-Alpha1", "Ka1", "K alpha 2", "Kα", "Kβ", optionally after the anode
+# ("CuKa1", "Cu K-Alpha1").
+_LINE = re.compile(
+    r"(?<![A-Za-z])(?:" + _ANODE_NAME + r"[ _-]?)?K[ _-]?(α|alpha|a|β|beta|b)"
+    r"(?:[ _-]?([123])(?![\d.]))?(?![A-Za-z])",
+    re.IGNORECASE,
+)
+_ANODE_KEYWORD = re.compile(
+    r"(?:anode|target|tube|radiation|source)\b[^,;|]*?(?<![A-Za-z])" + _ANODE, re.IGNORECASE
+)
+_NUMBER = re.compile(r"(?<![\w.])(\d+\.\d*|\.\d+|\d+)")
+_UNIT_AFTER = re.compile(r"\s*" + _UNIT, re.IGNORECASE)
+_BRACKETED_UNIT = re.compile(r"[(\[]\s*" + _UNIT + r"\s*[)\]]", re.IGNORECASE)
+
+
+@dataclass
+class _Stated:
+    """One wavelength a header states: the value in Angstrom, its emission line ("a1", "a2",
+    "a" for the K-alpha mean, "b", or None when not said), where, and how it was read."""
+
+    value: float
+    line: str | None
+    line_number: int
+    text: str
+    how: str
+
+
+def _anode_symbol(name: str) -> str:
+    return _ANODE_NAMES.get(name.lower(), name[:1].upper() + name[1:].lower())
+
+
+def _line_label(match: re.Match) -> str:
+    kind, number = match.group(2).lower(), match.group(3)
+    base = "a" if kind in ("α", "alpha", "a") else "b"
+    return base + (number or "") if base == "a" else "b"
+
+
+def _header_wavelengths(line: str, line_number: int) -> tuple[list[_Stated], list[str], list[str]]:
+    """The wavelengths a comment/header line states unambiguously, the anodes it names (with the
+    K-alpha line, not K-beta), and why clauses that mention a wavelength give no usable value.
+
+    A number counts when its clause (the line split at ``,``, ``;`` and ``|``) names the
+    wavelength or an emission line, and it carries a length unit (after it, or bracketed after
+    the keyword: ``Wavelength (A): 0.7093``), or it is tagged without a unit (directly after the
+    keyword or line name, ``lambda = 0.7093``, or followed by its line name, ``1.5406 (Ka1)``) and
+    lies where only Angstrom makes sense (0.3-3)."""
+    stated, anodes, unclear = [], [], []
+    declared = re.search(_KEYWORD.pattern + r"\s*" + _BRACKETED_UNIT.pattern, line, re.IGNORECASE)
+    line_unit = declared.group(2) if declared else None  # "Wavelength (A): ..., ..."
+    for clause in re.split(r"[,;|]", line):
+        labels = [(m.span(), _line_label(m), m.group(1)) for m in _LINE.finditer(clause)]
+        keywords = [(m.span(), m.group(1)) for m in _KEYWORD.finditer(clause)]
+        anode_names = [m.group(1) for m in _ANODE_KEYWORD.finditer(clause)]
+        anode_names += [name for _, label, name in labels if name and label.startswith("a")]
+        if anode_names and any(label == "b" for _, label, _ in labels):
+            unclear.append(f"{clause.strip()!r} names a K-beta line")  # not the anode's K-alpha1
+            anode_names = []
+        anodes += [_anode_symbol(name) for name in anode_names]
+        if not (labels or keywords):
+            continue  # numbers here are about something else ("scan time 1.2 s/step")
+        # Hide the keywords and line names ("Ka1", "lambda1") from the number search.
+        masked = list(clause)
+        for (start, end), *_ in labels + keywords:
+            masked[start:end] = "\0" * (end - start)
+        masked = "".join(masked)
+        found, problems, previous_end = False, [], 0
+        for number in _NUMBER.finditer(masked):
+            unit_match = _UNIT_AFTER.match(masked, number.end())
+            first, last = previous_end, number.start()
+            previous_end = unit_match.end() if unit_match else number.end()
+            before = [item for item in labels if first <= item[0][0] < last]
+            named = [item for item in keywords if first <= item[0][0] < last]
+            label = before[-1][1] if before else None
+            if label is None and named and named[-1][1]:
+                label = "a" + named[-1][1]  # lambda1 / lambda2
+            if label is None:  # "1.54056 Å (Kα1)": a line name right after the value
+                after = _LINE.search(clause, previous_end)
+                gap = clause[previous_end:after.start()] if after else ""
+                if after and not gap.strip(" ()[]:="):
+                    label = _line_label(after)
+            prefix = masked[first:last]
+            # Directly after the keyword / line name: only separators and a bracketed unit between.
+            rest = _BRACKETED_UNIT.sub("", prefix.rsplit("\0", 1)[-1])
+            direct = bool(before or named) and not re.sub(r"[\s:=_()\[\]-]", "", rest)
+            tagged = direct or label is not None
+            value = float(number.group(1))
+            unit = unit_match.group(1) if unit_match else None
+            if unit is None and tagged:
+                bracketed = _BRACKETED_UNIT.search(prefix)
+                unit = bracketed.group(1) if bracketed else line_unit
+            if unit is not None:
+                angstrom = value * _TO_ANGSTROM.get(unit.lower(), 1.0)
+                converted = " converted to Angstrom" if unit.lower() in _TO_ANGSTROM else ""
+                how = f"{value:g} {unit}{converted}"
+            elif tagged and _UNITLESS_ANGSTROM[0] <= value <= _UNITLESS_ANGSTROM[1]:
+                angstrom, how = value, f"{value:g} without a unit, taken as Angstrom"
+            else:
+                if tagged:
+                    problems.append(
+                        f"{clause.strip()!r}: {value:g} without a unit (Angstrom or nm?)"
+                    )
+                continue
+            if not _PLAUSIBLE_WAVELENGTH[0] <= angstrom <= _PLAUSIBLE_WAVELENGTH[1]:
+                problems.append(f"{clause.strip()!r}: {how} is no X-ray wavelength")
+                continue
+            stated.append(_Stated(angstrom, label, line_number, line, how))
+            found = True
+        if not found and keywords and not anode_names:
+            unclear += problems or [f"{clause.strip()!r} gives no value with a unit"]
+    return stated, anodes, unclear
+
+
+def _resolve_header_wavelength(
+    path: Path,
+    stated: list[_Stated],
+    anodes: list[tuple[str, int, str]],
+    unclear: list[tuple[str, int]],
+) -> float | None:
+    """The wavelength a file's header states, following :func:`read_pattern`'s rules (warns
+    which value it used), None when the header says nothing about it, ValueError if ambiguous."""
+    advice = (
+        "pass the wavelength explicitly (physmoe predict --wavelength, "
+        "read_pattern(wavelength=...))"
+    )
+
+    def ambiguous(reason: str) -> ValueError:
+        return ValueError(f"{path}: ambiguous wavelength in the header: {reason}; {advice}")
+
+    def distinct(values: list[_Stated]) -> list[_Stated]:
+        kept: list[_Stated] = []
+        for item in values:
+            if not any(abs(item.value - other.value) <= 1e-4 for other in kept):
+                kept.append(item)
+        return kept
+
+    kalpha1 = distinct([item for item in stated if item.line == "a1"])
+    plain = distinct([item for item in stated if item.line in (None, "a")])
+    others = [item for item in stated if item.line not in ("a1", None, "a")]
+    chosen: _Stated | None = None
+    if kalpha1:
+        if len(kalpha1) > 1:
+            values = (f"K-alpha1 {i.value:g} A (line {i.line_number})" for i in kalpha1)
+            raise ambiguous(" and ".join(values))
+        chosen = kalpha1[0]
+        both = any(i.line == "a2" for i in stated)
+        note = " (K-alpha1; K-alpha2 also listed)" if both else " (K-alpha1)"
+    elif plain:
+        if len(plain) > 1:
+            raise ambiguous(" and ".join(f"{i.value:g} A (line {i.line_number})" for i in plain))
+        chosen, note = plain[0], ""
+    elif others:
+        item = others[0]
+        kind = {"a2": "K-alpha2", "b": "K-beta"}.get(item.line or "", item.line)
+        raise ambiguous(
+            f"line {item.line_number} gives only a {kind} wavelength ({item.value:g} A)"
+        )
+    symbols = sorted({symbol for symbol, _, _ in anodes})
+    if len(symbols) > 1:
+        raise ambiguous(f"it names the anodes {', '.join(symbols)}")
+    if chosen is not None:
+        if symbols:
+            reference = ANODE_KALPHA1[symbols[0]]
+            if abs(chosen.value - reference) > 0.02:
+                raise ambiguous(
+                    f"line {chosen.line_number} states {chosen.value:g} A but the anode is "
+                    f"{symbols[0]} (K-alpha1 {reference:g} A)"
+                )
+        logger.warning(
+            "%s: using the wavelength %.6g A stated on line %d (%s%s): %r; "
+            "pass wavelength= to override",
+            path, chosen.value, chosen.line_number, chosen.how, note, chosen.text,
+        )
+        return chosen.value
+    if symbols:
+        symbol, line_number, text = next(item for item in anodes if item[0] == symbols[0])
+        value = ANODE_KALPHA1[symbol]
+        logger.warning(
+            "%s: using the wavelength %.6g A, %s K-alpha1, for the anode named on line %d: %r; "
+            "pass wavelength= to override",
+            path, value, symbol, line_number, text,
+        )
+        return value
+    if unclear:
+        clause, line_number = unclear[0]
+        raise ambiguous(f"line {line_number}: {clause}")
+    return None
 
 
 # ---------------------------------------------------------------------------------- patterns
@@ -143,35 +350,45 @@ def read_pattern(
 
     Args:
         path: The file.
-        wavelength: Wavelength in Angstrom of the 2θ axis. If None, a value stated in a comment or
-            header line (``wavelength``, ``lambda`` or ``λ`` followed by a number) is used; else
-            the pattern's wavelength stays None (never silently Cu K-alpha).
+        wavelength: Wavelength in Angstrom of the 2θ axis; it always wins over the header. If
+            None, the wavelength the comment/header lines state unambiguously is used, with a
+            warning that says which value and line: a number with a length unit in a clause
+            about the wavelength or an emission line (``Wavelength = 1.5406 Å``, ``0.154056 nm``
+            converted, ``Wavelength (A): 0.7093``, ``1.5406 A (Kα1)``); a unitless number right
+            after ``wavelength``/``lambda``/``λ``/a line name between 0.3 and 3 (Angstrom); the
+            Kα1 value when Kα1 and Kα2 are listed; else the Kα1 of an anode the header names
+            (``Anode Cu``, ``Radiation: Co``, ``CuKa1``; Cu, Co, Mo, Fe, Cr, Ag:
+            :data:`ANODE_KALPHA1`). A header that says nothing about it leaves the wavelength
+            None (never silently Cu K-alpha).
         delimiter: Column delimiter; None guesses per line as described.
         encoding: Text encoding.
 
     Raises:
         ValueError: naming the file and line for unparsable lines, a wrong column count,
-            non-finite values, 2θ outside (0, 180) or not monotonic, negative sigma; or an empty
-            file.
+            non-finite values, 2θ outside (0, 180) or not monotonic, negative sigma; an empty
+            file; without ``wavelength``, a header whose wavelength is ambiguous (different
+            values, only Kα2 or Kβ, a unitless value that may be nm, a value contradicting the
+            named anode, several anodes, a mention without a value).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pattern file not found: {path}")
     rows: list[list[float]] = []
     line_numbers: list[int] = []
-    stated_wavelength = None
+    stated: list[_Stated] = []
+    anodes: list[tuple[str, int, str]] = []
+    unclear_mentions: list[tuple[str, int]] = []
     with path.open(encoding=encoding) as handle:
         for line_number, raw_line in enumerate(handle, start=1):
             line = raw_line.strip()
             if not line:
                 continue
             is_comment = line.startswith(_COMMENT_PREFIXES)
-            if is_comment or not rows:
-                match = _WAVELENGTH_PATTERN.search(line)
-                if match and stated_wavelength is None:
-                    value = float(match.group(1))
-                    if _PLAUSIBLE_WAVELENGTH[0] <= value <= _PLAUSIBLE_WAVELENGTH[1]:
-                        stated_wavelength = value
+            if (is_comment or not rows) and wavelength is None:  # an explicit wavelength wins
+                found, named, unclear = _header_wavelengths(line, line_number)
+                stated += found
+                anodes += [(symbol, line_number, line) for symbol in named]
+                unclear_mentions += [(clause, line_number) for clause in unclear]
             if is_comment:
                 continue
             line = line.split("#", 1)[0].strip()
@@ -224,7 +441,7 @@ def read_pattern(
         if bad.size:
             raise ValueError(f"{path}:{numbers[bad[0]]}: negative sigma {sigma[bad[0]]}")
     if wavelength is None:
-        wavelength = stated_wavelength
+        wavelength = _resolve_header_wavelength(path, stated, anodes, unclear_mentions)
     if wavelength is not None and not (math.isfinite(wavelength) and wavelength > 0):
         raise ValueError(f"{path}: wavelength must be a positive number of Angstrom, got {wavelength}")
     return Pattern(
@@ -341,6 +558,24 @@ def _parse_literal(text: Any) -> Any:
         return text
 
 
+def _check_ase_database(path: Path, uri: str) -> None:
+    """Refuse, with a ValueError naming ``path``, a file that is not an ASE SQLite database
+    (opened read-only: nothing is written)."""
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as connection:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            tables = {name for (name,) in rows}
+    except sqlite3.DatabaseError as error:
+        raise ValueError(f"{path} is not a SimXRD-4M (ASE SQLite) database: {error}") from None
+    missing = sorted({"systems", "keys", "information"} - tables)
+    if missing:
+        found = f"its tables are {sorted(tables)}" if tables else "it is empty"
+        raise ValueError(
+            f"{path} is not a SimXRD-4M (ASE SQLite) database: no table "
+            f"{', '.join(map(repr, missing))} ({found})"
+        )
+
+
 def iter_simxrd(
     path: str | os.PathLike,
     *,
@@ -351,7 +586,8 @@ def iter_simxrd(
     """Iterate over the rows of a SimXRD-4M ASE database.
 
     Args:
-        path: The ``.db`` file (opened read-only in effect: it must exist; nothing is written).
+        path: The ``.db`` file (opened read-only: it must exist and be an ASE database; nothing
+            is written to it).
         wavelength: Wavelength in Angstrom at which 2θ is computed from the stored d-spacings,
             ``2θ = 2 asin(wavelength / (2 d))`` (default: SimXRD's own, Cu K-alpha 1.54184).
             Points whose d cannot diffract at this wavelength are dropped.
@@ -362,8 +598,9 @@ def iter_simxrd(
         :class:`SimXRDRecord` per row.
 
     Raises:
-        ValueError: naming the row for missing or malformed fields, or a crystal system that
-            contradicts the space group.
+        ValueError: naming the file when it is not an ASE SQLite database (another SQLite file,
+            an empty file); naming the row for missing or malformed fields, or a crystal system
+            that contradicts the space group.
     """
     try:
         from ase.db import connect
@@ -375,7 +612,11 @@ def iter_simxrd(
         raise FileNotFoundError(f"SimXRD database not found: {path}")
     if not (math.isfinite(wavelength) and wavelength > 0):
         raise ValueError(f"wavelength must be a positive number of Angstrom, got {wavelength}")
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    _check_ase_database(path, uri)
     database = connect(str(path), type="db")
+    # Read-only for ASE too: ase.db creates its tables in any file it opens that lacks them.
+    database._connect = lambda: sqlite3.connect(uri, uri=True, timeout=20)
     select_kwargs = {} if limit is None else {"limit": int(limit)}
     for row in database.select(selection, **select_kwargs):
         where = f"{path}: row {row.id}"
