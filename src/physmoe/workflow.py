@@ -64,7 +64,7 @@ __all__ = [
     "train_and_evaluate",
 ]
 
-_LOGIT_ADJUSTED_PRESETS = ("balanced_softmax",)
+_LOGIT_ADJUSTED_PRESETS = ("balanced_softmax", "balanced_experts")
 
 
 @dataclass

@@ -137,6 +137,7 @@ def test_presets_and_build_loss():
         "scheme2",
         "cross_entropy",
         "balanced_softmax",
+        "balanced_experts",
     }
     scheme2 = LOSS_PRESETS["scheme2"]
     assert scheme2.wrapper_class is PhysMoELossWrapper

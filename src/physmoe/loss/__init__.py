@@ -2,6 +2,7 @@
 
 ``build_loss("physmoe", cfg, rule_matrix, sg_to_sys_map)`` builds the spec's full loss;
 ``LOSS_PRESETS`` lists every named configuration (wrapper class plus keyword arguments).
+``"balanced_experts"`` (:mod:`physmoe.loss.balanced_experts`) goes beyond the spec.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from physmoe.loss.balanced_experts import (
+    DEFAULT_EXPERT_TAU_RANGE,
+    BalancedExpertsLossWrapper,
+    balanced_expert_ensemble,
+    expert_taus,
+)
 from physmoe.loss.baselines import BalancedSoftmaxLossWrapper, CrossEntropyLossWrapper
 from physmoe.loss.hnm import HardNegativeMining_Proto
 from physmoe.loss.moe_loss import (
@@ -34,7 +41,9 @@ from physmoe.loss.physics_contrast_loss import (
 )
 
 __all__ = [
+    "DEFAULT_EXPERT_TAU_RANGE",
     "LOSS_PRESETS",
+    "BalancedExpertsLossWrapper",
     "BalancedSoftmaxLossWrapper",
     "CenterRegularizationLoss",
     "CrossEntropyLossWrapper",
@@ -45,7 +54,9 @@ __all__ = [
     "PhysMoELossWrapper",
     "PhysMoELossWrapperNoContrast",
     "PhysicsContrastiveLoss",
+    "balanced_expert_ensemble",
     "build_loss",
+    "expert_taus",
     "feature_diversity_loss",
     "gated_ensemble_logits",
     "log_class_prior",
@@ -80,6 +91,10 @@ _PHYSMOE_WEIGHTS = {
 #: without the contrastive term; ``"scheme2"``: the public reference's recommended weights
 #: (λ_scl 0.2, λ_dol 0.5, λ_col 0.3, λ_hier 1.5, no centre regularisation); ``"cross_entropy"``
 #: and ``"balanced_softmax"`` (τ = 1, needs ``class_prior``): the long-tail baselines.
+#: ``"balanced_experts"`` (beyond the spec, needs ``class_prior``): expert k trained with
+#: ``CE(z_k + tau_k log prior, y)``, tau evenly spaced 0..2 (BalPoE), the ensemble evaluated
+#: balanced, plus the hierarchical, contrastive and centre terms (λ_hier 1, λ_scl 0.1,
+#: λ_reg 0.001, λ_hnm 0; untuned); see :class:`BalancedExpertsLossWrapper`.
 LOSS_PRESETS: Mapping[str, LossPreset] = MappingProxyType(
     {
         "physmoe": LossPreset(PhysMoELossWrapper, _PHYSMOE_WEIGHTS),
@@ -100,6 +115,18 @@ LOSS_PRESETS: Mapping[str, LossPreset] = MappingProxyType(
         ),
         "cross_entropy": LossPreset(CrossEntropyLossWrapper, {}),
         "balanced_softmax": LossPreset(BalancedSoftmaxLossWrapper, {"tau": 1.0}),
+        "balanced_experts": LossPreset(
+            BalancedExpertsLossWrapper,
+            {
+                "tau_min": DEFAULT_EXPERT_TAU_RANGE[0],
+                "tau_max": DEFAULT_EXPERT_TAU_RANGE[1],
+                "lambda_dol": 1.0,
+                "lambda_hier": 1.0,
+                "lambda_scl": 0.1,
+                "lambda_reg": 0.001,
+                "lambda_hnm": 0.0,
+            },
+        ),
     }
 )
 

@@ -140,14 +140,21 @@ class PhysicsContrastiveLoss(nn.Module):
     pair of positive weight (e.g. a one-class batch), contribute nothing and are left out of the
     mean; a batch without any valid anchor gives an exact 0. The loss is not bounded below by 0:
     positives with weight 0 are not in the denominator.
+
+    ``validate`` (default True) range-checks the labels on every call (one host sync; an
+    out-of-range label would otherwise raise an IndexError or, if negative, wrap around silently);
+    :meth:`~physmoe.ResNet1D_MoE.value_checks_disabled` switches it off with the other checks.
     """
 
-    def __init__(self, temperature: float = 0.07, rule_threshold: float = 0.8) -> None:
+    def __init__(
+        self, temperature: float = 0.07, rule_threshold: float = 0.8, validate: bool = True
+    ) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)
         self.rule_threshold = float(rule_threshold)
+        self.validate = bool(validate)
 
     def forward(
         self,
@@ -167,7 +174,7 @@ class PhysicsContrastiveLoss(nn.Module):
         Returns the scalar loss.
         """
         features = upcast(check_tensor(features, "features"))
-        labels = check_labels(labels, rule_matrix.shape[0], check_range=False)
+        labels = check_labels(labels, rule_matrix.shape[0], check_range=self.validate)
         if features.dim() != 2 or labels.shape != features.shape[:1]:
             raise ValueError(
                 f"features must be [batch, feature_dim] and labels [batch]; got {list(features.shape)} "
@@ -714,7 +721,9 @@ class PhysMoELossWrapper(nn.Module):
             )
 
         self.contrastive = (
-            PhysicsContrastiveLoss(temperature, rule_threshold) if self.lambda_scl > 0 else None
+            PhysicsContrastiveLoss(temperature, rule_threshold, validate=self.validate)
+            if self.lambda_scl > 0
+            else None
         )
         self.icl = ICLMoELoss(
             self.num_experts, tail_expert_ids, gamma=gamma, detach_ensemble=detach_ensemble

@@ -23,7 +23,17 @@ NUM_CRYSTAL_SYSTEMS = len(CRYSTAL_SYSTEM_FIRST_SPACE_GROUP)
 NUM_SPACE_GROUPS = 230
 
 #: Names of ``physmoe.loss.LOSS_PRESETS`` (repeated so a config validates without physmoe).
-LOSS_PRESET_NAMES = ("physmoe", "physmoe_no_contrast", "scheme2", "cross_entropy", "balanced_softmax")
+LOSS_PRESET_NAMES = (
+    "physmoe",
+    "physmoe_no_contrast",
+    "scheme2",
+    "cross_entropy",
+    "balanced_softmax",
+    "balanced_experts",
+)
+#: Default ``(tau_min, tau_max)`` of the ``"balanced_experts"`` preset's experts (repeated from
+#: ``physmoe.loss.DEFAULT_EXPERT_TAU_RANGE`` so that inference works without physmoe).
+BALANCED_EXPERTS_TAU_RANGE = (0.0, 2.0)
 RULE_MATRIX_SOURCES = ("physmoe", "operator_cosine")
 EXPERT_MODES = ("independent", "shared")
 HIERARCHICAL_INFERENCE_MODES = ("soft", "hard", "none")
@@ -84,6 +94,8 @@ _LOSS_OVERRIDE_FIELDS = (
     "rule_threshold",
     "focal_gamma",
     "prior_floor",
+    "expert_tau_min",
+    "expert_tau_max",
 )
 _SPACE_GROUP_IN_LABEL = re.compile(r"\((\d{1,3})\)\s*$")
 
@@ -211,7 +223,20 @@ class ResNet1DMoEConfig(PretrainedConfig):
     Args:
         loss_preset (`str`, defaults to "physmoe"): a name of ``physmoe.loss.LOSS_PRESETS``:
             ``"physmoe"``, ``"physmoe_no_contrast"``, ``"scheme2"``, ``"cross_entropy"``,
-            ``"balanced_softmax"``.
+            ``"balanced_softmax"``, ``"balanced_experts"``. ``"balanced_experts"`` (beyond the
+            spec; needs ``class_prior``) trains expert ``k`` with ``CE(z_k + tau_k log(prior),
+            y)``, ``tau_k`` evenly spaced from ``expert_tau_min`` to ``expert_tau_max``, plus the
+            hierarchical, contrastive, centre and HNM terms (``lambda_dol``, ``lambda_hier``,
+            ``lambda_scl``, ``lambda_reg``, ``lambda_hnm``; defaults 1, 1, 0.1, 0.001, 0). With it
+            the model's ``ensemble_logits`` are the **balanced ensemble**
+            ``sum_k g_k z_k + (sum_k g_k tau_k - 1) log(prior)`` (``g`` the gating weights; with a
+            uniform gate and mean tau 1 the plain average of the expert logits, BalPoE's rule),
+            and ``logits`` apply ``hierarchical_inference`` to it as in the other presets (the
+            crystal-system factor of ``"soft"`` / ``"hard"`` is the system head, not re-balanced).
+        expert_tau_min, expert_tau_max (`float`, optional): the range of the experts' logit
+            adjustments for ``"balanced_experts"``; ``None`` keeps the preset's 0 and 2 (mean 1:
+            for K = 8 the taus are 0, 2/7, ..., 2; one expert gets the midpoint).
+            :meth:`balanced_expert_taus` gives the values.
         lambda_scl, lambda_dol, lambda_col, lambda_hier, lambda_reg, lambda_hnm, tau
             (`float`, optional): explicit loss weights and logit-adjustment strength; ``None``
             keeps the preset's value.
@@ -287,6 +312,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
     rule_threshold: float | int | None = None
     focal_gamma: float | int | None = None
     prior_floor: float | int | None = None
+    expert_tau_min: float | int | None = None
+    expert_tau_max: float | int | None = None
     detach_ensemble: bool | None = None
     rule_matrix: str = "physmoe"
     class_prior: list[float] | None = None
@@ -434,6 +461,9 @@ class ResNet1DMoEConfig(PretrainedConfig):
             raise ValueError(f"hnm_k must be an int >= 1, got {self.hnm_k!r}")
         if self.num_labels is None or self.num_labels < 2:
             raise ValueError(f"num_labels must be >= 2, got {self.num_labels}")
+        low, high = self._expert_tau_range()
+        if low > high:
+            raise ValueError(f"expert_tau_min ({low}) must not exceed expert_tau_max ({high})")
         if self.class_prior is not None:
             prior = self.class_prior
             if not all(_is_number(p) and p >= 0 for p in prior) or not sum(prior) > 0:
@@ -489,9 +519,31 @@ class ResNet1DMoEConfig(PretrainedConfig):
         """Alias of ``feature_dim`` (the name ``physmoe.loss`` reads)."""
         return self.feature_dim
 
+    def _expert_tau_range(self) -> tuple[float, float]:
+        low, high = BALANCED_EXPERTS_TAU_RANGE
+        if self.expert_tau_min is not None:
+            low = float(self.expert_tau_min)
+        if self.expert_tau_max is not None:
+            high = float(self.expert_tau_max)
+        return low, high
+
+    def balanced_expert_taus(self) -> list[float]:
+        """The ``"balanced_experts"`` preset's per-expert logit adjustments ``tau_k``:
+        ``tau_min + (tau_max - tau_min) * k / (K - 1)`` (the midpoint for one expert), the same
+        values as ``physmoe.loss.expert_taus``."""
+        low, high = self._expert_tau_range()
+        if self.num_experts == 1:
+            return [(low + high) / 2.0]
+        return [low + (high - low) * k / (self.num_experts - 1) for k in range(self.num_experts)]
+
     def loss_overrides(self) -> dict[str, float | bool]:
         """The explicitly set loss settings, as keyword arguments of ``physmoe.loss.build_loss``."""
-        renamed = {"contrastive_temperature": "temperature", "focal_gamma": "gamma"}
+        renamed = {
+            "contrastive_temperature": "temperature",
+            "focal_gamma": "gamma",
+            "expert_tau_min": "tau_min",
+            "expert_tau_max": "tau_max",
+        }
         overrides: dict[str, float | bool] = {
             renamed.get(name, name): float(getattr(self, name))
             for name in _LOSS_OVERRIDE_FIELDS

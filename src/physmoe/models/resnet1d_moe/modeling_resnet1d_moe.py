@@ -8,6 +8,7 @@ Architecture (``config`` is a :class:`ResNet1DMoEConfig`)::
                                                       ──> gating_weights [B, K]
     features ──> expert stages ──> projections ──> K cosine classifiers ──> expert_logits [B, K, C]
     ensemble_logits = sum_k gating_weights[:, k] * expert_logits[:, k]      [B, C]
+        (loss preset "balanced_experts": + (sum_k gating_weights[:, k] tau_k - 1) log(prior))
     logits = hierarchical_space_group_logits(ensemble_logits, crystal_system_logits)
 
 Implementation notes (speed on CPU; every choice is checked against a straightforward
@@ -63,7 +64,9 @@ __all__ = [
 ]
 
 #: Loss presets that need the rule matrix and the label -> crystal-system map.
-_RULE_LOSS_PRESETS = ("physmoe", "physmoe_no_contrast", "scheme2")
+_RULE_LOSS_PRESETS = ("physmoe", "physmoe_no_contrast", "scheme2", "balanced_experts")
+#: Default floor of zero-count class priors (``physmoe.loss.moe_loss.DEFAULT_PRIOR_FLOOR``).
+_DEFAULT_PRIOR_FLOOR = 1e-6
 
 
 def _import_physmoe(name: str) -> ModuleType | None:
@@ -78,6 +81,27 @@ def _import_physmoe(name: str) -> ModuleType | None:
 
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling()
+
+
+def _balanced_experts_constants(config: ResNet1DMoEConfig) -> tuple[np.ndarray, np.ndarray]:
+    """``(taus [K], log_prior [C])`` float32 of the ``"balanced_experts"`` preset, computed in
+    numpy (this may run inside transformers' meta-device context) exactly as ``physmoe.loss``
+    does: the prior normalised, clamped at ``prior_floor``, then the log."""
+    if config.class_prior is None:
+        raise ValueError(
+            "loss_preset='balanced_experts' needs config.class_prior, the training class "
+            "frequencies (counts or probabilities, one per label): its ensemble is balanced "
+            "against that prior"
+        )
+    prior = np.asarray(config.class_prior, dtype=np.float64)
+    if prior.shape != (config.num_labels,):
+        raise ValueError(
+            f"class_prior has {prior.shape[0]} entries, num_labels is {config.num_labels}"
+        )
+    floor = _DEFAULT_PRIOR_FLOOR if config.prior_floor is None else float(config.prior_floor)
+    log_prior = np.log(np.maximum(prior / prior.sum(), floor)).astype(np.float32)
+    taus = np.asarray(config.balanced_expert_taus(), dtype=np.float64).astype(np.float32)
+    return taus, log_prior
 
 
 # ------------------------------------------------------------------------------------------------
@@ -120,7 +144,8 @@ class SpaceGroupClassifierOutput(ModelOutput):
             at the dtype's lowest value in ``"hard"`` mode, the ensemble logits in ``"none"``
             mode. ``softmax(logits)`` is the predicted distribution in every mode.
         ensemble_logits (`torch.FloatTensor` of shape `[B, C]`): the gated sum of the experts'
-            logits.
+            logits; with ``loss_preset="balanced_experts"`` the balanced ensemble
+            ``sum_k g_k z_k + (sum_k g_k tau_k - 1) log(prior)`` (see the config).
         crystal_system_logits (`torch.FloatTensor` of shape `[B, 7]`): crystal-system head
             (triclinic .. cubic).
         expert_logits (`torch.FloatTensor` of shape `[B, K, C]`): every expert's logits.
@@ -802,6 +827,14 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         self.register_buffer(
             "label_crystal_systems", torch.tensor(self._label_crystal_systems, dtype=torch.long), persistent=False
         )
+        # "balanced_experts": the experts' logit adjustments and the training log prior, for the
+        # balanced ensemble (from the config, so inference needs no physmoe).
+        self._balanced_experts = None
+        if config.loss_preset == "balanced_experts":
+            self._balanced_experts = _balanced_experts_constants(config)
+            taus, log_prior = (torch.from_numpy(value) for value in self._balanced_experts)
+            self.register_buffer("expert_taus", taus, persistent=False)
+            self.register_buffer("log_class_prior", log_prior, persistent=False)
 
         loss_module = _import_physmoe("physmoe.loss")
         if loss_module is None:
@@ -867,6 +900,9 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         else:
             init.copy_(self.rule_bias, torch.tensor(self.config.rule_bias_init, dtype=self.rule_bias.dtype))
         init.copy_(self.label_crystal_systems, torch.tensor(self._label_crystal_systems, dtype=torch.long))
+        if self._balanced_experts is not None:
+            init.copy_(self.expert_taus, torch.from_numpy(self._balanced_experts[0]))
+            init.copy_(self.log_class_prior, torch.from_numpy(self._balanced_experts[1]))
 
     # -- forward --------------------------------------------------------------------------------
 
@@ -898,6 +934,11 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
                 expert_embeddings = _linear_fp32(self.crystal_system_projection, stage_output[:, 0].float())
             expert_logits = self.expert_classifier(expert_embeddings)  # [B, K, C]
             ensemble_logits = torch.einsum("bk,bkc->bc", gating_weights, expert_logits)
+            if self._balanced_experts is not None:
+                # Expert k learnt z_k ~ log p_bal + (1 - tau_k) log prior: undo the mixture's mean.
+                mean_tau = gating_weights @ self.expert_taus.float()  # [B]
+                log_prior = self.log_class_prior.float()
+                ensemble_logits = ensemble_logits + (mean_tau - 1.0)[:, None] * log_prior
             logits = hierarchical_space_group_logits(
                 ensemble_logits, crystal_system_logits, self.label_crystal_systems, config.hierarchical_inference
             )
