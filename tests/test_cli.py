@@ -141,6 +141,15 @@ def test_bad_configs_name_the_problem(tmp_path, capsys):
         load_data(DataArguments(max_eval_samples=-5))
 
 
+def test_yaml_syntax_errors_name_the_file_and_line(tmp_path, capsys):
+    config = tmp_path / "broken.yaml"
+    config.write_text("preset: reference\nnum_train_epochs: [3\nlearning_rate: 1e-3\n")
+    assert main(["train", str(config)]) == 2
+    error = capsys.readouterr().err
+    assert f"error: {config}:3:" in error and "invalid YAML" in error
+    assert "Traceback" not in error
+
+
 @pytest.mark.parametrize(("extra", "expected"), [([], "bf16"), (["--bf16_full_eval", "true"], "bf16"), (["--bf16", "false"], "no")])
 def test_train_switches_on_recommended_bf16_so_that_the_trainer_uses_it(tmp_path, monkeypatch, capsys, extra, expected):
     import physmoe.runtime
@@ -440,3 +449,45 @@ def test_simulate_with_the_fast_generator(tmp_path, capsys):
     dataset = load_from_disk(out / "dataset")
     assert sum(len(split) for split in dataset.values()) == 40
     assert set(dataset["train"]["source"]) == {"random_crystals"}
+
+
+def test_unknown_model_overrides_are_refused_with_a_suggestion(tmp_path):
+    from physmoe.workflow import ModelArguments, build_model
+
+    counts = np.ones(230)
+    message = r"unknown ResNet1DMoEConfig fields 'tua' \(did you mean 'tau'\?\)"
+    with pytest.raises(ValueError, match=message):
+        build_model(ModelArguments(model_overrides='{"tua": 1.0}'), counts)
+    from tiny_models import tiny_model
+
+    saved = tmp_path / "base"
+    tiny_model(seed=3).save_pretrained(saved)
+    with pytest.raises(ValueError, match=r"unknown ResNet1DMoEConfig fields 'no_such'"):
+        arguments = ModelArguments(model_name_or_path=str(saved), model_overrides='{"no_such": 1}')
+        build_model(arguments, counts)
+
+
+def test_evaluate_max_samples_limits_every_split(small_dataset, tmp_path):
+    from physmoe import XRDFeatureExtractor
+    from tiny_models import tiny_model
+
+    saved = tmp_path / "model"
+    model = tiny_model(seed=1)
+    model.save_pretrained(saved)
+    XRDFeatureExtractor.from_config(model.config).save_pretrained(saved)
+    output = tmp_path / "metrics.json"
+    for split in ("train", "test"):
+        arguments = ["evaluate", str(saved), "--dataset", str(small_dataset), "--split", split]
+        assert main([*arguments, "--max-samples", "5", "--output", str(output)]) == 0
+        assert json.loads(output.read_text())[f"{split}_num_samples"] == 5, split
+
+
+def test_the_balanced_experts_preset_gets_the_training_prior():
+    from physmoe.workflow import ModelArguments, build_model
+
+    counts = np.arange(1, 231, dtype=float)
+    model = build_model(ModelArguments(model_overrides='{"loss_preset": "balanced_experts"}'), counts)
+    assert model.config.class_prior == pytest.approx(list(counts / counts.sum()))
+    labels = torch.tensor([0, 5, 229, 61])
+    out = model(torch.rand(4, model.config.num_points), labels=labels)
+    assert torch.isfinite(out.loss)

@@ -459,3 +459,23 @@ def test_physmoe_push_cli_publishes_a_checkpoint(hub_server, tmp_path):
     assert hub_server.history(repo_id)[0].oid in result.stdout  # prints the commit URL
     assert_same_model(ResNet1D_MoE.from_pretrained(repo_id), model)
     assert hub_server.unhandled == []
+
+
+def test_push_checkpoint_without_a_connection_names_the_repo_and_the_cause(
+    hub_server, tmp_path, monkeypatch, capsys
+):
+    import socket
+
+    from physmoe.cli import main
+
+    folder = save_checkpoint(tiny_model(), tmp_path / "checkpoint")
+    with socket.socket() as probe:  # a local port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setattr(hub_constants, "ENDPOINT", closed)
+    message = rf"to tiny-physmoe: the Hugging Face Hub at {closed} could not be reached"
+    with pytest.raises(ConnectionError, match=message):
+        push_checkpoint(folder, "tiny-physmoe")
+    assert main(["push", str(folder), "tiny-physmoe"]) == 1
+    error = capsys.readouterr().err
+    assert f"error: cannot push {folder} to tiny-physmoe" in error and "ConnectError" in error

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,93 @@ def test_cli_predict_min_confidence_and_json(saved_model, capsys):
     assert "uncertain" not in printed and "indistinguishable by powder" in printed
     assert main(["predict", str(saved_model), cif, "--min-confidence", "1.5"]) == 1
     assert "min_confidence must lie in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+# -- checkpoints that cannot be loaded: messages that say why ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("./outputs/no-such-model", "outputs/no-such-model"),
+        ("~/no-such-model", "home/no-such-model"),  # ~ expanded
+        ("a/b/c", "a/b/c"),
+        ("bad name", "bad name"),
+    ],
+)
+def test_a_mistyped_local_checkpoint_path_is_named(tmp_path, monkeypatch, capsys, name, shown):
+    from physmoe.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert main(["predict", name, str(EXAMPLES / "NaCl_rocksalt.cif")]) == 1
+    error = capsys.readouterr().err
+    assert f"error: no such checkpoint folder: {tmp_path}/{shown}" in error or (
+        f"error: no such checkpoint folder: {shown}" in error
+    ), error
+
+
+def test_a_mistyped_folder_under_an_existing_one_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    from physmoe.hub import check_checkpoint_location
+
+    (tmp_path / "outputs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such checkpoint folder: outputs/quikstart"):
+        check_checkpoint_location("outputs/quikstart")
+    assert check_checkpoint_location("namespace/model") == "namespace/model"  # a Hub id
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    message = "no such checkpoint folder: quikstart .*HF_HUB_OFFLINE"
+    with pytest.raises(FileNotFoundError, match=message):
+        check_checkpoint_location("quikstart")
+
+
+def test_broken_checkpoint_folders_name_the_problem(saved_model, tmp_path):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(saved_model, truncated)
+    weights = truncated / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    message = r"truncated/model\.safetensors is not a readable safetensors"
+    with pytest.raises(ValueError, match=message):
+        SpaceGroupPredictor.from_pretrained(truncated)
+    no_config = tmp_path / "no_config"
+    shutil.copytree(saved_model, no_config)
+    (no_config / "config.json").unlink()
+    message = r"no_config is not a checkpoint folder: it has no config\.json"
+    with pytest.raises(ValueError, match=message):
+        SpaceGroupPredictor.from_pretrained(no_config)
+    with pytest.raises(ValueError, match="is a file"):
+        SpaceGroupPredictor.from_pretrained(saved_model / "config.json")
+
+
+def test_an_unavailable_device_is_named(saved_model, monkeypatch, capsys):
+    from physmoe.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cif = str(EXAMPLES / "NaCl_rocksalt.cif")
+    assert main(["predict", str(saved_model), cif, "--device", "cuda"]) == 1
+    assert "device 'cuda': CUDA is not available here" in capsys.readouterr().err
+    assert main(["predict", str(saved_model), cif, "--device", "gpu0"]) == 1
+    assert "device 'gpu0' is not a torch device name" in capsys.readouterr().err
+
+
+def test_the_wavelength_a_file_states_or_lacks_is_shown_and_in_json(saved_model, tmp_path, capsys):
+    from physmoe.cli import main
+
+    two_theta = np.linspace(10, 80, 500)
+    intensity = 1 + np.exp(-0.5 * ((two_theta - 40) / 0.3) ** 2)
+    cobalt = tmp_path / "cobalt.xy"
+    lines = "".join(f"{t} {i}\n" for t, i in zip(two_theta, intensity, strict=True))
+    cobalt.write_text("# Anode: Co\n" + lines)
+    plain = tmp_path / "plain.xy"
+    plain.write_text(lines)
+    assert main(["predict", str(saved_model), str(cobalt), str(plain)]) == 0
+    printed = capsys.readouterr().out
+    assert "wavelength: 1.78897 A stated in the file" in printed
+    assert "wavelength: not stated: assumed the model's 1.54056 A" in printed
+    assert main(["predict", str(saved_model), str(cobalt), str(plain), "--json"]) == 0
+    stated, assumed = json.loads(capsys.readouterr().out)
+    assert stated["wavelength"] == 1.78897 and "stated in the file" in stated["wavelength_note"]
+    assert assumed["wavelength"] == 1.54056 and "assumed" in assumed["wavelength_note"]
+    assert main(["predict", str(saved_model), str(cobalt), "--wavelength", "1.6", "--json"]) == 0
+    (given,) = json.loads(capsys.readouterr().out)
+    assert given["wavelength"] == 1.6 and given["wavelength_note"] is None

@@ -115,8 +115,20 @@ def _train(argv: Sequence[str]) -> int:
     if not config_path.is_file():
         print(f"error: config file {config_path} not found", file=sys.stderr)
         return 2
-    with open(config_path, encoding="utf-8") as handle:
-        settings = yaml.safe_load(handle) or {}
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            settings = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{config_path}:{mark.line + 1}:{mark.column + 1}" if mark else str(config_path)
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        print(f"error: {where}: invalid YAML: {detail}", file=sys.stderr)
+        return 2
+    except UnicodeDecodeError as error:
+        print(f"error: {config_path} is not UTF-8 text: {error}", file=sys.stderr)
+        return 2
     if not isinstance(settings, dict):
         print(f"error: {config_path} must hold a mapping of argument names to values", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ __all__ = [
     "MODEL_CARD_NAME",
     "MODEL_FILE_PATTERNS",
     "TRAINING_STATE_PATTERNS",
+    "check_checkpoint_location",
     "checkpoint_files",
     "model_card_template_path",
     "push_checkpoint",
@@ -302,6 +303,58 @@ def checkpoint_files(
     return selected
 
 
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
+def check_checkpoint_location(checkpoint: str | os.PathLike) -> str:
+    """Where to load a checkpoint from, checked before ``from_pretrained`` tries it: a local
+    folder (returned with ``~`` expanded) or a Hub repository id (returned as is).
+
+    Raises:
+        FileNotFoundError: ``no such checkpoint folder: ...`` when ``checkpoint`` does not exist
+            locally and is meant as a path (it contains ``\\`` or more than one ``/``, starts
+            with ``.``, ``~`` or ``/``, is no valid repository id, or its first part is a local
+            folder, as ``outputs`` in ``outputs/mistyped``), or when ``HF_HUB_OFFLINE`` is set.
+        ValueError: a local folder without ``config.json``, or whose ``model.safetensors`` is
+            truncated or corrupt; a file instead of a folder.
+    """
+    text = os.fspath(checkpoint)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        present = sorted(item.name for item in path.iterdir())
+        if not (path / CONFIG_NAME).is_file():
+            raise ValueError(
+                f"{path} is not a checkpoint folder: it has no {CONFIG_NAME} (files present: "
+                f"{', '.join(present[:20]) or 'none'})"
+            )
+        for name in (SAFE_WEIGHTS_NAME,):
+            if (path / name).is_file():
+                _check_safetensors(path / name)
+        return str(path)
+    if path.exists():
+        raise ValueError(
+            f"{path} is a file: a checkpoint is a folder with {CONFIG_NAME} and "
+            f"{SAFE_WEIGHTS_NAME} (pass the folder)"
+        )
+    first = Path(text.replace("\\", "/").split("/", 1)[0]).expanduser()
+    path_like = (
+        isinstance(checkpoint, Path)
+        or text.startswith((".", "~", "/"))
+        or "\\" in text
+        or text.count("/") > 1
+        or not _REPO_ID.fullmatch(text)
+        or ("/" in text and first.is_dir())
+    )
+    if path_like:
+        raise FileNotFoundError(f"no such checkpoint folder: {path}")
+    if hub_constants.is_offline_mode():
+        raise FileNotFoundError(
+            f"no such checkpoint folder: {path} (and HF_HUB_OFFLINE is set, so it is not looked "
+            "up as a Hugging Face Hub repository)"
+        )
+    return text
+
+
 def push_checkpoint(
     checkpoint_dir: str | os.PathLike,
     repo_id: str,
@@ -333,6 +386,7 @@ def push_checkpoint(
 
     Raises:
         OfflineModeIsEnabled: ``HF_HUB_OFFLINE`` is set.
+        ConnectionError: the Hub cannot be reached (names the repository and the cause).
         FileNotFoundError, ValueError: see :func:`checkpoint_files`; an invalid ``repo_id``.
     """
     if hub_constants.is_offline_mode():
@@ -343,6 +397,40 @@ def push_checkpoint(
     files = checkpoint_files(checkpoint_dir, include_training_state=include_training_state)
     checkpoint_dir = Path(checkpoint_dir)
     api = HfApi(token=token, library_name="physmoe", library_version=__version__)
+    try:
+        return _push_files(
+            api, checkpoint_dir, files, repo_id, private=private, revision=revision,
+            commit_message=commit_message,
+        )
+    except Exception as error:
+        if not _is_network_error(error):
+            raise
+        raise ConnectionError(
+            f"cannot push {checkpoint_dir} to {repo_id}: the Hugging Face Hub at {api.endpoint} "
+            f"could not be reached ({type(error).__name__}: {error or 'no details'})"
+        ) from error
+
+
+# Connection failures of the HTTP clients huggingface_hub has used (httpx and its forks:
+# TransportError and subclasses; requests: ConnectionError, Timeout), matched by class name.
+_NETWORK_ERRORS = {"TransportError", "ConnectionError", "Timeout"}
+
+
+def _is_network_error(error: BaseException) -> bool:
+    return any(cls.__name__ in _NETWORK_ERRORS for cls in type(error).__mro__)
+
+
+def _push_files(
+    api: HfApi,
+    checkpoint_dir: Path,
+    files: list[str],
+    repo_id: str,
+    *,
+    private: bool,
+    revision: str | None,
+    commit_message: str,
+) -> str:
+    """The requests of :func:`push_checkpoint`; returns the commit's URL."""
     repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
     if revision is not None and revision != hub_constants.DEFAULT_REVISION:
         api.create_branch(repo_id, branch=revision, exist_ok=True)
@@ -444,7 +532,10 @@ def _check_safetensors(path: Path) -> None:
         with safe_open(str(path), framework="pt") as weights:
             weights.keys()
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path} is not a readable safetensors file: {error}") from error
+        raise ValueError(
+            f"{path} is not a readable safetensors file (truncated or corrupt? save or download "
+            f"it again): {error}"
+        ) from error
 
 
 def _architecture_rows(config: dict | None, save_directory: Path) -> list[tuple[str, str]]:

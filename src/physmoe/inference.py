@@ -50,6 +50,7 @@ __all__ = [
     "SpaceGroupCandidate",
     "SpaceGroupPrediction",
     "SpaceGroupPredictor",
+    "check_device",
     "check_min_confidence",
     "format_predictions",
 ]
@@ -93,6 +94,9 @@ class SpaceGroupPrediction:
         indistinguishable: Their Hermann-Mauguin symbols.
         indistinguishable_probability: Summed probability of that set (over the groups the
             model knows); at least the best group's probability.
+        wavelength: For a pattern file, the wavelength (Angstrom) its 2θ axis was read at.
+        wavelength_note: Where that wavelength came from, when not given by the caller (stated
+            in the file's header, or assumed to be the model's); shown with the prediction.
     """
 
     source: str
@@ -103,6 +107,8 @@ class SpaceGroupPrediction:
     indistinguishable_space_groups: tuple[int, ...] = ()
     indistinguishable: tuple[str, ...] = ()
     indistinguishable_probability: float | None = None
+    wavelength: float | None = None
+    wavelength_note: str | None = None
 
     @property
     def best(self) -> SpaceGroupCandidate:
@@ -119,6 +125,8 @@ class SpaceGroupPrediction:
             "indistinguishable_space_groups": list(self.indistinguishable_space_groups),
             "indistinguishable_probability": self.indistinguishable_probability,
             "crystal_systems": dict(self.crystal_system_probabilities),
+            "wavelength": self.wavelength,
+            "wavelength_note": self.wavelength_note,
         }
 
 
@@ -132,6 +140,28 @@ def check_min_confidence(min_confidence: float | None) -> float | None:
     if not (math.isfinite(value) and 0.0 <= value <= 1.0):
         raise ValueError(f"min_confidence must lie in [0, 1], got {min_confidence!r}")
     return value
+
+
+def check_device(device: torch.device | str) -> torch.device:
+    """``device`` as a ``torch.device``; a ValueError naming it when it is not a device name or
+    this machine lacks it (``cuda`` without CUDA, ``cuda:3`` with two GPUs, ``mps``)."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a torch device name ({error})") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ValueError(
+                f"device {device!r}: CUDA is not available here (torch {torch.__version__}, "
+                f"{build}); use --device cpu or leave --device out"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA device(s)")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {device!r}: MPS is not available here; use --device cpu")
+    return parsed
 
 
 class SpaceGroupPredictor:
@@ -156,7 +186,7 @@ class SpaceGroupPredictor:
     ):
         self.model = model.eval()
         if device is not None:
-            self.model.to(device)
+            self.model.to(check_device(device))
         self.device = next(model.parameters()).device
         self.feature_extractor = feature_extractor or XRDFeatureExtractor.from_config(model.config)
         self.grid = TwoThetaGrid.from_config(model.config)
@@ -180,8 +210,12 @@ class SpaceGroupPredictor:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: torch.device | str | None = None, **kwargs) -> SpaceGroupPredictor:
         """Load the model and its feature extractor from a checkpoint folder or Hub repository."""
+        from .hub import check_checkpoint_location
         from .models.resnet1d_moe import ResNet1D_MoE
 
+        if device is not None:
+            check_device(device)  # before loading anything
+        path = check_checkpoint_location(path)
         model = ResNet1D_MoE.from_pretrained(path)
         try:
             extractor = XRDFeatureExtractor.from_pretrained(path)
@@ -367,12 +401,19 @@ class SpaceGroupPredictor:
             )[0]
         pattern = read_pattern(path, wavelength=wavelength)
         used_wavelength = pattern.wavelength if pattern.wavelength is not None else wavelength
+        note = None
         if used_wavelength is None:
             logger.warning("%s states no wavelength: assuming the model's (%.5f A)", path, self.grid.wavelength)
-        return self.predict(
+            note = f"not stated: assumed the model's {self.grid.wavelength:g} A; pass --wavelength"
+        elif wavelength is None:
+            note = f"{used_wavelength:g} A stated in the file; pass --wavelength to override"
+        prediction = self.predict(
             pattern.two_theta, pattern.intensity, wavelength=used_wavelength, top_k=top_k,
             sources=[path.name], min_confidence=min_confidence,
         )[0]
+        prediction.wavelength = float(used_wavelength or self.grid.wavelength)
+        prediction.wavelength_note = note
+        return prediction
 
 
 def format_predictions(predictions: Sequence[SpaceGroupPrediction]) -> str:
@@ -393,6 +434,8 @@ def format_predictions(predictions: Sequence[SpaceGroupPrediction]) -> str:
                 f"min-confidence {prediction.min_confidence:g}"
             )
         lines.append(title)
+        if prediction.wavelength_note:
+            lines.append(f"wavelength: {prediction.wavelength_note}")
         lines.append(header)
         lines.append("-" * len(header))
         for c in prediction.candidates:

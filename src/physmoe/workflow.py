@@ -224,6 +224,19 @@ def build_model(model_args: ModelArguments, train_class_counts: np.ndarray) -> R
     overrides = json.loads(model_args.model_overrides) if model_args.model_overrides else {}
     if not isinstance(overrides, dict):
         raise ValueError(f"model_overrides must be a JSON object, got {model_args.model_overrides!r}")
+    import difflib
+    import inspect
+
+    known = set(inspect.signature(ResNet1DMoEConfig.__init__).parameters) - {"self"}
+    known |= {"num_labels"}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        hints = [
+            f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
+            for name in unknown
+            for close in [difflib.get_close_matches(name, sorted(known), n=1)]
+        ]
+        raise ValueError(f"model_overrides: unknown ResNet1DMoEConfig fields {', '.join(hints)}")
     if model_args.model_name_or_path:
         # Through from_dict, so that the overrides are normalised and validated like a new config's
         # (from_pretrained(..., **overrides) would set them as plain attributes).
@@ -600,9 +613,16 @@ def evaluate_checkpoint(
         raise ValueError(
             "dataset 'stream' has no stored splits to evaluate: pass a saved dataset or 'default'"
         )
+    from .hub import check_checkpoint_location
+
+    checkpoint = check_checkpoint_location(checkpoint)  # before the (slow) data loading
     data, metadata = load_data(DataArguments(dataset=dataset, max_eval_samples=max_samples))
     if split not in data:
         raise ValueError(f"no split {split!r} in {dataset!r}; choose one of {sorted(data)}")
+    evaluated = data[split]
+    if max_samples is not None and len(evaluated) > max_samples:
+        # load_data limits validation/test only; train keeps its size for the shot buckets.
+        evaluated = evaluated.shuffle(seed=0).select(range(max_samples))
     model = ResNet1D_MoE.from_pretrained(checkpoint)
     use_bf16 = recommended_autocast_dtype("cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16 if bf16 is None else bf16
     grid = TwoThetaGrid.from_config(model.config)
@@ -614,6 +634,6 @@ def evaluate_checkpoint(
         )
         trainer = PhysMoETrainer(model, args, data_collator=collator, train_class_counts=class_counts(data["train"]["space_group"]))
         trainer.compute_metrics.temperature = float(getattr(model.config, "calibration_temperature", 1.0) or 1.0)
-        output = trainer.predict(data[split], metric_key_prefix=split)
+        output = trainer.predict(evaluated, metric_key_prefix=split)
     return {key: value for key, value in output.metrics.items() if not key.endswith(("_runtime", "_per_second"))}
 

@@ -213,3 +213,31 @@ def test_pickles_without_its_generator():
         clone(rows(1))["input_values"],
         PXRDCollator(SMALL_GRID, train=True, seed=3)(rows(1))["input_values"],
     )
+
+
+@pytest.mark.parametrize("wavelength", [0, 0.0, -1.54, float("nan"), float("inf"), None, True])
+def test_peaks_wavelength_must_be_a_wavelength(wavelength):
+    message = rf"peaks_wavelength must be a positive number .*got {wavelength!r}"
+    with pytest.raises(ValueError, match=message):
+        PXRDCollator(SMALL_GRID, train=False, peaks_wavelength=wavelength)
+
+
+def test_a_one_based_space_group_column_is_named():
+    batch = rows(2)
+    batch[1]["space_group"] = 230
+    message = r"feature 1 has label 230 under 'space_group', .*0-based .*subtract 1"
+    with pytest.raises(ValueError, match=message):
+        PXRDCollator(SMALL_GRID, train=False)(batch)
+
+
+def test_the_contrastive_loss_names_out_of_range_labels():
+    # Collated labels feed PhysicsContrastiveLoss; a label outside the rule matrix was an
+    # IndexError (and a negative one wrapped around to the last class).
+    from physmoe.loss.physics_contrast_loss import PhysicsContrastiveLoss
+
+    loss = PhysicsContrastiveLoss()
+    features, rule = torch.randn(3, 8), torch.eye(5)
+    assert torch.isfinite(loss(features, torch.tensor([0, 1, 1]), rule))
+    for labels, value in (([0, 5, 1], 5), ([0, -1, 1], -1)):
+        with pytest.raises(ValueError, match=rf"labels must lie in 0\.\.4, found {value}"):
+            loss(features, torch.tensor(labels), rule)

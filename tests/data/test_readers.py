@@ -175,6 +175,58 @@ def test_malformed_patterns_name_file_and_line(tmp_path, text, message):
         read_pattern(write(tmp_path, "bad.xy", text))
 
 
+_PLAIN = "# Wavelength (A): 0.70930\n10.0 5.0\n10.5 6.0\n11.0 7.0\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "data"),
+    [
+        ("gzip.xy.gz", __import__("gzip").compress(_PLAIN.encode())),
+        ("utf16.xy", _PLAIN.encode("utf-16")),  # with its BOM
+        ("utf16le-nobom.xy", _PLAIN.encode("utf-16-le")),
+        ("bom.xy", b"\xef\xbb\xbf" + _PLAIN.encode()),
+        ("nul.xy", b"\x00\x00\x00" + _PLAIN.encode()),
+        ("bom-first-line-data.xy", b"\xef\xbb\xbf10.0 5.0\n10.5 6.0\n11.0 7.0\n"),
+        ("nul-first-line-data.xy", b"\x00\x0010.0 5.0\n10.5 6.0\n11.0 7.0\n"),
+        ("latin1.xy", "# Wavelength (Å): 0.70930\n".encode("latin-1") + _PLAIN.encode()[26:]),
+        ("decimal-comma.xy", b"10,0 5,0\n10,5 6,0\n11,0 7,0\n"),
+        ("decimal-comma.csv", b"10,0;5,0\n10,5;6,0\n11,0;7,0\n"),
+        ("decimal-comma-tab.xy", b"10,0\t5\n10,5\t6\n11,0\t7\n"),
+        ("fortran.xy", b"1.0D+01 5.0d0\n1.05D1 0.6D+01\n1.1D+01 7.0D0\n"),
+    ],
+    ids=lambda value: value if isinstance(value, str) else "",
+)
+def test_encodings_compression_and_number_formats(tmp_path, name, data):
+    """Every first data line is kept (a BOM or NUL bytes used to turn it into a "header")."""
+    path = tmp_path / name
+    path.write_bytes(data)
+    pattern = read_pattern(path)
+    np.testing.assert_array_equal(pattern.two_theta, [10.0, 10.5, 11.0])
+    np.testing.assert_array_equal(pattern.intensity, [5.0, 6.0, 7.0])
+    if b"Wavelength" in data or "gz" in name or "utf16" in name:
+        assert pattern.wavelength == 0.7093
+
+
+def test_undecodable_or_corrupt_files_name_the_file(tmp_path):
+    path = tmp_path / "scan.xy"
+    path.write_bytes("10 1\n11 2 # Å\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"scan\.xy: cannot decode the file as utf-8"):
+        read_pattern(path, encoding="utf-8")
+    broken = tmp_path / "broken.xy.gz"
+    broken.write_bytes(__import__("gzip").compress(b"10 1\n11 2\n")[:12])
+    with pytest.raises(ValueError, match=r"broken\.xy\.gz: cannot decompress this gzip file"):
+        read_pattern(broken)
+    archive = tmp_path / "scan.zip"
+    archive.write_bytes(b"PK\x03\x04" + b"\x00" * 20)
+    with pytest.raises(ValueError, match=r"scan\.zip is a zip archive"):
+        read_pattern(archive)
+
+
+def test_no_data_lines_names_the_first_unparsable_line(tmp_path):
+    with pytest.raises(ValueError, match=r"bad\.xy: no data lines .* line 2 \('10 x 5'\)"):
+        read_pattern(write(tmp_path, "bad.xy", "# c\n10 x 5\n"))
+
+
 def test_missing_pattern_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.xy"):
         read_pattern(tmp_path / "nothing.xy")

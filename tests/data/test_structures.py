@@ -202,6 +202,52 @@ def test_cif_errors(tmp_path):
         Crystal.from_cif(empty)
 
 
+SITES = (
+    "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+    "_atom_site_fract_z\n_atom_site_occupancy\nNa1 Na 0 0 0 {na}\nCl1 Cl 0.5 0.5 0.5 1\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", r"empty\.cif: no data block \(data_...\) in the CIF: the file is empty"),
+        ("# only a comment\n", r"empty\.cif: no data block"),
+        (
+            "data_x\n" + CELL.format(a=5.64, b=5.64, c=5.64) + "_symmetry_Int_Tables_number 225\n"
+            + SITES.format(na=-0.5),
+            r"empty\.cif: site 'Na1' has occupancy -0\.5 < 0",
+        ),
+        (
+            "data_x\n_symmetry_Int_Tables_number 225\n" + SITES.format(na=1),
+            r"empty\.cif: no unit cell: _cell_length_a/b/c",
+        ),
+        (
+            "data_x\n_cell_length_a 5.64\n_symmetry_Int_Tables_number 225\n" + SITES.format(na=1),
+            r"empty\.cif: no unit cell: .* missing or incomplete",
+        ),
+    ],
+)
+def test_cifs_that_cannot_be_read_faithfully_are_refused(tmp_path, text, message):
+    path = tmp_path / "empty.cif"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        Crystal.from_cif(path)
+
+
+def test_cif_with_only_the_space_group_number_uses_it(tmp_path, nacl_cif):
+    path = tmp_path / "number_only.cif"
+    path.write_text(
+        "data_x\n" + CELL.format(a=5.64, b=5.64, c=5.64) + "_symmetry_Int_Tables_number 225\n"
+        + SITES.format(na=1)
+    )
+    crystal = Crystal.from_cif(path)
+    assert crystal.space_group == 225 and len(crystal) == 8  # Fm-3m, not P1's 2 atoms
+    reference = Crystal.from_cif(nacl_cif)
+    positions = [site[:4] for site in sorted_sites(crystal)]
+    assert positions == [site[:4] for site in sorted_sites(reference)]
+
+
 # -------------------------------------------------------------------------------------- ASE
 
 

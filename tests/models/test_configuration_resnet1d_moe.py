@@ -192,3 +192,15 @@ def test_calibration_temperature_round_trips_and_is_validated(tmp_path):
     for bad in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="calibration_temperature"):
             ResNet1DMoEConfig(calibration_temperature=bad)
+
+
+def test_repeated_label_space_groups_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"label_space_groups repeats the space groups \[14\]"):
+        ResNet1DMoEConfig(num_labels=3, label_space_groups=[14, 225, 14])
+    path = tmp_path / "config.json"
+    ResNet1DMoEConfig(num_labels=2, label_space_groups=[14, 225]).save_pretrained(tmp_path)
+    saved = json.loads(path.read_text())
+    saved["label_space_groups"] = [14, 14]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"repeats the space groups \[14\]"):
+        ResNet1DMoEConfig.from_pretrained(tmp_path)

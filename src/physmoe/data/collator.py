@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +48,10 @@ class PXRDCollator:
     Rows are mappings with ``peak_two_theta`` and ``peak_intensity`` (rendered on ``grid``) or with
     ``input_values`` (a stored pattern of ``grid.num_points`` values, stacked as it is), and a
     0-based label under ``labels``, ``label`` or ``space_group``. Without labels in any row the
-    batch has no ``labels`` key (inference).
+    batch has no ``labels`` key (inference). All three are 0-based (label = International number
+    - 1): physmoe datasets store ``space_group`` as a 0-based ``ClassLabel``, so a column of
+    1-based numbers 1..230 must be converted first (a value of 230 is refused with that advice;
+    other 1-based values cannot be told from labels).
 
     Args:
         grid: The model's grid (default: 2θ 5-90 deg, 8500 points, Cu Kα1).
@@ -85,6 +89,15 @@ class PXRDCollator:
         if self.conditions is not None and not isinstance(self.conditions, MeasurementConditions):
             raise TypeError(
                 f"conditions must be MeasurementConditions, got {type(self.conditions).__name__}"
+            )
+        wavelength = self.peaks_wavelength
+        if isinstance(wavelength, bool) or not (
+            isinstance(wavelength, (int, float, np.number))
+            and math.isfinite(wavelength) and wavelength > 0
+        ):
+            raise ValueError(
+                f"peaks_wavelength must be a positive number of Angstrom (the wavelength the "
+                f"stored peak positions were computed at), got {wavelength!r}"
             )
         self._generator: torch.Generator | None = None
         self._generator_owner: tuple | None = None
@@ -151,6 +164,14 @@ class PXRDCollator:
         bad = (labels < 0) | (labels >= self.num_labels)
         if bad.any():
             index = int(np.flatnonzero(bad)[0])
+            if keys[index] == "space_group" and labels[index] == self.num_labels:
+                raise ValueError(
+                    f"feature {index} has label {labels[index]} under 'space_group', a column "
+                    f"that must hold 0-based labels 0..{self.num_labels - 1} (label = "
+                    "International number - 1, as physmoe datasets' ClassLabel does); this looks "
+                    "like 1-based "
+                    "space-group numbers: subtract 1 (or store them as 'labels')"
+                )
             raise ValueError(
                 f"feature {index} has label {labels[index]}; labels must be 0-based space-group labels in "
                 f"[0, {self.num_labels})"

@@ -21,8 +21,13 @@ the public reference implementation's ``.npy`` files.
 from __future__ import annotations
 
 import ast
+import bz2
+import codecs
 import contextlib
+import gzip
+import io
 import logging
+import lzma
 import math
 import os
 import re
@@ -332,13 +337,124 @@ def _split_fields(line: str, delimiter: str | None) -> list[str]:
             return [field.strip() for field in line.split(candidate) if field.strip()]
     return line.split()
 
+# Compressed files read transparently: magic bytes -> (name, decompress).
+_COMPRESSED = (
+    (b"\x1f\x8b", "gzip", gzip.decompress),
+    (b"BZh", "bzip2", bz2.decompress),
+    (b"\xfd7zXZ\x00", "xz", lzma.decompress),
+)
+_BOMS = (  # longest first: the UTF-32 LE BOM starts with the UTF-16 LE one
+    (codecs.BOM_UTF32_LE, "utf-32-le"),
+    (codecs.BOM_UTF32_BE, "utf-32-be"),
+    (codecs.BOM_UTF8, "utf-8"),
+    (codecs.BOM_UTF16_LE, "utf-16-le"),
+    (codecs.BOM_UTF16_BE, "utf-16-be"),
+)
+# A number with a Fortran double-precision exponent ("1.5D+02") and one with a decimal comma.
+_FORTRAN_EXPONENT = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))[dD]([+-]?\d+)$")
+_DECIMAL_COMMA = re.compile(r"^[+-]?\d*,\d+(?:[eEdD][+-]?\d+)?$|^[+-]?\d+,?$")
+
+
+def _read_text(path: Path, encoding: str | None) -> str:
+    """The text of a pattern file: gzip/bzip2/xz decompressed, a byte-order mark (UTF-8, UTF-16,
+    UTF-32) honoured and removed, leading NUL bytes dropped. Without ``encoding``: UTF-8, else
+    UTF-16 when every other byte is NUL, else Latin-1 (with a warning naming the file)."""
+    data = path.read_bytes()
+    for magic, name, decompress in _COMPRESSED:
+        if data.startswith(magic):
+            try:
+                data = decompress(data)
+            except (OSError, EOFError, ValueError, lzma.LZMAError) as error:
+                raise ValueError(f"{path}: cannot decompress this {name} file: {error}") from None
+            logger.info("%s: %s-compressed, read decompressed", path, name)
+            break
+    if data.startswith(b"PK\x03\x04"):
+        raise ValueError(f"{path} is a zip archive, not a text pattern: extract it first")
+    bom_encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), None)
+    if bom_encoding is not None:
+        data = data[len(next(bom for bom, enc in _BOMS if enc == bom_encoding)):]
+        if encoding is not None and codecs.lookup(encoding).name.replace("_", "-") not in (
+            codecs.lookup(bom_encoding).name, "utf-8-sig", "utf-16", "utf-32"
+        ):
+            logger.warning(
+                "%s starts with a %s byte-order mark: reading it as %s, not %s",
+                path, bom_encoding, bom_encoding, encoding,
+            )
+        encoding = bom_encoding
+    elif encoding is None:
+        body = data.lstrip(b"\x00")
+        sample = body[:4096]
+        if len(sample) >= 4 and sample.count(b"\x00") * 3 >= len(sample):
+            odd = sample[1::2].count(b"\x00")
+            even = sample[0::2].count(b"\x00")
+            encoding = "utf-16-le" if odd > even else "utf-16-be"
+            data = data[(len(data) - len(body)) // 2 * 2:]  # keep the byte pairs aligned
+            logger.warning("%s: no byte-order mark but NUL bytes: reading it as %s", path, encoding)
+        else:
+            data = body
+            try:
+                return data.decode("utf-8").lstrip("\ufeff\x00")
+            except UnicodeDecodeError as error:
+                logger.warning(
+                    "%s is not UTF-8 (byte %#x at offset %d): reading it as Latin-1; pass "
+                    "encoding= if that is wrong",
+                    path, data[error.start], error.start,
+                )
+                encoding = "latin-1"
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{path}: cannot decode the file as {encoding} (byte {data[error.start]:#x} at "
+            f"offset {error.start}); pass the file's encoding (read_pattern(encoding=...))"
+        ) from None
+    except LookupError:
+        raise ValueError(f"{path}: unknown encoding {encoding!r}") from None
+    if "\x00" in text.lstrip("\ufeff\x00"):
+        raise ValueError(
+            f"{path}: NUL characters in the text read as {encoding}: a binary file, or another "
+            "encoding (pass encoding=)"
+        )
+    return text.lstrip("\ufeff\x00")
+
+
+def _parse_number(field: str) -> float:
+    """``float`` that also takes Fortran's ``D`` exponent (``1.5D+02``)."""
+    try:
+        return float(field)
+    except ValueError:
+        match = _FORTRAN_EXPONENT.match(field)
+        if match is None:
+            raise
+        return float(f"{match.group(1)}e{match.group(2)}")
+
+
+def _parse_values(line: str, delimiter: str | None) -> tuple[list[float], bool]:
+    """The numbers of a data line and whether they were written with decimal commas
+    (``10,5 123,4`` or ``10,5;123,4``: columns split on ``;``, tab or whitespace). ValueError if
+    the line is not numbers either way."""
+    try:
+        return [_parse_number(field) for field in _split_fields(line, delimiter)], False
+    except ValueError:
+        if "," not in line or delimiter == ",":
+            raise
+    if delimiter is not None:
+        fields = [field.strip() for field in line.split(delimiter) if field.strip()]
+    else:
+        separator = next((c for c in (";", "\t") if c in line), None)
+        fields = line.split(separator) if separator else line.split()
+        fields = [field.strip() for field in fields if field.strip()]
+    if not fields or not all(_DECIMAL_COMMA.match(field) for field in fields):
+        raise ValueError(line)
+    return [_parse_number(field.replace(",", ".")) for field in fields], True
+
 
 def read_pattern(
     path: str | os.PathLike,
     *,
     wavelength: float | None = None,
     delimiter: str | None = None,
-    encoding: str = "utf-8",
+    encoding: str | None = None,
 ) -> Pattern:
     """Read a two-column (2θ, intensity) or three-column (2θ, intensity, sigma) text pattern.
 
@@ -360,8 +476,13 @@ def read_pattern(
             (``Anode Cu``, ``Radiation: Co``, ``CuKa1``; Cu, Co, Mo, Fe, Cr, Ag:
             :data:`ANODE_KALPHA1`). A header that says nothing about it leaves the wavelength
             None (never silently Cu K-alpha).
-        delimiter: Column delimiter; None guesses per line as described.
-        encoding: Text encoding.
+        delimiter: Column delimiter; None guesses per line as described. Numbers may use
+            Fortran's ``D`` exponent (``1.5D+02``) and decimal commas (``10,5 123,4``,
+            ``10,5;123,4``; a comma then does not separate columns).
+        encoding: Text encoding; None: UTF-8, or what a byte-order mark says (UTF-8 BOM,
+            UTF-16, UTF-32), UTF-16 when every other byte is NUL, else Latin-1 (with a
+            warning). gzip, bzip2 and xz files are decompressed transparently; leading NUL
+            bytes are ignored.
 
     Raises:
         ValueError: naming the file and line for unparsable lines, a wrong column count,
@@ -378,45 +499,57 @@ def read_pattern(
     stated: list[_Stated] = []
     anodes: list[tuple[str, int, str]] = []
     unclear_mentions: list[tuple[str, int]] = []
-    with path.open(encoding=encoding) as handle:
-        for line_number, raw_line in enumerate(handle, start=1):
-            line = raw_line.strip()
-            if not line:
+    text = _read_text(path, encoding)
+    decimal_comma_line: int | None = None
+    first_unparsed: tuple[int, str] | None = None
+    for line_number, raw_line in enumerate(io.StringIO(text, newline=None), start=1):
+        line = raw_line.strip()
+        if not line:
+            continue
+        is_comment = line.startswith(_COMMENT_PREFIXES)
+        if (is_comment or not rows) and wavelength is None:  # an explicit wavelength wins
+            found, named, unclear = _header_wavelengths(line, line_number)
+            stated += found
+            anodes += [(symbol, line_number, line) for symbol in named]
+            unclear_mentions += [(clause, line_number) for clause in unclear]
+        if is_comment:
+            continue
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            values, decimal_comma = _parse_values(line, delimiter)
+        except ValueError:
+            if not rows:  # a header before the data
+                first_unparsed = first_unparsed or (line_number, raw_line.strip())
                 continue
-            is_comment = line.startswith(_COMMENT_PREFIXES)
-            if (is_comment or not rows) and wavelength is None:  # an explicit wavelength wins
-                found, named, unclear = _header_wavelengths(line, line_number)
-                stated += found
-                anodes += [(symbol, line_number, line) for symbol in named]
-                unclear_mentions += [(clause, line_number) for clause in unclear]
-            if is_comment:
-                continue
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            fields = _split_fields(line, delimiter)
-            try:
-                values = [float(field) for field in fields]
-            except ValueError:
-                if not rows:  # a header before the data
-                    continue
-                raise ValueError(f"{path}:{line_number}: cannot parse {raw_line.strip()!r} as numbers") from None
-            if len(values) not in (2, 3):
-                raise ValueError(
-                    f"{path}:{line_number}: expected 2 columns (2theta, intensity) or 3 (with sigma), "
-                    f"got {len(values)}"
-                )
-            if rows and len(values) != len(rows[0]):
-                raise ValueError(
-                    f"{path}:{line_number}: {len(values)} columns, but the first data line "
-                    f"(line {line_numbers[0]}) has {len(rows[0])}"
-                )
-            if not all(math.isfinite(v) for v in values):
-                raise ValueError(f"{path}:{line_number}: non-finite value in {raw_line.strip()!r}")
-            rows.append(values)
-            line_numbers.append(line_number)
+            raise ValueError(
+                f"{path}:{line_number}: cannot parse {raw_line.strip()!r} as numbers"
+            ) from None
+        if decimal_comma and decimal_comma_line is None:
+            decimal_comma_line = line_number
+        if len(values) not in (2, 3):
+            raise ValueError(
+                f"{path}:{line_number}: expected 2 columns (2theta, intensity) or 3 (with sigma), "
+                f"got {len(values)}"
+            )
+        if rows and len(values) != len(rows[0]):
+            raise ValueError(
+                f"{path}:{line_number}: {len(values)} columns, but the first data line "
+                f"(line {line_numbers[0]}) has {len(rows[0])}"
+            )
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"{path}:{line_number}: non-finite value in {raw_line.strip()!r}")
+        rows.append(values)
+        line_numbers.append(line_number)
     if not rows:
-        raise ValueError(f"{path}: no data lines (2theta, intensity) found")
+        detail = ""
+        if first_unparsed is not None:
+            number, text = first_unparsed
+            detail = f"; the first non-comment line, line {number} ({text[:60]!r}), is not numbers"
+        raise ValueError(f"{path}: no data lines (2theta, intensity) found{detail}")
+    if decimal_comma_line is not None:
+        logger.info("%s: decimal commas from line %d on", path, decimal_comma_line)
 
     data = np.asarray(rows, dtype=np.float64)
     numbers = np.asarray(line_numbers)

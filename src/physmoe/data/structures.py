@@ -303,9 +303,19 @@ class Crystal:
         duplicates on special positions).
 
         B = 8 pi^2 U_iso; sites with only anisotropic U get U_eq (a third of the trace of the
-        Cartesian U). Sites with zero occupancy are skipped. ``source`` names the file in errors.
+        Cartesian U). Sites with zero occupancy are skipped; negative occupancies and a missing
+        unit cell are refused. Given only the space-group number, its standard setting is used.
+        ``source`` names the file in errors.
         """
         where = f"{source}: " if source else ""
+        number_only = getattr(small, "spacegroup_number", 0)
+        if small.spacegroup is None and not small.symops and 1 <= number_only <= 230:
+            # Only _space_group_IT_number / _symmetry_Int_Tables_number: its standard setting.
+            small.determine_and_set_spacegroup("N")
+            logger.warning(
+                "%sonly the space-group number %d is given: using its standard setting %s",
+                where, number_only, small.spacegroup.xhm() if small.spacegroup else "?",
+            )
         if small.spacegroup is None and not small.symops and small.spacegroup_hm.strip():
             raise ValueError(
                 f"{where}space group {small.spacegroup_hm!r} is not recognised and the file lists no "
@@ -314,11 +324,20 @@ class Crystal:
         if small.spacegroup is None and not small.symops:
             logger.warning("%sno space group or symmetry operations given; assuming P1", where)
         cell = small.cell
+        if (cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma) == (1, 1, 1, 90, 90, 90):
+            # gemmi's default when _cell_length_a/b/c or _cell_angle_alpha/beta/gamma are missing
+            raise ValueError(
+                f"{where}no unit cell: _cell_length_a/b/c and _cell_angle_alpha/beta/gamma are "
+                "missing or incomplete"
+            )
         lattice = lattice_matrix(cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma)
         # U_eq = 1/3 sum_ij U^ij a*_i a*_j (a_i . a_j) for sites with only anisotropic U.
         reciprocal_lengths = np.linalg.norm(np.linalg.inv(lattice), axis=0)
         metric = lattice @ lattice.T
         species, coords, occupancies, b_iso = [], [], [], []
+        for site in small.sites:
+            if not site.occ >= 0:  # negative or NaN
+                raise ValueError(f"{where}site {site.label!r} has occupancy {site.occ} < 0")
         for site in small.get_all_unit_cell_sites():
             if site.occ <= 0:
                 continue
@@ -353,6 +372,11 @@ class Crystal:
             raise FileNotFoundError(f"CIF file not found: {path}")
         try:
             small = gemmi.read_small_structure(str(path))
+        except IndexError:  # gemmi's vector::_M_range_check: no data block at all
+            empty = not path.read_bytes().strip()
+            raise ValueError(
+                f"{path}: no data block (data_...) in the CIF" + (": the file is empty" * empty)
+            ) from None
         except (RuntimeError, ValueError) as gemmi_error:
             try:
                 from pymatgen.io.cif import CifParser

@@ -363,6 +363,10 @@ class ResNet1DMoEConfig(PretrainedConfig):
             bad = [n for n in self.label_space_groups if not 1 <= n <= NUM_SPACE_GROUPS]
             if bad:
                 raise ValueError(f"label_space_groups must hold numbers 1..230, got {bad[:5]}")
+            seen = self.label_space_groups
+            repeated = sorted({n for i, n in enumerate(seen) if n in seen[:i]})
+            if repeated:
+                raise ValueError(f"label_space_groups repeats the space groups {repeated[:5]}")
 
     def _validate_grid(self) -> None:
         for name in ("two_theta_min", "two_theta_max", "wavelength"):
