@@ -43,12 +43,10 @@ from physmoe.loss.moe_loss import (
     upcast,
 )
 from physmoe.loss.physics_contrast_loss import (
-    CenterRegularizationLoss,
-    HierarchicalLoss,
-    PhysicsContrastiveLoss,
     _config_value,
-    _validate_rule_matrix,
-    _validate_sg_to_sys,
+    check_loss_weights,
+    physics_terms,
+    positive_class_mask,
 )
 
 __all__ = [
@@ -180,9 +178,7 @@ class BalancedExpertsLossWrapper(nn.Module):
             "lambda_reg": lambda_reg,
             "lambda_hnm": lambda_hnm,
         }
-        for name, value in weights.items():
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_loss_weights(weights)
         if not any(value > 0 for value in weights.values()):
             raise ValueError("every loss weight is 0: nothing to optimise")
         self.lambda_dol, self.lambda_hier = float(lambda_dol), float(lambda_hier)
@@ -192,9 +188,14 @@ class BalancedExpertsLossWrapper(nn.Module):
         self.rule_threshold = float(rule_threshold)
         self.validate = bool(validate)
 
-        self._rule_matrix = _validate_rule_matrix(rule_matrix)
+        self._rule_matrix, self._sg_to_sys, self.contrastive, self.hierarchical, self.center_loss = (
+            physics_terms(
+                rule_matrix, sg_to_sys_map, self.feat_dim, lambda_scl=self.lambda_scl,
+                lambda_reg=self.lambda_reg, temperature=temperature,
+                rule_threshold=rule_threshold, validate=self.validate,
+            )
+        )  # fmt: skip
         self.num_classes = self._rule_matrix.shape[0]
-        self._sg_to_sys = _validate_sg_to_sys(sg_to_sys_map, self.num_classes, NUM_CRYSTAL_SYSTEMS)
         if class_prior is None:
             raise ValueError(
                 "BalancedExpertsLossWrapper needs class_prior, [num_classes] probabilities or "
@@ -203,17 +204,6 @@ class BalancedExpertsLossWrapper(nn.Module):
         self._log_prior = log_class_prior(class_prior, self.num_classes, floor=prior_floor).numpy()
         self._taus = expert_taus(self.num_experts, self.tau_min, self.tau_max).numpy()
 
-        self.contrastive = (
-            PhysicsContrastiveLoss(temperature, rule_threshold, validate=self.validate)
-            if self.lambda_scl > 0
-            else None
-        )
-        self.hierarchical = HierarchicalLoss(self._sg_to_sys, NUM_CRYSTAL_SYSTEMS)
-        self.center_loss = (
-            CenterRegularizationLoss(self.num_classes, self.feat_dim, rule_matrix=self._rule_matrix)
-            if self.lambda_reg > 0
-            else None
-        )
         for name, value in self._buffers_from_host().items():
             self.register_buffer(name, value, persistent=False)
 
@@ -224,10 +214,9 @@ class BalancedExpertsLossWrapper(nn.Module):
             "expert_taus": torch.from_numpy(self._taus.copy()),
         }
         if self.lambda_scl > 0:
-            positive = (self._rule_matrix > self.rule_threshold) | np.eye(
-                self.num_classes, dtype=bool
+            buffers["positive_class_mask"] = positive_class_mask(
+                self._rule_matrix, self.rule_threshold
             )
-            buffers["positive_class_mask"] = torch.from_numpy(positive)
         return buffers
 
     @torch.no_grad()

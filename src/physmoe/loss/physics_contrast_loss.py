@@ -602,6 +602,50 @@ class CenterRegularizationLoss(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 
+def check_loss_weights(weights: Mapping[str, float]) -> None:
+    """Raise ``ValueError`` naming the first weight that is not a finite number >= 0."""
+    for name, value in weights.items():
+        if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def physics_terms(
+    rule_matrix: Any,
+    sg_to_sys_map: Any,
+    feat_dim: int,
+    *,
+    lambda_scl: float,
+    lambda_reg: float,
+    temperature: float,
+    rule_threshold: float,
+    validate: bool,
+) -> tuple[np.ndarray, np.ndarray, PhysicsContrastiveLoss | None, HierarchicalLoss,
+           CenterRegularizationLoss | None]:
+    """The PhysMoE terms the loss wrappers share: the checked rule matrix ``[C, C]`` and
+    space-group -> crystal-system map ``[C]`` (host copies), the physics contrastive loss (None
+    when ``lambda_scl`` is 0), the hierarchical loss and the centre regularisation (None when
+    ``lambda_reg`` is 0)."""
+    rule = _validate_rule_matrix(rule_matrix)
+    sg_to_sys = _validate_sg_to_sys(sg_to_sys_map, rule.shape[0], NUM_CRYSTAL_SYSTEMS)
+    contrastive = (
+        PhysicsContrastiveLoss(temperature, rule_threshold, validate=validate)
+        if lambda_scl > 0
+        else None
+    )
+    center = (
+        CenterRegularizationLoss(rule.shape[0], feat_dim, rule_matrix=rule)
+        if lambda_reg > 0
+        else None
+    )
+    return rule, sg_to_sys, contrastive, HierarchicalLoss(sg_to_sys, NUM_CRYSTAL_SYSTEMS), center
+
+
+def positive_class_mask(rule_matrix: np.ndarray, rule_threshold: float) -> torch.Tensor:
+    """``(rule_matrix > rule_threshold) | eye``, bool ``[C, C]``: the contrastive positives."""
+    positive = (rule_matrix > rule_threshold) | np.eye(len(rule_matrix), dtype=bool)
+    return torch.from_numpy(positive)
+
+
 class PhysMoELossWrapper(nn.Module):
     """The full PhysMoE training loss.
 
@@ -688,10 +732,9 @@ class PhysMoELossWrapper(nn.Module):
             "hnm": lambda_hnm,
             "tau": tau,
         }
-        for name, value in weights.items():
-            if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
-                label = "tau" if name == "tau" else f"lambda_{name}"
-                raise ValueError(f"{label} must be a finite number >= 0, got {value!r}")
+        check_loss_weights(
+            {("tau" if name == "tau" else f"lambda_{name}"): value for name, value in weights.items()}
+        )
         self.lambda_scl, self.lambda_dol, self.lambda_col = (
             float(lambda_scl),
             float(lambda_dol),
@@ -707,9 +750,14 @@ class PhysMoELossWrapper(nn.Module):
         self.validate = bool(validate)
 
         # Host copies of the class-shaped constants, so reset_buffers() can rebuild the buffers.
-        self._rule_matrix = _validate_rule_matrix(rule_matrix)
+        self._rule_matrix, self._sg_to_sys, self.contrastive, self.hierarchical, self.center_loss = (
+            physics_terms(
+                rule_matrix, sg_to_sys_map, self.feat_dim, lambda_scl=self.lambda_scl,
+                lambda_reg=self.lambda_reg, temperature=temperature,
+                rule_threshold=rule_threshold, validate=self.validate,
+            )
+        )  # fmt: skip
         self.num_classes = self._rule_matrix.shape[0]
-        self._sg_to_sys = _validate_sg_to_sys(sg_to_sys_map, self.num_classes, NUM_CRYSTAL_SYSTEMS)
         self._log_prior = None
         if class_prior is not None:
             self._log_prior = log_class_prior(
@@ -720,29 +768,18 @@ class PhysMoELossWrapper(nn.Module):
                 f"tau={self.tau} > 0 (logit adjustment) needs class_prior, [num_classes] probabilities or counts"
             )
 
-        self.contrastive = (
-            PhysicsContrastiveLoss(temperature, rule_threshold, validate=self.validate)
-            if self.lambda_scl > 0
-            else None
-        )
         self.icl = ICLMoELoss(
             self.num_experts, tail_expert_ids, gamma=gamma, detach_ensemble=detach_ensemble
-        )
-        self.hierarchical = HierarchicalLoss(self._sg_to_sys, NUM_CRYSTAL_SYSTEMS)
-        self.center_loss = (
-            CenterRegularizationLoss(self.num_classes, self.feat_dim, rule_matrix=self._rule_matrix)
-            if self.lambda_reg > 0
-            else None
         )
         for name, value in self._buffers_from_host().items():
             self.register_buffer(name, value, persistent=False)
 
     def _buffers_from_host(self) -> dict[str, torch.Tensor]:
-        rule = self._rule_matrix
-        buffers = {"rule_matrix": torch.from_numpy(rule.copy())}
+        buffers = {"rule_matrix": torch.from_numpy(self._rule_matrix.copy())}
         if self.lambda_scl > 0:
-            positive = (rule > self.rule_threshold) | np.eye(self.num_classes, dtype=bool)
-            buffers["positive_class_mask"] = torch.from_numpy(positive)
+            buffers["positive_class_mask"] = positive_class_mask(
+                self._rule_matrix, self.rule_threshold
+            )
         if self._log_prior is not None:
             buffers["log_prior"] = torch.from_numpy(self._log_prior.copy())
         return buffers
