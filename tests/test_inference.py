@@ -291,7 +291,9 @@ def test_a_mistyped_folder_under_an_existing_one_is_not_sent_to_the_hub(tmp_path
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder: outputs/quikstart"):
         check_checkpoint_location("outputs/quikstart")
-    assert check_checkpoint_location("namespace/model") == "namespace/model"  # a Hub id
+    # A Hub id when online (scripts/test.sh sets HF_HUB_OFFLINE=1: switch it off here).
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    assert check_checkpoint_location("namespace/model") == "namespace/model"
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     message = "no such checkpoint folder: quikstart .*HF_HUB_OFFLINE"
     with pytest.raises(FileNotFoundError, match=message):
