@@ -491,3 +491,25 @@ def test_the_balanced_experts_preset_gets_the_training_prior():
     labels = torch.tensor([0, 5, 229, 61])
     out = model(torch.rand(4, model.config.num_points), labels=labels)
     assert torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize(("extra", "expected"), [([], True), (["--disable_tqdm", "false"], False)])
+def test_train_logs_instead_of_drawing_a_progress_bar_into_a_file(tmp_path, monkeypatch, extra, expected):
+    """Under pytest stderr is no terminal, as in a log file: no bar unless asked for."""
+    import physmoe.workflow
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(model_args, data_args, run_args, training_args):
+        seen["disable_tqdm"] = training_args.disable_tqdm
+        raise Stop
+
+    monkeypatch.setattr(physmoe.workflow, "train_and_evaluate", capture)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "use_cpu": True}))
+    with pytest.raises(Stop):
+        main(["train", str(config), *extra])
+    assert seen["disable_tqdm"] is expected

@@ -140,6 +140,13 @@ def _train(argv: Sequence[str]) -> int:
         print(f"error: {config_path}: unknown settings {unknown}", file=sys.stderr)
         return 2
     parser.set_defaults(**settings)
+    chose_tqdm = "disable_tqdm" in settings or any(
+        argument.split("=")[0] == "--disable_tqdm" for argument in overrides
+    )
+    if not chose_tqdm and not sys.stderr.isatty():
+        # A progress bar redrawn into a log file is one line per step: log summaries instead
+        # (every logging_steps), as the Trainer does when its bar is off.
+        parser.set_defaults(disable_tqdm=True)
     model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=overrides)
     chose_precision = any(key in settings for key in ("bf16", "fp16")) or any(
         argument.split("=")[0] in ("--bf16", "--fp16") for argument in overrides

@@ -233,7 +233,7 @@ def rows_from_crystals(
         source: Value of the ``source`` column.
         symprec: spglib tolerance in Angstrom.
         wavelength, two_theta_range: Peak simulation settings (default Cu K-alpha1, 2-100 deg).
-        progress: Show a progress bar.
+        progress: Show a progress bar (on a terminal; in a log file none is drawn).
 
     Returns:
         One dict per structure with the columns of :data:`FEATURES`.
@@ -250,7 +250,7 @@ def rows_from_crystals(
     for structure_id, item in tqdm(
         zip(structure_ids, crystals, strict=True),
         total=len(crystals),
-        disable=not progress,
+        disable=None if progress else True,
         desc="rows",
     ):
         crystal = item if isinstance(item, Crystal) else as_crystal(item)
@@ -606,7 +606,7 @@ def default_dataset(
         archive: Build from this structure archive (:func:`write_structure_archive`) instead of
             the embedded one.
         validation_fraction, test_fraction, seed: Split settings (see :func:`split_indices`).
-        progress: Show a progress bar.
+        progress: Show a progress bar (on a terminal; in a log file none is drawn).
     """
     source = (
         resources.files("physmoe.resources").joinpath(_EMBEDDED_FILE)
@@ -624,7 +624,7 @@ def default_dataset(
         chunks = np.array_split(np.arange(num_structures), max(1, num_structures // 50))
         rows: list[dict] = []
         with tqdm(
-            total=num_structures, desc="simulating embedded set", disable=not progress
+            total=num_structures, desc="simulating embedded set", disable=None if progress else True
         ) as bar:
             if num_proc <= 1:
                 for chunk in chunks:

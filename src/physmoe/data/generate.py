@@ -586,7 +586,7 @@ def generate_dataset(
         max_attempts: Attempts per structure.
         time_limit: Seconds per attempt.
         validation_fraction, test_fraction: Split fractions (see ``dataset.split_indices``).
-        progress: Show a progress bar.
+        progress: Show a progress bar (on a terminal; in a log file none is drawn).
         generator: ``"pyxtal"`` or ``"fast"`` (see :class:`GenerationSettings`).
 
     Returns:
@@ -683,7 +683,7 @@ def _run_shards(
                 initial=done,
                 unit="structure",
                 desc="generating",
-                disable=not progress,
+                disable=None if progress else True,
             )
         )
         for (shard, chunk), (rows, stats) in zip(chunks, results, strict=True):
