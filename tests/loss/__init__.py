@@ -1,14 +1,18 @@
 """Independent reference implementations of the loss spec's formulas, shared by the loss tests.
 
 Each oracle follows the spec text literally, one sample / class / expert at a time, in float64,
-and returns Python floats. Nothing here imports from physmoe.loss.
+and returns Python floats. Nothing here imports from physmoe.loss. Also the fixtures the wrapper
+tests share (``make_batch``, ``RULE``, ``CFG``, ...).
 """
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
+
+from physmoe.crystallography import rule_similarity_matrix, sg_to_sys_map
 
 
 def unit(row: torch.Tensor) -> torch.Tensor:
@@ -120,3 +124,31 @@ def hnm_oracle(features, labels, prototypes, hard_negatives, temperature=0.07) -
         mean_neg = sum(math.exp(v) for v in neg) / len(neg)
         total += -math.log(math.exp(pos) / (math.exp(pos) + mean_neg))
     return total / features.shape[0]
+
+
+# Shared by the loss-wrapper tests: the real rule matrix and system map, a 4-expert config and a
+# batch generator whose classes include rule-similar pairs (positives beyond the same class).
+RULE = rule_similarity_matrix()
+SG_TO_SYS = sg_to_sys_map()
+CFG = SimpleNamespace(num_experts=4, tail_expert_ids=[2, 3], feat_dim=16)
+PAIRED_CLASSES = torch.tensor([0, 1, 2, 5, 9, 3, 10, 13, 61, 224, 225, 228])
+
+
+def make_batch(batch=12, seed=0, num_experts=4, feat_dim=16, labels=None, requires_grad=False):
+    """Random wrapper outputs ``{features [B, D], sys_logits [B, 7], expert_logits [B, K, 230],
+    gating_weights [B, K]}`` and targets ``{labels [B]}`` (drawn from PAIRED_CLASSES)."""
+    generator = torch.Generator().manual_seed(seed)
+    if labels is None:
+        index = torch.randint(0, len(PAIRED_CLASSES), (batch,), generator=generator)
+        labels = PAIRED_CLASSES[index]
+    batch = len(labels)
+    outputs = {
+        "features": torch.randn(batch, feat_dim, generator=generator),
+        "sys_logits": torch.randn(batch, 7, generator=generator),
+        "expert_logits": torch.randn(batch, num_experts, 230, generator=generator) * 2,
+        "gating_weights": torch.softmax(torch.randn(batch, num_experts, generator=generator), 1),
+    }
+    if requires_grad:
+        for value in outputs.values():
+            value.requires_grad_()
+    return outputs, {"labels": labels}

@@ -14,7 +14,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from physmoe.crystallography import rule_similarity_matrix, sg_to_sys_map
 from physmoe.loss import (
     DEFAULT_EXPERT_TAU_RANGE,
     LOSS_PRESETS,
@@ -32,31 +31,18 @@ from physmoe.models.resnet1d_moe import (
 from physmoe.models.resnet1d_moe.configuration_resnet1d_moe import BALANCED_EXPERTS_TAU_RANGE
 from tiny_models import tiny_model
 
-from . import center_oracle, contrastive_oracle, hierarchical_oracle, log_softmax_row
+from . import (
+    CFG,
+    RULE,
+    SG_TO_SYS,
+    center_oracle,
+    contrastive_oracle,
+    hierarchical_oracle,
+    log_softmax_row,
+    make_batch,
+)
 
-RULE = rule_similarity_matrix()
-SG_TO_SYS = sg_to_sys_map()
-CFG = SimpleNamespace(num_experts=4, tail_expert_ids=[2, 3], feat_dim=16)
-PAIRED_CLASSES = torch.tensor([0, 1, 2, 5, 9, 3, 10, 13, 61, 224, 225, 228])
 COUNTS = torch.arange(1.0, 231.0) ** 2  # a long-tailed prior (ratio 52,900)
-
-
-def make_batch(batch=12, seed=0, num_experts=4, feat_dim=16, labels=None, requires_grad=False):
-    generator = torch.Generator().manual_seed(seed)
-    if labels is None:
-        index = torch.randint(0, len(PAIRED_CLASSES), (batch,), generator=generator)
-        labels = PAIRED_CLASSES[index]
-    batch = len(labels)
-    outputs = {
-        "features": torch.randn(batch, feat_dim, generator=generator),
-        "sys_logits": torch.randn(batch, 7, generator=generator),
-        "expert_logits": torch.randn(batch, num_experts, 230, generator=generator) * 2,
-        "gating_weights": torch.softmax(torch.randn(batch, num_experts, generator=generator), 1),
-    }
-    if requires_grad:
-        for value in outputs.values():
-            value.requires_grad_()
-    return outputs, {"labels": labels}
 
 
 def log_prior_oracle(counts, floor=1e-6):

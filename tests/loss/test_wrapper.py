@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from physmoe.crystallography import rule_similarity_matrix, sg_to_sys_map
 from physmoe.loss import (
     LOSS_PRESETS,
     BalancedSoftmaxLossWrapper,
@@ -19,33 +18,16 @@ from physmoe.loss import (
     build_loss,
 )
 
-from . import center_oracle, contrastive_oracle, hierarchical_oracle, icl_oracle
-
-RULE = rule_similarity_matrix()
-SG_TO_SYS = sg_to_sys_map()
-CFG = SimpleNamespace(num_experts=4, tail_expert_ids=[2, 3], feat_dim=16)
-PAIRED_CLASSES = torch.tensor([0, 1, 2, 5, 9, 3, 10, 13, 61, 224, 225, 228])
-
-
-def make_batch(batch=12, seed=0, num_experts=4, feat_dim=16, labels=None, requires_grad=False):
-    generator = torch.Generator().manual_seed(seed)
-    if labels is None:
-        labels = PAIRED_CLASSES[
-            torch.randint(0, len(PAIRED_CLASSES), (batch,), generator=generator)
-        ]
-    batch = len(labels)
-    outputs = {
-        "features": torch.randn(batch, feat_dim, generator=generator),
-        "sys_logits": torch.randn(batch, 7, generator=generator),
-        "expert_logits": torch.randn(batch, num_experts, 230, generator=generator) * 2,
-        "gating_weights": torch.softmax(
-            torch.randn(batch, num_experts, generator=generator), dim=1
-        ),
-    }
-    if requires_grad:
-        for value in outputs.values():
-            value.requires_grad_()
-    return outputs, {"labels": labels}
+from . import (
+    CFG,
+    RULE,
+    SG_TO_SYS,
+    center_oracle,
+    contrastive_oracle,
+    hierarchical_oracle,
+    icl_oracle,
+    make_batch,
+)
 
 
 def ensemble(outputs):
