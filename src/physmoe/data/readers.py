@@ -6,7 +6,9 @@ the public reference implementation's ``.npy`` files.
   usual delimiters. The wavelength is never assumed: it is ``None`` unless given or stated
   unambiguously in the file's comments/header (``# Wavelength: 1.5406 A``, ``0.154056 nm``,
   ``lambda = 0.7093``, ``Kα1 = 1.54056 Å, Kα2 = ...``, ``# Anode Cu``); ambiguous headers are
-  refused unless the wavelength is given.
+  refused unless the wavelength is given. Instrument files go to :mod:`physmoe.data.instruments`
+  by suffix (case-insensitive): PANalytical ``.xrdml``, Bruker ``.brml`` and ``.raw``
+  (RAW1.01/RAW4.00), Rigaku ``.ras``, with the wavelength the file states.
 * :func:`read_cif` -- a CIF file to a :class:`~physmoe.data.structures.Crystal` (gemmi, with
   pymatgen's lenient parser as a fallback).
 * :func:`iter_simxrd` / :func:`read_simxrd` -- SimXRD-4M ASE SQLite databases, whose per-row
@@ -456,7 +458,13 @@ def read_pattern(
     delimiter: str | None = None,
     encoding: str | None = None,
 ) -> Pattern:
-    """Read a two-column (2θ, intensity) or three-column (2θ, intensity, sigma) text pattern.
+    """Read a two-column (2θ, intensity) or three-column (2θ, intensity, sigma) text pattern,
+    or an instrument file.
+
+    Files ending in ``.xrdml``, ``.brml``, ``.raw`` or ``.ras`` (any case) are read by
+    :func:`physmoe.data.instruments.read_instrument_file` (its first 2θ scan, the wavelength the
+    file states, the same precedence of ``wavelength``; ``delimiter`` does not apply and
+    ``encoding`` only to ``.ras`` header text). The rest of this docstring is about text files.
 
     Lines starting with ``#``, ``!``, ``;``, ``%``, ``//`` or ``*`` are comments, as is anything after
     ``#`` on a data line; blank lines are skipped; non-numeric lines before the first data line are
@@ -494,6 +502,10 @@ def read_pattern(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pattern file not found: {path}")
+    from .instruments import INSTRUMENT_SUFFIXES, read_instrument_file  # imports this module
+
+    if path.suffix.lower() in INSTRUMENT_SUFFIXES:
+        return read_instrument_file(path, wavelength=wavelength, encoding=encoding)
     rows: list[list[float]] = []
     line_numbers: list[int] = []
     stated: list[_Stated] = []
