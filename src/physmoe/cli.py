@@ -218,18 +218,40 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from .inference import SpaceGroupPredictor, format_predictions
 
-    predictor = SpaceGroupPredictor.from_pretrained(args.checkpoint, device=args.device)
+    checkpoint, files = _predict_model_and_files(args.model, args.inputs)
+    predictor = SpaceGroupPredictor.from_pretrained(checkpoint, device=args.device)
     results = [
         predictor.predict_file(
             path, wavelength=args.wavelength, top_k=args.top_k, min_confidence=args.min_confidence
         )
-        for path in args.files
+        for path in files
     ]
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     else:
         print(format_predictions(results))
     return 0
+
+
+# Suffixes of files to predict: a first argument ending so is a file, never a model name.
+_FILE_SUFFIXES = (".cif", ".mcif", ".xy", ".xye", ".csv", ".txt", ".dat", ".xrdml", ".brml", ".raw", ".ras")
+
+
+def _predict_model_and_files(model: str | None, inputs: list[str]) -> tuple[str, list[str]]:
+    """``physmoe predict [MODEL] FILE...``: the model is ``--model``, else the first of several
+    arguments unless it is a file (or named like one), else the shipped checkpoint."""
+    first = Path(inputs[0])
+    names_file = first.is_file() or first.suffix.lower() in _FILE_SUFFIXES
+    if model is None and len(inputs) > 1 and not names_file:
+        model, inputs = inputs[0], inputs[1:]
+    elif model is None and first.is_dir():
+        raise ValueError(f"{inputs[0]} is a folder: name the files to predict after it")
+    if model is None:
+        from .inference import default_checkpoint
+
+        model = str(default_checkpoint())
+        logger.info("using the shipped pretrained checkpoint %s", model)
+    return model, inputs
 
 
 def _push(args: argparse.Namespace) -> int:
@@ -283,9 +305,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="with --real --conditions lab: rendering seed"
     )
 
-    predict = commands.add_parser("predict", help="ranked space groups for patterns (.xy/.xye/.csv) or CIF files")
-    predict.add_argument("checkpoint")
-    predict.add_argument("files", nargs="+")
+    predict = commands.add_parser(
+        "predict",
+        help="ranked space groups for CIFs, text patterns (.xy/.xye/.csv) or instrument files "
+        "(.xrdml/.brml/.raw/.ras)",
+        usage="physmoe predict [MODEL] FILE [FILE ...] [options]",
+        description="MODEL (a saved folder or a Hub id; or --model) is optional: without it the "
+        "pretrained checkpoint shipped with the package is used.",
+    )
+    predict.add_argument("inputs", nargs="+", metavar="[MODEL] FILE", help="optional model, then files")
+    predict.add_argument("--model", default=None, help="model folder or Hub id (default: shipped)")
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--wavelength", type=float, default=None, help="Angstrom, for pattern files that do not state it")
     predict.add_argument("--device", default=None)

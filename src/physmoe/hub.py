@@ -139,6 +139,7 @@ def write_model_card(
     template_path: str | os.PathLike | None = None,
     model_name: str | None = None,
     repo_id: str | None = None,
+    extra_sections: str | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write ``README.md``, the model card, into a saved checkpoint folder.
@@ -165,6 +166,8 @@ def write_model_card(
         model_name: Name in the title and ``model-index`` (default: the folder's name).
         repo_id: Repository id used in the card's code example (default:
             ``your-namespace/<model_name>``).
+        extra_sections: Markdown embedded as is after the evaluation results (e.g. a
+            real-structure benchmark, the training recipe), starting with its own ``##`` heading.
         overwrite: Replace an existing ``README.md``.
 
     Returns:
@@ -180,6 +183,7 @@ def write_model_card(
         save_directory, metrics=metrics, longtail_table=longtail_table,
         training_data=training_data, conditions=conditions, base_model=base_model,
         template_path=template_path, model_name=model_name, repo_id=repo_id,
+        extra_sections=extra_sections,
     )
     _write_text_atomic(card_path, card)
     logger.info("wrote model card %s", card_path)
@@ -197,10 +201,12 @@ def _render_model_card(
     template_path: str | os.PathLike | None,
     model_name: str | None,
     repo_id: str | None,
+    extra_sections: str | None = None,
 ) -> str:
     """The card's text for ``checkpoint_dir`` (arguments as in :func:`write_model_card`)."""
-    if longtail_table is not None and not isinstance(longtail_table, str):
-        raise TypeError(f"longtail_table must be a markdown string, got {type(longtail_table)}")
+    for name, text in (("longtail_table", longtail_table), ("extra_sections", extra_sections)):
+        if text is not None and not isinstance(text, str):
+            raise TypeError(f"{name} must be a markdown string, got {type(text)}")
     training_data = _checked_mapping(training_data, "training_data")
     conditions = _checked_mapping(conditions, "conditions")
     model_name = model_name or checkpoint_dir.resolve().name
@@ -245,6 +251,7 @@ def _render_model_card(
         conditions=[(key, _format_value(value)) for key, value in conditions.items()],
         metrics_table=metrics_markdown_table(test_metrics) if test_metrics else None,
         longtail_table=longtail_table,
+        extra_sections=extra_sections,
         physmoe_version=__version__,
     )
     # Jinja blocks leave runs of blank lines behind; markdown needs at most one.

@@ -52,10 +52,30 @@ __all__ = [
     "SpaceGroupPredictor",
     "check_device",
     "check_min_confidence",
+    "default_checkpoint",
     "format_predictions",
 ]
 
 _CIF_SUFFIXES = (".cif", ".mcif")
+_SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "resources" / "pretrained"
+
+
+def default_checkpoint() -> Path:
+    """The folder of the pretrained checkpoint shipped inside the package (a ``save_pretrained``
+    folder with its model card), what ``physmoe predict`` uses when no model is named::
+
+        >>> model = ResNet1D_MoE.from_pretrained(default_checkpoint())
+        >>> predictor = SpaceGroupPredictor.from_pretrained(default_checkpoint())
+
+    Raises ``FileNotFoundError`` when this installation carries no weights (a build without
+    package data)."""
+    if not (_SHIPPED_CHECKPOINT / "config.json").is_file() or not (_SHIPPED_CHECKPOINT / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"no pretrained checkpoint in {_SHIPPED_CHECKPOINT} (config.json and model.safetensors "
+            "expected): this installation was built without the package data; reinstall physmoe "
+            "or name a model folder"
+        )
+    return _SHIPPED_CHECKPOINT
 
 
 @dataclass(frozen=True)
@@ -389,9 +409,10 @@ class SpaceGroupPredictor:
         top_k: int = 5,
         min_confidence: float | None = None,
     ) -> SpaceGroupPrediction:
-        """Prediction for a file: a CIF (its clean simulated pattern) or a two-column pattern
-        (``.xy``, ``.xye``, ``.csv``, ...; ``wavelength`` in Angstrom when the file does not say
-        and it is not the model's). ``min_confidence``: as for :meth:`predict`."""
+        """Prediction for a file: a CIF (its clean simulated pattern), a two-column pattern
+        (``.xy``, ``.xye``, ``.csv``, ...) or an instrument file (``.xrdml``, ``.brml``, ``.raw``,
+        ``.ras``); ``wavelength`` in Angstrom when the file does not say and it is not the
+        model's. ``min_confidence``: as for :meth:`predict`."""
         min_confidence = check_min_confidence(min_confidence)
         path = Path(path)
         if path.suffix.lower() in _CIF_SUFFIXES:
