@@ -241,3 +241,39 @@ def test_the_contrastive_loss_names_out_of_range_labels():
     for labels, value in (([0, 5, 1], 5), ([0, -1, 1], -1)):
         with pytest.raises(ValueError, match=rf"labels must lie in 0\.\.4, found {value}"):
             loss(features, torch.tensor(labels), rule)
+
+
+# ------------------------------------------------------------------------- survey regressions
+
+
+def test_a_row_without_peaks_is_refused():
+    batch = rows(3)
+    batch[2]["peak_two_theta"], batch[2]["peak_intensity"] = [], []
+    for train in (False, True):
+        with pytest.raises(ValueError, match=r"feature 2 has no peaks \(peak_two_theta is empty\)"):
+            PXRDCollator(SMALL_GRID, train=train, seed=0)(batch)
+
+
+@pytest.mark.parametrize(("key", "value"), [("peak_two_theta", "10 20"), ("peak_intensity", ["a", "b"]), ("peak_two_theta", [10.0, None])])
+def test_peaks_that_are_not_numbers_name_the_field(key, value):
+    batch = rows(2)
+    batch[1]["peak_two_theta"], batch[1]["peak_intensity"] = [10.0, 20.0], [50.0, 100.0]
+    batch[1][key] = value
+    with pytest.raises(ValueError, match=rf"feature 1: {key} must be numbers, got "):
+        PXRDCollator(SMALL_GRID, train=False)(batch)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"num_labels": 0}, "num_labels must be an integer >= 1, got 0"),
+        ({"num_labels": 2.5}, "num_labels must be an integer >= 1, got 2.5"),
+        ({"seed": "abc"}, "seed must be None or an integer >= 0, got 'abc'"),
+        ({"seed": -1}, "seed must be None or an integer >= 0, got -1"),
+        ({"seed": True}, "seed must be None or an integer >= 0, got True"),
+    ],
+)
+def test_num_labels_and_seed_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        PXRDCollator(SMALL_GRID, **kwargs)
+    assert PXRDCollator(SMALL_GRID, seed=np.int64(3), num_labels=7).seed == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 
@@ -171,3 +172,12 @@ def test_bad_requests_are_refused_by_name():
     with pytest.raises(ValueError, match="index"):
         generator.generate([-2])
     assert generator.sample(0) == []
+
+
+@pytest.mark.parametrize("indices", [5, np.int64(5), "5"])
+def test_generate_needs_a_sequence_of_indices(indices):
+    generator = RandomCrystalGenerator(max_atoms=8, prior=np.r_[1.0, np.zeros(229)])
+    message = r"indices must be a sequence of ints \(e\.g\. \[5\] or range\(5\)\), got " + re.escape(repr(indices))
+    with pytest.raises(TypeError, match=message):
+        generator.generate(indices)
+    assert len(generator.generate(np.array([5]))) == 1

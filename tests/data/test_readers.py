@@ -4,6 +4,7 @@ database and the reference implementation's pickled .npy dicts."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -223,8 +224,8 @@ def test_undecodable_or_corrupt_files_name_the_file(tmp_path):
 
 
 def test_no_data_lines_names_the_first_unparsable_line(tmp_path):
-    with pytest.raises(ValueError, match=r"bad\.xy: no data lines .* line 2 \('10 x 5'\)"):
-        read_pattern(write(tmp_path, "bad.xy", "# c\n10 x 5\n"))
+    with pytest.raises(ValueError, match=r"bad\.xy: no data lines .* line 2 \('angle x 5'\)"):
+        read_pattern(write(tmp_path, "bad.xy", "# c\nangle x 5\n"))
 
 
 def test_missing_pattern_file(tmp_path):
@@ -461,3 +462,89 @@ def test_reference_plain_array_is_not_a_dict(tmp_path):
     np.save(path, np.zeros((2, 8500)))
     with pytest.raises(ValueError, match="expected a dict"):
         read_reference_npy(path)
+
+
+# ------------------------------------------------------------------------- survey regressions
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("5.00 1,234.5\n5.05 1,240.0\n5.10 20\n5.15 30\n", r"bad\.xy:1: cannot parse '5\.00 1,234\.5'"),
+        ("1,234.5 100\n10 1\n11 2\n", r"bad\.xy:1: cannot parse '1,234\.5 100'"),
+        ("# c\n12.3x 100\n12.4 100\n12.5 90\n", r"bad\.xy:2: cannot parse '12\.3x 100'"),
+        ("10.0 12a\n10.5 13\n11.0 14\n", r"bad\.xy:1: cannot parse '10\.0 12a'"),
+    ],
+)
+def test_number_led_lines_before_the_data_are_no_header(tmp_path, text, message):
+    with pytest.raises(ValueError, match=message):
+        read_pattern(write(tmp_path, "bad.xy", text))
+
+
+@pytest.mark.parametrize(
+    "header", ["2theta intensity", "2 Theta, Intensity", "2θ (deg) counts", "Angle 1 Counts 2", "2024-05-01 12:00 scan 3"]
+)
+def test_text_headers_before_the_data_are_still_skipped(tmp_path, header):
+    pattern = read_pattern(write(tmp_path, "scan.xy", f"{header}\n10 1\n11 2\n"))
+    np.testing.assert_array_equal(pattern.two_theta, [10.0, 11.0])
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("# Co anode, 40 kV, 30 mA", 1.78897),
+        ("# Mo target", 0.7093),
+        ("# Fe-tube, 35 kV", 1.93604),
+        ("# Cu radiation", 1.54056),
+        ("# K-Alpha1 1.540598 A, Ratio K-Alpha2/K-Alpha1 0.5", 1.540598),
+        ("# K-Alpha1 [A] 1.540598; K-Alpha2 [A] 1.544426; Ratio K-Alpha2/K-Alpha1 0.5", 1.540598),
+    ],
+)
+def test_header_anode_after_element_and_ratio_clauses(tmp_path, header, expected):
+    assert read_pattern(write(tmp_path, "scan.xy", f"{header}\n10 1\n11 2\n")).wavelength == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("value", [True, "1.54", 1 + 2j, [1.54]])
+def test_wavelength_argument_must_be_a_number(tmp_path, simxrd_db, value):
+    path = write(tmp_path, "scan.xy", "10 1\n11 2\n")
+    with pytest.raises(TypeError, match=rf"wavelength must be a number in Angstrom, got {re.escape(repr(value))}"):
+        read_pattern(path, wavelength=value)
+    with pytest.raises(TypeError, match=rf"wavelength must be a number in Angstrom, got {re.escape(repr(value))}"):
+        read_simxrd(simxrd_db, wavelength=value)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_byte_order_mark(tmp_path, encoding):
+    path = tmp_path / "scan.xy"
+    path.write_bytes("5.00 20.0\n5.05 21.0\n5.10 22.0\n".encode(encoding))
+    np.testing.assert_array_equal(read_pattern(path).intensity, [20.0, 21.0, 22.0])
+
+
+def test_simxrd_limit_and_selection_are_checked(simxrd_db):
+    assert read_simxrd(simxrd_db, limit=0) == []
+    assert len(read_simxrd(simxrd_db, limit=2)) == 2
+    with pytest.raises(ValueError, match=r"limit must be None or an integer >= 0, got -1"):
+        read_simxrd(simxrd_db, limit=-1)
+    with pytest.raises(ValueError, match=r"cannot parse the selection 'id>>2'"):
+        read_simxrd(simxrd_db, selection="id>>2")
+
+
+def test_reference_files_that_are_not_npy_name_the_file(tmp_path):
+    text = write(tmp_path, "text.npy", "10 1\n11 2\n")
+    with pytest.raises(ValueError, match=r"text\.npy is not a \.npy or \.npz file \(it starts with b'10 1"):
+        read_reference_npy(text, allow_pickle=True)
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.npy is not a \.npy or \.npz file \(it is empty\)"):
+        read_reference_npy(empty)
+    intensity, labels = reference_arrays()
+    npz = tmp_path / "broken.npz"
+    np.savez(npz, intensitys=intensity, labels230=labels)
+    npz.write_bytes(npz.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"broken\.npz: cannot read the file .*truncated"):
+        read_reference_npy(npz)
+    npy = tmp_path / "cut.npy"
+    np.save(npy, intensity)
+    npy.write_bytes(npy.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"cut\.npy: cannot read the file .*truncated"):
+        read_reference_npy(npy)

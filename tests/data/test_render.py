@@ -709,3 +709,12 @@ def test_march_dollase_averages_over_hexagonal_families():
     s = math.sqrt(3) / 2
     expected = np.array([md(0.0), (md(1.0) + 2 * md(0.5)) / 3, (2 * md(s) + md(0.0)) / 3])
     np.testing.assert_allclose(ratio / ratio[0], expected / expected[0], rtol=0.01)
+
+
+@pytest.mark.parametrize(("pair", "message"), [
+    (("10 20", [1.0, 2.0]), r"peak list 0: two_theta must be numbers, got the string '10 20'"),
+    (([20.0, 30.0], ["a", "b"]), r"peak list 0: intensity must be numbers, got \['a', 'b'\]"),
+])
+def test_peaks_that_are_not_numbers_name_the_array(pair, message):
+    with pytest.raises(ValueError, match=message):
+        render_patterns([pair], GRID)

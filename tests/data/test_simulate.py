@@ -14,7 +14,7 @@ import pytest
 from physmoe.data import simulate as simulate_module
 from physmoe.data.grid import CU_KA1, CU_KA2
 from physmoe.data.simulate import PeakList, simulate_peaks, simulate_peaks_batch
-from physmoe.data.structures import Crystal
+from physmoe.data.structures import Crystal, lattice_matrix
 
 from .conftest import SI_640E_B, SI_640E_HKL, SI_640E_INTENSITY, SI_640E_LATTICE
 
@@ -445,3 +445,43 @@ def test_batch_edges_and_bad_arguments(silicon):
         simulate_peaks_batch([silicon], b_iso=-1.0)
     with pytest.raises(TypeError, match="expected a Crystal"):
         simulate_peaks_batch([silicon, {"lattice": np.eye(3)}])
+
+
+# ------------------------------------------------------------------------- survey regressions
+
+
+@pytest.mark.parametrize("value", [(5.0,), (5.0, 60.0, 90.0), ("a", "b"), ("5", "90"), None, 90, "5,90"])
+def test_malformed_two_theta_range_is_named(silicon, value):
+    with pytest.raises(ValueError, match=r"two_theta_range must be \(min, max\) in degrees, got "):
+        simulate_peaks(silicon, two_theta_range=value)
+    with pytest.raises(ValueError, match="two_theta_range"):
+        simulate_peaks_batch([silicon], two_theta_range=value)
+
+
+@pytest.mark.parametrize("value", ["abc", [1, 2], {"Si": "x"}, True])
+def test_malformed_b_iso_is_named(silicon, value):
+    with pytest.raises(ValueError, match=r"b_iso must be a number of Angstrom\^2, \{element: number\} or None, got"):
+        simulate_peaks(silicon, b_iso=value)
+
+
+@pytest.mark.parametrize(
+    ("a", "wavelength", "message"),
+    [(564.0, CU_KA1, r"a, b, c = 564, 564, 564 Angstrom at wavelength 1\.54056"), (5.64, 1e-3, r"at wavelength 0\.001 Angstrom")],
+)
+def test_huge_reflection_boxes_are_refused_before_allocating(a, wavelength, message):
+    nacl = Crystal.from_parameters((a, a, a, 90, 90, 90), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(ValueError, match=message + r".*limit of 2e\+07"):
+        simulate_peaks(nacl, wavelength=wavelength)
+
+
+def test_bundled_structures_stay_below_the_reflection_box_limit():
+    """The limit refuses no bundled structure, even at Ag K-alpha up to 2θ = 180 deg."""
+    from importlib.resources import files
+
+    g_max = 2 / 0.559421
+    for name in ("default_structures.npz", "real_structures.npz"):
+        with np.load(files("physmoe.resources") / name) as data:
+            lengths = np.array([np.linalg.norm(lattice_matrix(*p), axis=1) for p in data["lattice_parameters"]])
+        limits = np.floor(g_max * lengths + 1e-9)
+        points = (limits[:, 0] + 1) * (2 * limits[:, 1] + 1) * (2 * limits[:, 2] + 1)
+        assert points.max() < simulate_module._MAX_BOX_POINTS / 5

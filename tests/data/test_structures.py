@@ -4,6 +4,7 @@ hand-written expectations (site lists, occupancies, B = 8 pi^2 U) and pymatgen's
 from __future__ import annotations
 
 import math
+import re
 import sys
 
 import gemmi
@@ -282,3 +283,59 @@ def test_as_crystal_passthrough_and_type_error():
     assert as_crystal(crystal) is crystal
     with pytest.raises(TypeError, match="builtins.list"):
         as_crystal([1, 2, 3])
+
+
+# ------------------------------------------------------------------------- survey regressions
+
+CARTESIAN_SITES = (
+    "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_Cartn_x\n_atom_site_Cartn_y\n"
+    "_atom_site_Cartn_z\n"
+)
+
+
+def test_cif_with_cartesian_sites_only_is_converted(tmp_path, nacl_cif):
+    cubic = tmp_path / "cartesian.cif"
+    cubic.write_text(
+        "data_x\n" + CELL.format(a=5.64, b=5.64, c=5.64) + "_symmetry_space_group_name_H-M 'F m -3 m'\n"
+        + CARTESIAN_SITES + "Na1 Na 0 0 0\nCl1 Cl 2.82 2.82 2.82\n"
+    )
+    reference = Crystal.from_cif(nacl_cif)
+    assert [s[:4] for s in sorted_sites(Crystal.from_cif(cubic))] == [s[:4] for s in sorted_sites(reference)]
+    # Monoclinic, mmCIF convention (a along x, b along y): fractional (0.1, 0.2, 0.3) is
+    # x = 0.1 a + 0.3 c cos(beta), y = 0.2 b, z = 0.3 c sin(beta).
+    beta = math.radians(100)
+    x, y, z = 0.1 * 5 + 0.3 * 7 * math.cos(beta), 0.2 * 6, 0.3 * 7 * math.sin(beta)
+    oblique = tmp_path / "monoclinic.cif"
+    oblique.write_text(
+        "data_x\n" + CELL.format(a=5, b=6, c=7).replace("beta 90", "beta 100")
+        + CARTESIAN_SITES + f"Fe1 Fe {x} {y} {z}\n"
+    )
+    np.testing.assert_allclose(Crystal.from_cif(oblique).frac_coords, [[0.1, 0.2, 0.3]], atol=1e-9)
+    # A stated transformation matrix (Cartesian = M @ fractional) wins over the default.
+    to_cartesian = lattice_matrix(5, 6, 7, 90, 100, 90).T
+    x, y, z = to_cartesian @ [0.1, 0.2, 0.3]
+    matrix = "".join(f"_atom_sites_Cartn_tran_matrix_{i + 1}{j + 1} {to_cartesian[i, j]}\n" for i in range(3) for j in range(3))
+    oblique.write_text(
+        "data_x\n" + CELL.format(a=5, b=6, c=7).replace("beta 90", "beta 100") + matrix
+        + CARTESIAN_SITES + f"Fe1 Fe {x} {y} {z}\n"
+    )
+    np.testing.assert_allclose(Crystal.from_cif(oblique).frac_coords, [[0.1, 0.2, 0.3]], atol=1e-9)
+
+
+@pytest.mark.parametrize(("tag", "value"), [
+    ("_symmetry_Int_Tables_number", "231"),
+    ("_space_group_IT_number", "0"),
+    ("_space_group_IT_number", "12.5"),
+    ("_symmetry_Int_Tables_number", "abc"),
+])
+def test_cif_with_an_impossible_space_group_number_is_refused(tmp_path, tag, value):
+    path = tmp_path / "bad_number.cif"
+    path.write_text("data_x\n" + CELL.format(a=5.64, b=5.64, c=5.64) + f"{tag} {value}\n" + SITES.format(na=1))
+    with pytest.raises(ValueError, match=rf"bad_number\.cif: {tag} is '{re.escape(value)}'"):
+        Crystal.from_cif(path)
+
+
+def test_cif_with_a_utf8_byte_order_mark_is_read(tmp_path, nacl_cif):
+    path = tmp_path / "bom.cif"
+    path.write_bytes(b"\xef\xbb\xbf" + NACL_CIF.encode())
+    assert sorted_sites(Crystal.from_cif(path)) == sorted_sites(Crystal.from_cif(nacl_cif))

@@ -41,6 +41,14 @@ def _as_numpy(values) -> np.ndarray:
     return np.asarray(values)
 
 
+def _as_float64(values, what: str) -> np.ndarray:
+    """Peak values as float64, with an error naming ``what`` for anything but numbers."""
+    array = _as_numpy(values)
+    if array.dtype.kind not in "biuf":  # np.asarray keeps strings and objects as they are
+        raise ValueError(f"{what} must be numbers, got {values!r:.80}")
+    return array.astype(np.float64, copy=False)
+
+
 @dataclass
 class PXRDCollator:
     """Collate dataset rows into ``{"input_values": FloatTensor [B, L], "labels": LongTensor [B]}``.
@@ -90,6 +98,12 @@ class PXRDCollator:
             raise TypeError(
                 f"conditions must be MeasurementConditions, got {type(self.conditions).__name__}"
             )
+        for name, value, minimum in (("num_labels", self.num_labels, 1), ("seed", self.seed, 0)):
+            if value is None and name == "seed":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+                allowed = "None or an integer >= 0" if name == "seed" else "an integer >= 1"
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
         wavelength = self.peaks_wavelength
         if isinstance(wavelength, bool) or not (
             isinstance(wavelength, (int, float, np.number))
@@ -207,7 +221,12 @@ class PXRDCollator:
                         f"feature {i} needs 'peak_two_theta' and 'peak_intensity' (or 'input_values'); "
                         f"it has {sorted(row)}"
                     )
-                peaks.append((_as_numpy(row["peak_two_theta"]), _as_numpy(row["peak_intensity"])))
+                two_theta, intensity = (
+                    _as_float64(row[key], f"feature {i}: {key}") for key in ("peak_two_theta", "peak_intensity")
+                )
+                if two_theta.size == 0:  # its clean pattern would be all zero: no training signal
+                    raise ValueError(f"feature {i} has no peaks (peak_two_theta is empty)")
+                peaks.append((two_theta, intensity))
             if self.train:
                 conditions = self.conditions or MeasurementConditions.default()
                 generator = self._keyed_generator(features) or self._training_generator()

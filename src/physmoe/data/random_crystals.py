@@ -42,7 +42,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import gemmi
@@ -214,6 +214,9 @@ class RandomCrystalGenerator:
             indices: Non-negative stream indices.
             space_group: Build every crystal in this group (1..230) instead of drawing one.
         """
+        if isinstance(indices, str | bytes | int | np.integer) or not isinstance(indices, Iterable):
+            # generate(5) would fail with "'int' object is not iterable"
+            raise TypeError(f"indices must be a sequence of ints (e.g. [5] or range(5)), got {indices!r}")
         if space_group is not None:
             integral = isinstance(space_group, int | np.integer) and not isinstance(space_group, bool)
             if not (integral and 1 <= space_group <= NUM_SPACE_GROUPS):

@@ -31,9 +31,12 @@ import io
 import logging
 import lzma
 import math
+import numbers
 import os
+import pickle
 import re
 import sqlite3
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,9 +96,15 @@ _LINE = re.compile(
     r"(?:[ _-]?([123])(?![\d.]))?(?![A-Za-z])",
     re.IGNORECASE,
 )
+_ANODE_WORD = r"(?:anode|target|tube|radiation|source)\b"
+# "Anode: Cu", "Target Mo", and the other order, "Co anode", "Cu tube" (group 1 or 2).
 _ANODE_KEYWORD = re.compile(
-    r"(?:anode|target|tube|radiation|source)\b[^,;|]*?(?<![A-Za-z])" + _ANODE, re.IGNORECASE
+    _ANODE_WORD + r"[^,;|]*?(?<![A-Za-z])" + _ANODE
+    + r"|(?<![A-Za-z])" + _ANODE_NAME + r"[ _-]?" + _ANODE_WORD,
+    re.IGNORECASE,
 )
+# A ratio ("Ratio K-Alpha2/K-Alpha1 0.5"): the numbers after the word are no wavelengths.
+_RATIO = re.compile(r"\bratio\b", re.IGNORECASE)
 _NUMBER = re.compile(r"(?<![\w.])(\d+\.\d*|\.\d+|\d+)")
 _UNIT_AFTER = re.compile(r"\s*" + _UNIT, re.IGNORECASE)
 _BRACKETED_UNIT = re.compile(r"[(\[]\s*" + _UNIT + r"\s*[)\]]", re.IGNORECASE)
@@ -138,7 +147,7 @@ def _header_wavelengths(line: str, line_number: int) -> tuple[list[_Stated], lis
     for clause in re.split(r"[,;|]", line):
         labels = [(m.span(), _line_label(m), m.group(1)) for m in _LINE.finditer(clause)]
         keywords = [(m.span(), m.group(1)) for m in _KEYWORD.finditer(clause)]
-        anode_names = [m.group(1) for m in _ANODE_KEYWORD.finditer(clause)]
+        anode_names = [m.group(1) or m.group(2) for m in _ANODE_KEYWORD.finditer(clause)]
         anode_names += [name for _, label, name in labels if name and label.startswith("a")]
         if anode_names and any(label == "b" for _, label, _ in labels):
             unclear.append(f"{clause.strip()!r} names a K-beta line")  # not the anode's K-alpha1
@@ -150,6 +159,9 @@ def _header_wavelengths(line: str, line_number: int) -> tuple[list[_Stated], lis
         masked = list(clause)
         for (start, end), *_ in labels + keywords:
             masked[start:end] = "\0" * (end - start)
+        ratio = _RATIO.search(clause)
+        if ratio:
+            masked[ratio.start():] = " " * (len(clause) - ratio.start())
         masked = "".join(masked)
         found, problems, previous_end = False, [], 0
         for number in _NUMBER.finditer(masked):
@@ -384,16 +396,18 @@ def _read_text(path: Path, encoding: str | None) -> str:
             )
         encoding = bom_encoding
     elif encoding is None:
-        body = data.lstrip(b"\x00")
+        # Drop leading NULs in pairs: an odd one may be the high byte of big-endian UTF-16 text.
+        padding = len(data) - len(data.lstrip(b"\x00"))
+        body = data[padding // 2 * 2:]
         sample = body[:4096]
         if len(sample) >= 4 and sample.count(b"\x00") * 3 >= len(sample):
             odd = sample[1::2].count(b"\x00")
             even = sample[0::2].count(b"\x00")
             encoding = "utf-16-le" if odd > even else "utf-16-be"
-            data = data[(len(data) - len(body)) // 2 * 2:]  # keep the byte pairs aligned
+            data = body
             logger.warning("%s: no byte-order mark but NUL bytes: reading it as %s", path, encoding)
         else:
-            data = body
+            data = data[padding:]
             try:
                 return data.decode("utf-8").lstrip("\ufeff\x00")
             except UnicodeDecodeError as error:
@@ -418,6 +432,19 @@ def _read_text(path: Path, encoding: str | None) -> str:
             "encoding (pass encoding=)"
         )
     return text.lstrip("\ufeff\x00")
+
+
+def _check_wavelength(wavelength: Any, where: str = "") -> None:
+    """Refuse a wavelength that is not a positive finite real number (a bool, a string)."""
+    if isinstance(wavelength, bool) or not isinstance(wavelength, numbers.Real):
+        raise TypeError(f"{where}wavelength must be a number in Angstrom, got {wavelength!r}")
+    if not (math.isfinite(wavelength) and wavelength > 0):
+        raise ValueError(f"{where}wavelength must be a positive number of Angstrom, got {wavelength}")
+
+
+# A line before the data that starts like a number ("12.3x 100", "1,234.5 100"; not "2theta" or
+# a date "2024-05-01") and has more digits is a broken data line, not a header.
+_NUMBER_LED = re.compile(r"^[+-]?(?:\d+[.,]\d*|\.\d+|\d+(?![^\W\d_]))(?![-/:\d])\D*\d")
 
 
 def _parse_number(field: str) -> float:
@@ -500,6 +527,8 @@ def read_pattern(
             named anode, several anodes, a mention without a value).
     """
     path = Path(path)
+    if wavelength is not None:
+        _check_wavelength(wavelength, f"{path}: ")
     if not path.is_file():
         raise FileNotFoundError(f"pattern file not found: {path}")
     from .instruments import INSTRUMENT_SUFFIXES, read_instrument_file  # imports this module
@@ -532,11 +561,13 @@ def read_pattern(
         try:
             values, decimal_comma = _parse_values(line, delimiter)
         except ValueError:
-            if not rows:  # a header before the data
+            if not rows and not _NUMBER_LED.match(line):  # a header before the data
                 first_unparsed = first_unparsed or (line_number, raw_line.strip())
                 continue
+            # Before any data: say why the line was not skipped as a header.
+            why = "" if rows else " (no data lines before it; a line that starts with a number is no header)"
             raise ValueError(
-                f"{path}:{line_number}: cannot parse {raw_line.strip()!r} as numbers"
+                f"{path}:{line_number}: cannot parse {raw_line.strip()!r} as numbers{why}"
             ) from None
         if decimal_comma and decimal_comma_line is None:
             decimal_comma_line = line_number
@@ -587,8 +618,6 @@ def read_pattern(
             raise ValueError(f"{path}:{numbers[bad[0]]}: negative sigma {sigma[bad[0]]}")
     if wavelength is None:
         wavelength = _resolve_header_wavelength(path, stated, anodes, unclear_mentions)
-    if wavelength is not None and not (math.isfinite(wavelength) and wavelength > 0):
-        raise ValueError(f"{path}: wavelength must be a positive number of Angstrom, got {wavelength}")
     return Pattern(
         two_theta=data[:, 0].copy(),
         intensity=data[:, 1].copy(),
@@ -737,7 +766,7 @@ def iter_simxrd(
             ``2θ = 2 asin(wavelength / (2 d))`` (default: SimXRD's own, Cu K-alpha 1.54184).
             Points whose d cannot diffract at this wavelength are dropped.
         selection: An ``ase.db`` selection (e.g. ``"id<100"``), passed to ``db.select``.
-        limit: At most this many rows.
+        limit: At most this many rows (None: all; 0: none).
 
     Yields:
         :class:`SimXRDRecord` per row.
@@ -755,8 +784,18 @@ def iter_simxrd(
     path = Path(path)
     if not path.is_file():  # ase.db.connect would silently create an empty database
         raise FileNotFoundError(f"SimXRD database not found: {path}")
-    if not (math.isfinite(wavelength) and wavelength > 0):
-        raise ValueError(f"wavelength must be a positive number of Angstrom, got {wavelength}")
+    _check_wavelength(wavelength)
+    # ase reads a limit of 0 or below as "no limit": that would return every row.
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0):
+        raise ValueError(f"limit must be None or an integer >= 0, got {limit!r}")
+    if limit == 0:
+        return
+    from ase.db.core import parse_selection
+
+    try:  # ase's own errors ("too many values to unpack") do not say what was wrong
+        parse_selection(selection)
+    except (ValueError, TypeError, KeyError, SyntaxError) as error:
+        raise ValueError(f"cannot parse the selection {selection!r}: {error}") from None
     uri = f"{path.resolve().as_uri()}?mode=ro"
     _check_ase_database(path, uri)
     database = connect(str(path), type="db")
@@ -862,8 +901,17 @@ def read_reference_npy(
     if not path.is_file():
         raise FileNotFoundError(f"reference file not found: {path}")
     grid = TwoThetaGrid() if grid is None else grid
+    with path.open("rb") as file:
+        head = file.read(6)
+    # Check the magic first: np.load reads anything else as a pickle ("holds pickled objects").
+    if not head.startswith((b"\x93NUMPY", b"PK")):
+        what = "it is empty" if not head else f"it starts with {head!r}"
+        raise ValueError(f"{path} is not a .npy or .npz file ({what})")
     try:
         loaded = np.load(path, allow_pickle=allow_pickle)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:  # read inside the try: a damaged member fails here, not in np.load
+                loaded = {key: loaded[key] for key in loaded.files}
     except ValueError as error:
         if "allow_pickle" in str(error):
             raise ValueError(
@@ -871,14 +919,14 @@ def read_reference_npy(
                 "Unpickling can execute arbitrary code, so it is refused by default; pass "
                 "allow_pickle=True only if you trust where the file came from."
             ) from None
-        raise
-    if isinstance(loaded, np.lib.npyio.NpzFile):
-        with loaded:
-            content: Any = {key: loaded[key] for key in loaded.files}
-    elif isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.shape == ():
+        raise ValueError(f"{path}: cannot read the file ({error}); is it truncated?") from None
+    except (EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as error:
+        raise ValueError(
+            f"{path}: cannot read the file ({type(error).__name__}: {error}); is it truncated?"
+        ) from None
+    content: Any = loaded
+    if isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.shape == ():
         content = loaded.item()
-    else:
-        content = loaded
     if not isinstance(content, dict):
         raise ValueError(
             f"{path}: expected a dict with {_INTENSITY_KEYS[0]!r} (or {_INTENSITY_KEYS[1]!r}) and "

@@ -727,10 +727,17 @@ def _peak_arrays(item, index: int) -> dict:
     )
 
 
-def _as_numpy(values) -> np.ndarray:
+def _as_numpy(values, what: str = "values") -> np.ndarray:
+    """``values`` as float64; ValueError naming ``what`` if they are not numbers (a string, too:
+    ``"5"`` would otherwise pass as one peak)."""
     if isinstance(values, torch.Tensor):
         values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype=np.float64)
+    if isinstance(values, str | bytes):
+        raise ValueError(f"{what} must be numbers, got the string {values!r}")
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{what} must be numbers, got {values!r} ({error})") from None
 
 
 def _pad(peaks: Sequence, peaks_wavelength: float | None, device) -> _PaddedPeaks:
@@ -739,9 +746,9 @@ def _pad(peaks: Sequence, peaks_wavelength: float | None, device) -> _PaddedPeak
     for index, item in enumerate(arrays):
         for name in ("two_theta", "intensity", "d_spacing"):
             if item.get(name) is not None:
-                item[name] = _as_numpy(item[name]).reshape(-1)
+                item[name] = _as_numpy(item[name], f"peak list {index}: {name}").reshape(-1)
         if item.get("hkl") is not None:
-            item["hkl"] = _as_numpy(item["hkl"]).reshape(-1, 3)
+            item["hkl"] = _as_numpy(item["hkl"], f"peak list {index}: hkl").reshape(-1, 3)
         count = item["two_theta"].size
         for name in ("intensity", "hkl", "d_spacing"):
             if item.get(name) is not None and len(item[name]) != count:

@@ -40,6 +40,7 @@ import importlib.util
 import json
 import logging
 import math
+import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,10 @@ FORM_FACTOR_TABLES = ("it92", "pymatgen")
 _MAX_PAIRS = 1 << 19
 # hkl boxes up to this many points are cached (72 bytes a point; 128 boxes <= 38 MB).
 _CACHED_BOX_POINTS = 4096
+# Most (h, k, l) box points one structure may need (~120 bytes each while enumerating: ~2.4 GB).
+# The bundled structures need at most ~3e6 even at Ag K-alpha up to 2θ = 180 deg; a 150 Angstrom
+# cubic cell at Cu K-alpha to 90 deg needs 1.1e7. Cells in pm or a wavelength in nm go far beyond.
+_MAX_BOX_POINTS = 20_000_000
 # simulate_peaks_batch works on groups of structures of about this many (reflection, site) pairs
 # (estimated from the cell volume): enough to amortise per-call costs over small cells, small
 # enough for the temporaries (~40 bytes a pair) to stay in cache (2^20 was slower, measured).
@@ -188,8 +193,12 @@ def _check_options(
     The checked options are cached by value: callers repeat the same few, and building them costs
     as much as the rest of a small cell's pattern.
     """
+    try:
+        two_theta_range = tuple(two_theta_range)
+    except TypeError:  # None, a single number
+        raise ValueError(f"two_theta_range must be (min, max) in degrees, got {two_theta_range!r}") from None
     key = (
-        wavelength, tuple(two_theta_range), kalpha2, kalpha2_wavelength, kalpha2_ratio, merge_tol,
+        wavelength, two_theta_range, kalpha2, kalpha2_wavelength, kalpha2_ratio, merge_tol,
         min_intensity, form_factors, return_hkl,
     )  # fmt: skip
     try:
@@ -210,6 +219,8 @@ def _build_options(
     form_factors: str,
     return_hkl: bool,
 ) -> _Options:
+    if len(two_theta_range) != 2 or not all(_is_real(v) for v in two_theta_range):
+        raise ValueError(f"two_theta_range must be (min, max) in degrees, got {two_theta_range!r}")
     low, high = (float(v) for v in two_theta_range)
     if not 0.0 <= low < high <= 180.0:
         raise ValueError(
@@ -249,10 +260,19 @@ def _build_options(
 _cached_options = functools.lru_cache(maxsize=64, typed=True)(_build_options)
 
 
+def _is_real(value: Any) -> bool:
+    """A real number, not a bool or a string (which ``float`` would also take)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _site_b_iso(crystal: Crystal, b_iso: float | Mapping[str, float] | None) -> np.ndarray:
     """Per-site B ``[N]`` from the ``b_iso`` argument of :func:`simulate_peaks`."""
     if b_iso is None:
         return crystal.b_iso
+    if not (_is_real(b_iso) or (isinstance(b_iso, Mapping) and all(map(_is_real, b_iso.values())))):
+        raise ValueError(
+            f"b_iso must be a number of Angstrom^2, {{element: number}} or None, got {b_iso!r}"
+        )
     if isinstance(b_iso, Mapping):
         per_element = {element_symbol(k): float(v) for k, v in b_iso.items()}
         values = np.array(
@@ -482,6 +502,14 @@ def _reflections(crystals: Sequence[Crystal], options: _Options) -> list[_Reflec
     found = []
     for crystal, coefficients, (h_max, k_max, l_max) in zip(crystals, terms, limits, strict=True):
         points = (h_max + 1) * (2 * k_max + 1) * (2 * l_max + 1)
+        if points > _MAX_BOX_POINTS:  # the arrays would take GiB to TiB
+            lengths = ", ".join(f"{v:.4g}" for v in np.linalg.norm(crystal.lattice, axis=1))
+            raise ValueError(
+                f"the cell lengths a, b, c = {lengths} Angstrom at wavelength "
+                f"{options.wavelength:g} Angstrom need {points:.3g} (h, k, l) points, more than the "
+                f"limit of {_MAX_BOX_POINTS:.0e}: are the cell (not pm) and the wavelength (not nm) "
+                "in Angstrom? Otherwise narrow two_theta_range"
+            )
         if points * len(crystal.species) > _MAX_PAIRS:
             hkl, g2, axes, mask = _reciprocal_points(crystal.lattice, options.g_min, options.g_max)
             found.append(_Reflections(hkl.astype(np.float64), g2, (axes, mask)))

@@ -16,7 +16,9 @@ Conventions shared by all conversions:
 
 from __future__ import annotations
 
+import codecs
 import functools
+import io
 import logging
 import math
 import os
@@ -309,6 +311,8 @@ class Crystal:
         """
         where = f"{source}: " if source else ""
         number_only = getattr(small, "spacegroup_number", 0)
+        if not 0 <= number_only <= 230:  # 0: not given; others would silently become P1
+            raise ValueError(f"{where}space-group number {number_only} is not in 1..230")
         if small.spacegroup is None and not small.symops and 1 <= number_only <= 230:
             # Only _space_group_IT_number / _symmetry_Int_Tables_number: its standard setting.
             small.determine_and_set_spacegroup("N")
@@ -365,41 +369,112 @@ class Crystal:
         """Read a CIF file with gemmi; if gemmi rejects the syntax (duplicate tags, unquoted
         strings, ...) fall back to pymatgen's lenient ``CifParser`` when pymatgen is installed.
 
-        Only the first data block with atom sites is read.
+        Only the first data block with atom sites is read. A UTF-8 byte-order mark is ignored.
+        Sites given only as Cartesian coordinates (``_atom_site_Cartn_x/y/z``) are converted with
+        ``_atom_sites_Cartn_tran_matrix_*`` if the file gives it, else with the cell in the
+        mmCIF convention (a along x, b in the xy plane). A space-group number
+        (``_space_group_IT_number``, ``_symmetry_Int_Tables_number``) that is not an integer
+        1..230 is refused.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"CIF file not found: {path}")
+        data = path.read_bytes()
         try:
-            small = gemmi.read_small_structure(str(path))
-        except IndexError:  # gemmi's vector::_M_range_check: no data block at all
-            empty = not path.read_bytes().strip()
+            block = _cif_block(data, path)
+        except IndexError:  # no data block at all
+            empty = not data.strip()
             raise ValueError(
                 f"{path}: no data block (data_...) in the CIF" + (": the file is empty" * empty)
             ) from None
         except (RuntimeError, ValueError) as gemmi_error:
-            try:
-                from pymatgen.io.cif import CifParser
-            except ImportError:
-                raise ValueError(
-                    f"{path}: gemmi could not parse the CIF ({gemmi_error}); install pymatgen for a "
-                    "lenient fallback parser"
-                ) from gemmi_error
-            logger.warning("%s: gemmi could not parse the CIF (%s); using pymatgen's CifParser", path, gemmi_error)
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    structures = CifParser(str(path)).parse_structures(primitive=False)
-            except Exception as pymatgen_error:
-                raise ValueError(
-                    f"{path}: neither gemmi ({gemmi_error}) nor pymatgen ({pymatgen_error}) could parse the CIF"
-                ) from pymatgen_error
-            if not structures:
-                raise ValueError(f"{path}: pymatgen found no structure in the CIF") from gemmi_error
-            return cls.from_pymatgen(structures[0])
+            return cls._from_cif_with_pymatgen(path, data, gemmi_error)
+        _check_space_group_number(block, path)
+        try:
+            small = gemmi.make_small_structure_from_block(block)
+        except (RuntimeError, ValueError) as gemmi_error:
+            return cls._from_cif_with_pymatgen(path, data, gemmi_error)
         if len(small.sites) == 0:
             raise ValueError(f"{path}: no atom sites (_atom_site_fract_x/y/z loop) in the CIF")
+        if not len(block.find_values("_atom_site_fract_x")):
+            _set_fractional_from_cartesian(small, block, path)
         return cls.from_gemmi(small, source=str(path))
+
+    @classmethod
+    def _from_cif_with_pymatgen(cls, path: Path, data: bytes, gemmi_error: Exception) -> Crystal:
+        """The fallback of :meth:`from_cif` for CIFs whose syntax gemmi rejects."""
+        try:
+            from pymatgen.io.cif import CifParser
+        except ImportError:
+            raise ValueError(
+                f"{path}: gemmi could not parse the CIF ({gemmi_error}); install pymatgen for a "
+                "lenient fallback parser"
+            ) from gemmi_error
+        logger.warning("%s: gemmi could not parse the CIF (%s); using pymatgen's CifParser", path, gemmi_error)
+        # pymatgen, too, stumbles over a byte-order mark: give it the text without one.
+        source = io.StringIO(data[3:].decode("utf-8", "replace")) if data.startswith(codecs.BOM_UTF8) else str(path)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                structures = CifParser(source).parse_structures(primitive=False)
+        except Exception as pymatgen_error:
+            raise ValueError(
+                f"{path}: neither gemmi ({gemmi_error}) nor pymatgen ({pymatgen_error}) could parse the CIF"
+            ) from pymatgen_error
+        if not structures:
+            raise ValueError(f"{path}: pymatgen found no structure in the CIF") from gemmi_error
+        return cls.from_pymatgen(structures[0])
+
+
+_SPACE_GROUP_NUMBER_TAGS = ("_space_group_IT_number", "_symmetry_Int_Tables_number")
+_CARTESIAN_TAGS = ("_atom_site_Cartn_x", "_atom_site_Cartn_y", "_atom_site_Cartn_z")
+
+
+def _cif_block(data: bytes, path: Path) -> gemmi.cif.Block:
+    """The block of a CIF that gemmi.read_small_structure would read: the first with fractional
+    sites, else the first with Cartesian sites, else the first (IndexError if there is none)."""
+    if data.startswith(codecs.BOM_UTF8):  # gemmi refuses a byte-order mark
+        document = gemmi.cif.read_string(data[len(codecs.BOM_UTF8):])
+    else:
+        document = gemmi.cif.read(str(path))  # also reads .gz
+    for tag in ("_atom_site_fract_x", "_atom_site_Cartn_x"):
+        block = next((b for b in document if len(b.find_values(tag))), None)
+        if block is not None:
+            return block
+    return document[0]
+
+
+def _check_space_group_number(block: gemmi.cif.Block, path: Path) -> None:
+    """Refuse a stated space-group number outside 1..230: gemmi would take it as 'none given'
+    and the structure would silently become P1."""
+    for tag in _SPACE_GROUP_NUMBER_TAGS:
+        value = block.find_value(tag)
+        if value is None or value in ("?", "."):
+            continue
+        text = gemmi.cif.as_string(value)
+        if not (re.fullmatch(r"\+?\d+", text.strip()) and 1 <= int(text) <= 230):
+            raise ValueError(f"{path}: {tag} is {text!r}; a space-group number must be an integer 1..230")
+
+
+def _set_fractional_from_cartesian(small: gemmi.SmallStructure, block: gemmi.cif.Block, path: Path) -> None:
+    """Fill the fractional coordinates of sites the CIF gives only in Cartesian coordinates
+    (gemmi leaves them at 0, which would put every atom at the origin)."""
+    columns = [block.find_values(tag) for tag in _CARTESIAN_TAGS]
+    if any(len(column) != len(small.sites) for column in columns):
+        raise ValueError(
+            f"{path}: the atom sites have neither _atom_site_fract_x/y/z nor a complete "
+            "_atom_site_Cartn_x/y/z loop"
+        )
+    cartesian = np.array([[gemmi.cif.as_number(v) for v in column] for column in columns]).T
+    matrix = [block.find_value(f"_atom_sites_Cartn_tran_matrix_{i}{j}") for i in "123" for j in "123"]
+    if all(value is not None for value in matrix):  # Cartesian = M @ fractional (core CIF)
+        to_cartesian = np.array([gemmi.cif.as_number(v) for v in matrix]).reshape(3, 3)
+    else:  # no matrix: gemmi's orthogonalisation, the mmCIF default (a along x)
+        to_cartesian = np.array(small.cell.orth.mat.tolist())
+    fractional = cartesian @ np.linalg.inv(to_cartesian).T
+    logger.warning("%s: sites given only in Cartesian coordinates; converted to fractional", path)
+    for site, xyz in zip(small.sites, fractional, strict=True):
+        site.fract = gemmi.Fractional(*xyz)
 
 
 def _is_instance_of(obj: Any, module_prefix: str, class_names: tuple[str, ...]) -> bool:
