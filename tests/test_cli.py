@@ -141,6 +141,59 @@ def test_bad_configs_name_the_problem(tmp_path, capsys):
         load_data(DataArguments(max_eval_samples=-5))
 
 
+def test_train_refuses_mistakes_before_training(tmp_path, capsys):
+    """Each used to fail late (after an epoch, or after saving) or with a misleading message."""
+    assert main(["train", str(tmp_path)]) == 2
+    assert f"config file {tmp_path} is a folder" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("x")
+    mistakes = [
+        ({"metric_for_best_model": "bogus"}, "metric_for_best_model 'bogus' is not an evaluation metric"),
+        ({"metric_for_best_model": "balanced_acuracy"}, "did you mean 'balanced_accuracy'"),
+        ({"predict_files": [str(tmp_path / "absent.xy")]}, "predict_files: no such file"),
+        ({"output_dir": str(tmp_path / "a_file")}, "is a file, not a folder"),
+    ]
+    for settings, expected in mistakes:
+        config = tmp_path / "run.yaml"
+        config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "use_cpu": True, **settings}))
+        assert main(["train", str(config)]) == 1, settings
+        error = capsys.readouterr().err
+        assert expected in error and "Traceback" not in error, error
+        assert not (tmp_path / "out").exists()
+    from physmoe.workflow import _check_metric_name
+
+    for fine in ("balanced_accuracy", "eval_balanced_accuracy", "eval_loss", "few_shot_accuracy", "expert_3_top1_accuracy"):
+        _check_metric_name(fine)
+
+
+def test_model_overrides_and_missing_models_are_named(tmp_path):
+    from physmoe.workflow import ModelArguments, build_model
+
+    counts = np.ones(230)
+    with pytest.raises(ValueError, match=r"model_overrides must be a JSON object: Expecting property name"):
+        build_model(ModelArguments(model_overrides="{tau: 1}"), counts)
+    with pytest.raises(ValueError, match=r"model_overrides must be a JSON object, got \['tau', 1\]"):
+        build_model(ModelArguments(model_overrides=["tau", 1]), counts)  # a YAML list
+    missing = tmp_path / "no_model"
+    with pytest.raises(FileNotFoundError, match=f"no such checkpoint folder: {missing}"):
+        build_model(ModelArguments(model_name_or_path=str(missing)), counts)
+
+
+def test_evaluate_real_and_predict_name_broken_models(tmp_path, capsys):
+    from tiny_models import tiny_model
+
+    missing = tmp_path / "no_model"
+    assert main(["evaluate", str(missing), "--real"]) == 1
+    assert f"error: no such checkpoint folder: {missing}" in capsys.readouterr().err
+    saved = tmp_path / "model"
+    tiny_model().save_pretrained(saved)
+    config = json.loads((saved / "config.json").read_text())
+    (saved / "config.json").write_text(json.dumps({**config, "num_experts": 2, "tail_expert_ids": [1]}))
+    assert main(["predict", str(saved), str(EXAMPLES / "NaCl_rocksalt.cif")]) == 1
+    error = capsys.readouterr().err
+    assert "error: the weights in" in error and "gate.weight: checkpoint [4, 6], config [2, 6]" in error
+    assert "Traceback" not in error
+
+
 def test_yaml_syntax_errors_name_the_file_and_line(tmp_path, capsys):
     config = tmp_path / "broken.yaml"
     config.write_text("preset: reference\nnum_train_epochs: [3\nlearning_rate: 1e-3\n")
@@ -469,17 +522,24 @@ def test_unknown_model_overrides_are_refused_with_a_suggestion(tmp_path):
 
 def test_evaluate_max_samples_limits_every_split(small_dataset, tmp_path):
     from physmoe import XRDFeatureExtractor
+    from physmoe.workflow import DataArguments, load_data
     from tiny_models import tiny_model
 
+    # A fresh copy: subsampling used to write cache-*.arrow files into the dataset folder.
+    data = shutil.copytree(small_dataset, tmp_path / "data")
+    files = sorted(path.name for path in data.rglob("*"))
     saved = tmp_path / "model"
     model = tiny_model(seed=1)
     model.save_pretrained(saved)
     XRDFeatureExtractor.from_config(model.config).save_pretrained(saved)
     output = tmp_path / "metrics.json"
     for split in ("train", "test"):
-        arguments = ["evaluate", str(saved), "--dataset", str(small_dataset), "--split", split]
+        arguments = ["evaluate", str(saved), "--dataset", str(data), "--split", split]
         assert main([*arguments, "--max-samples", "5", "--output", str(output)]) == 0
         assert json.loads(output.read_text())[f"{split}_num_samples"] == 5, split
+    limited, _ = load_data(DataArguments(dataset=str(data), max_train_samples=4, max_eval_samples=3))
+    assert len(limited["train"]) == 4 and len(limited["test"]) == 3
+    assert sorted(path.name for path in data.rglob("*")) == files
 
 
 def test_the_balanced_experts_preset_gets_the_training_prior():

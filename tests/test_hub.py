@@ -405,6 +405,17 @@ def test_push_checkpoint_refuses_incomplete_folders_before_any_request(hub_serve
     assert hub_server.repos == {}
 
 
+def test_check_checkpoint_location_requires_a_json_object_config(tmp_path):
+    from physmoe.hub import check_checkpoint_location
+
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config\.json must hold a JSON object .*got a JSON list"):
+        check_checkpoint_location(tmp_path)
+    (tmp_path / "config.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"config\.json is not valid JSON"):
+        check_checkpoint_location(tmp_path)
+
+
 def test_checkpoint_files_selects_what_users_need(tmp_path):
     folder = save_checkpoint(tiny_model(), tmp_path / "checkpoint-10")
     (folder / "rng_state.pth").write_bytes(b"rng")

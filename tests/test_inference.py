@@ -318,6 +318,35 @@ def test_broken_checkpoint_folders_name_the_problem(saved_model, tmp_path):
         SpaceGroupPredictor.from_pretrained(saved_model / "config.json")
 
 
+def test_a_corrupt_or_mismatched_preprocessor_config_is_refused(saved_model, tmp_path, caplog):
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(saved_model, corrupt)
+    (corrupt / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"corrupt/preprocessor_config\.json is not a valid"):
+        SpaceGroupPredictor.from_pretrained(corrupt)  # used to be logged as a missing file
+    other_grid = tmp_path / "other_grid"
+    shutil.copytree(saved_model, other_grid)
+    XRDFeatureExtractor(num_points=128).save_pretrained(other_grid)
+    with pytest.raises(ValueError, match=r"grid \(preprocessor_config\.json\) .*num_points=128.* differs .*num_points=64"):
+        SpaceGroupPredictor.from_pretrained(other_grid)
+    missing = tmp_path / "missing"
+    shutil.copytree(saved_model, missing)
+    (missing / "preprocessor_config.json").unlink()
+    with caplog.at_level("WARNING"):
+        assert SpaceGroupPredictor.from_pretrained(missing).grid.num_points == 64
+    assert "no preprocessor_config.json" in caplog.text
+
+
+def test_input_values_and_top_k_of_the_wrong_type_are_named(saved_model):
+    predictor = SpaceGroupPredictor.from_pretrained(saved_model)
+    for bad in ("0.1 0.2", None, ["a", "b"]):
+        with pytest.raises(TypeError, match="input_values must be a tensor or array"):
+            predictor.predict_input_values(bad)
+    with pytest.raises(TypeError, match="top_k must be an integer >= 1, got None"):
+        predictor.predict_input_values(torch.rand(1, 64), top_k=None)
+    assert len(predictor.predict_input_values(torch.rand(1, 64), top_k=3.0)[0].candidates) == 3
+
+
 def test_an_unavailable_device_is_named(saved_model, monkeypatch, capsys):
     from physmoe.cli import main
 

@@ -112,6 +112,9 @@ def _train(argv: Sequence[str]) -> int:
         print("usage: physmoe train CONFIG.yaml [--field value ...]  (physmoe train --help lists the fields)", file=sys.stderr)
         return 2
     config_path, overrides = Path(argv[0]), list(argv[1:])
+    if config_path.is_dir():
+        print(f"error: config file {config_path} is a folder, not a YAML file", file=sys.stderr)
+        return 2
     if not config_path.is_file():
         print(f"error: config file {config_path} not found", file=sys.stderr)
         return 2
@@ -192,6 +195,10 @@ def _train(argv: Sequence[str]) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    if args.checkpoint is None:  # the checkpoint shipped in the package
+        from .inference import default_checkpoint
+
+        args.checkpoint = str(default_checkpoint())
     if args.real:
         from .evaluation.real import evaluate_real_checkpoint, format_real_benchmark
 
@@ -287,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("train", help="train, calibrate and test a model from a YAML config", add_help=False)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
-    evaluate.add_argument("checkpoint")
+    evaluate.add_argument(
+        "checkpoint", nargs="?", default=None, help="model folder or Hub id (default: the shipped one)"
+    )
     evaluate.add_argument("--dataset", default="default", help="DatasetDict path or 'default'")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--batch-size", type=int, default=64)

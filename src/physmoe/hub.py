@@ -322,8 +322,9 @@ def check_checkpoint_location(checkpoint: str | os.PathLike) -> str:
             locally and is meant as a path (it contains ``\\`` or more than one ``/``, starts
             with ``.``, ``~`` or ``/``, is no valid repository id, or its first part is a local
             folder, as ``outputs`` in ``outputs/mistyped``), or when ``HF_HUB_OFFLINE`` is set.
-        ValueError: a local folder without ``config.json``, or whose ``model.safetensors`` is
-            truncated or corrupt; a file instead of a folder.
+        ValueError: a local folder without ``config.json``, whose ``config.json`` is no JSON
+            object, or whose ``model.safetensors`` is truncated or corrupt; a file instead of a
+            folder.
     """
     text = os.fspath(checkpoint)
     path = Path(text).expanduser()
@@ -334,6 +335,7 @@ def check_checkpoint_location(checkpoint: str | os.PathLike) -> str:
                 f"{path} is not a checkpoint folder: it has no {CONFIG_NAME} (files present: "
                 f"{', '.join(present[:20]) or 'none'})"
             )
+        _check_config_json(path / CONFIG_NAME)
         for name in (SAFE_WEIGHTS_NAME,):
             if (path / name).is_file():
                 _check_safetensors(path / name)
@@ -530,6 +532,15 @@ def _read_json(path: Path) -> dict | None:
     if not isinstance(value, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
     return value
+
+
+def _check_config_json(path: Path) -> None:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} must hold a JSON object (the model settings), got a JSON {type(config).__name__}")
 
 
 def _check_safetensors(path: Path) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers.utils import FEATURE_EXTRACTOR_NAME
 
 from .crystallography import (
     CRYSTAL_SYSTEMS,
@@ -162,6 +164,24 @@ def check_min_confidence(min_confidence: float | None) -> float | None:
     return value
 
 
+def _same_grid(first: TwoThetaGrid, second: TwoThetaGrid) -> bool:
+    """Equal up to JSON float rounding."""
+    return first.num_points == second.num_points and all(
+        math.isclose(getattr(first, name), getattr(second, name), rel_tol=1e-9)
+        for name in ("two_theta_min", "two_theta_max", "wavelength")
+    )
+
+
+def check_top_k(top_k: int) -> int:
+    """``top_k`` as an int >= 1 (an integral float is accepted); a TypeError/ValueError otherwise."""
+    integral = isinstance(top_k, numbers.Integral) or (isinstance(top_k, float) and top_k.is_integer())
+    if isinstance(top_k, bool) or not integral:
+        raise TypeError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    return int(top_k)
+
+
 def check_device(device: torch.device | str) -> torch.device:
     """``device`` as a ``torch.device``; a ValueError naming it when it is not a device name or
     this machine lacks it (``cuda`` without CUDA, ``cuda:3`` with two GPUs, ``mps``)."""
@@ -210,6 +230,12 @@ class SpaceGroupPredictor:
         self.device = next(model.parameters()).device
         self.feature_extractor = feature_extractor or XRDFeatureExtractor.from_config(model.config)
         self.grid = TwoThetaGrid.from_config(model.config)
+        if not _same_grid(self.feature_extractor.grid, self.grid):
+            # Its patterns would not fit the model (or be converted to the wrong wavelength).
+            raise ValueError(
+                f"the feature extractor's grid ({FEATURE_EXTRACTOR_NAME}) {self.feature_extractor.grid} "
+                f"differs from the model config's grid {self.grid}"
+            )
         if temperature is None:
             temperature = float(getattr(model.config, "calibration_temperature", 1.0) or 1.0)
         if not temperature > 0:
@@ -237,11 +263,20 @@ class SpaceGroupPredictor:
             check_device(device)  # before loading anything
         path = check_checkpoint_location(path)
         model = ResNet1D_MoE.from_pretrained(path)
-        try:
-            extractor = XRDFeatureExtractor.from_pretrained(path)
-        except OSError:
-            logger.warning("no preprocessor_config.json in %s: using the model config's grid", path)
-            extractor = None
+        preprocessor = Path(path) / FEATURE_EXTRACTOR_NAME
+        extractor = None
+        if Path(path).is_dir() and not preprocessor.is_file():
+            logger.warning("no %s in %s: using the model config's grid", FEATURE_EXTRACTOR_NAME, path)
+        elif Path(path).is_dir():
+            try:
+                extractor = XRDFeatureExtractor.from_pretrained(path)
+            except (OSError, TypeError, ValueError) as error:  # a corrupt file is no missing one
+                raise ValueError(f"{preprocessor} is not a valid feature-extractor config: {error}") from error
+        else:
+            try:
+                extractor = XRDFeatureExtractor.from_pretrained(path)
+            except OSError:  # a Hub repository without the file
+                logger.warning("no %s in %s: using the model config's grid", FEATURE_EXTRACTOR_NAME, path)
         return cls(model, extractor, device=device, **kwargs)
 
     # -- core -----------------------------------------------------------------------------------
@@ -267,10 +302,8 @@ class SpaceGroupPredictor:
         With ``min_confidence`` (in [0, 1]) a prediction whose best probability is below it is
         marked ``uncertain``."""
         min_confidence = check_min_confidence(min_confidence)
+        top_k = min(check_top_k(top_k), self.model.config.num_labels)
         input_values = self.normalize_input_values(input_values, sources).to(self.device)
-        top_k = min(int(top_k), self.model.config.num_labels)
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
         if sources is not None and len(sources) != len(input_values):
             raise ValueError(f"{len(sources)} sources for {len(input_values)} patterns")
         with recommended_autocast(self.device, self.autocast_dtype):
@@ -333,7 +366,14 @@ class SpaceGroupPredictor:
                 sign-flipped or wrongly background-subtracted pattern); naming the row (and its
                 source, from ``sources``).
         """
-        values = torch.as_tensor(input_values)
+        if input_values is None or isinstance(input_values, (str, bytes)):
+            raise TypeError(
+                f"input_values must be a tensor or array of intensities, got {type(input_values).__name__}"
+            )
+        try:
+            values = torch.as_tensor(input_values)
+        except (TypeError, ValueError, RuntimeError) as error:  # e.g. a list holding strings
+            raise TypeError(f"input_values must be a tensor or array of intensities: {error}") from error
         if values.dim() == 1:
             values = values[None]
         num_points = self.grid.num_points

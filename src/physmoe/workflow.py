@@ -10,10 +10,12 @@ reported once on the test split over the whole split.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import fnmatch
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -40,6 +42,7 @@ from .evaluation import (
     plot_pattern_top5,
     plot_per_class_accuracy,
 )
+from .evaluation.metrics import _BUCKETS
 from .models.resnet1d_moe import ResNet1D_MoE, ResNet1DMoEConfig
 from .training import (
     PhysMoETrainer,
@@ -174,8 +177,15 @@ def load_data(data_args: DataArguments, seed: int = 0) -> tuple[DatasetDict, dic
         if limit is not None and limit < 1:
             raise ValueError(f"max_{'train' if split == 'train' else 'eval'}_samples must be >= 1, got {limit}")
         if limit is not None and limit < len(dataset[split]):
-            dataset[split] = dataset[split].shuffle(seed=seed).select(range(limit))
+            dataset[split] = _subsample(dataset[split], limit, seed)
     return dataset, metadata
+
+
+def _subsample(dataset, size: int, seed: int):
+    """``size`` rows of ``dataset`` drawn at random. In memory: by default datasets writes the
+    shuffled index as a cache-*.arrow file into the user's dataset folder."""
+    shuffled = dataset.shuffle(seed=seed, keep_in_memory=True)
+    return shuffled.select(range(size), keep_in_memory=True)
 
 
 def _held_out_splits(data_args: DataArguments) -> DatasetDict:
@@ -221,7 +231,12 @@ def build_stream(
 def build_model(model_args: ModelArguments, train_class_counts: np.ndarray) -> ResNet1D_MoE:
     """A fresh model from the preset (or the checkpoint to fine-tune) with the overrides applied.
     Logit-adjusted losses get the training class prior."""
-    overrides = json.loads(model_args.model_overrides) if model_args.model_overrides else {}
+    overrides = model_args.model_overrides or {}
+    if isinstance(overrides, str):
+        try:
+            overrides = json.loads(overrides)
+        except ValueError as error:
+            raise ValueError(f"model_overrides must be a JSON object: {error} in {overrides!r}") from error
     if not isinstance(overrides, dict):
         raise ValueError(f"model_overrides must be a JSON object, got {model_args.model_overrides!r}")
     import difflib
@@ -238,6 +253,10 @@ def build_model(model_args: ModelArguments, train_class_counts: np.ndarray) -> R
         ]
         raise ValueError(f"model_overrides: unknown ResNet1DMoEConfig fields {', '.join(hints)}")
     if model_args.model_name_or_path:
+        from .hub import check_checkpoint_location
+
+        # A missing folder: "no such checkpoint folder", not transformers' repo-id message.
+        check_checkpoint_location(model_args.model_name_or_path)
         # Through from_dict, so that the overrides are normalised and validated like a new config's
         # (from_pretrained(..., **overrides) would set them as plain attributes).
         loaded = ResNet1DMoEConfig.from_pretrained(model_args.model_name_or_path)
@@ -335,6 +354,8 @@ def _check_output_dir(
     skipped (:func:`~physmoe.training.last_complete_checkpoint`).
     """
     output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise NotADirectoryError(f"output_dir {output_dir} is a file, not a folder")
     new, _ = _replacement_folders(output_dir)
     if (new / _READY).is_file():
         logger.warning(
@@ -422,6 +443,33 @@ def _replace_outputs(new: Path, output_dir: Path) -> None:
     logger.info("the new model replaced the old one in %s", output_dir)
 
 
+#: What SpaceGroupMetrics can report (physmoe.evaluation.compute_metrics) plus the Trainer's loss;
+#: expert_<k>_top1_accuracy is matched separately.
+_METRIC_NAMES = frozenset({
+    "loss", "num_samples", "num_classes_present", "top1_accuracy", "top5_accuracy",
+    "balanced_accuracy", "macro_f1", "nll", "ece", "crystal_system_accuracy",
+    "crystal_system_accuracy_head", "crystal_system_accuracy_from_sg",
+    "sg_accuracy_given_correct_system", "reference_bucket_scale",
+    *(f"{bucket}_{kind}" for bucket in _BUCKETS for kind in ("accuracy", "num_classes")),
+})
+
+
+def _check_metric_name(name: str | None) -> None:
+    """Refuse a ``metric_for_best_model`` that evaluation never reports ("eval_" prefix optional):
+    the Trainer would fail with a KeyError after the first evaluation."""
+    if not name:
+        return
+    plain = name.removeprefix("eval_")
+    if plain in _METRIC_NAMES or re.fullmatch(r"expert_\d+_top1_accuracy", plain):
+        return
+    close = difflib.get_close_matches(plain, sorted(_METRIC_NAMES), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ValueError(
+        f"metric_for_best_model {name!r} is not an evaluation metric{hint}; choose one of "
+        f"{', '.join(sorted(_METRIC_NAMES))}"
+    )
+
+
 def _prefixed(metrics: dict, prefix: str) -> dict:
     return {k if k.startswith(prefix) else f"{prefix}{k}": v for k, v in metrics.items()}
 
@@ -438,6 +486,11 @@ def train_and_evaluate(
     Returns the validation and test metrics (``validation_*``, ``test_*``) plus the temperature.
     """
     set_seed(training_args.seed)
+    # Mistakes that would otherwise surface only after training.
+    _check_metric_name(training_args.metric_for_best_model)
+    missing = [path for path in run_args.predict_files if not Path(path).is_file()]
+    if missing:
+        raise FileNotFoundError(f"predict_files: no such file {', '.join(missing)}")
     output_dir = Path(training_args.output_dir)
     with training_args.main_process_first(local=False, desc="checking output_dir"):
         plan = _check_output_dir(
@@ -622,7 +675,7 @@ def evaluate_checkpoint(
     evaluated = data[split]
     if max_samples is not None and len(evaluated) > max_samples:
         # load_data limits validation/test only; train keeps its size for the shot buckets.
-        evaluated = evaluated.shuffle(seed=0).select(range(max_samples))
+        evaluated = _subsample(evaluated, max_samples, seed=0)
     model = ResNet1D_MoE.from_pretrained(checkpoint)
     use_bf16 = recommended_autocast_dtype("cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16 if bf16 is None else bf16
     grid = TwoThetaGrid.from_config(model.config)

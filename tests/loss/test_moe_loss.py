@@ -103,6 +103,9 @@ def test_soft_entropy_errors():
         soft_entropy(logits, torch.rand(3, 5))
     with pytest.raises(ValueError, match="hard target"):
         soft_entropy(logits, torch.zeros(4, dtype=torch.long))
+    for bad in (4, -1):  # gather used to fail with a bare index error
+        with pytest.raises(ValueError, match=rf"target must lie in 0\.\.3, found {bad}"):
+            soft_entropy(logits, torch.tensor([0, bad, 1]))
 
 
 # ---------------------------------------------------------------------------------------------

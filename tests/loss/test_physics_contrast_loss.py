@@ -93,6 +93,15 @@ def test_contrastive_anchor_without_positive_contributes_nothing():
     assert value != pytest.approx(expected * 4 / 5, rel=1e-3)
 
 
+def test_contrastive_refuses_integer_features_and_non_tensor_rule_matrix():
+    loss = PhysicsContrastiveLoss()
+    labels = torch.tensor([0, 1, 2])
+    with pytest.raises(TypeError, match="features must be floating point, got torch.int64"):
+        loss(torch.ones(3, 4, dtype=torch.long), labels, RULE)
+    with pytest.raises(TypeError, match="rule_matrix must be a torch.Tensor, got ndarray"):
+        loss(torch.randn(3, 4), labels, RULE.numpy())
+
+
 def test_contrastive_gradcheck():
     torch.manual_seed(5)
     rule = random_rule_matrix(4, 5).double()
@@ -295,6 +304,13 @@ def test_hierarchical_validation():
         HierarchicalLoss(SG_TO_SYS)(torch.randn(2, 6), torch.randn(2, 230), torch.tensor([0, 1]))
 
 
+@pytest.mark.parametrize("bad", [230, -1])
+def test_hierarchical_refuses_out_of_range_labels(bad):
+    loss = HierarchicalLoss(SG_TO_SYS)
+    with pytest.raises(ValueError, match=rf"labels must lie in 0\.\.229, found {bad}"):
+        loss(torch.randn(2, 7), torch.randn(2, 230), torch.tensor([0, bad]))
+
+
 # ---------------------------------------------------------------------------------------------
 # CenterRegularizationLoss
 # ---------------------------------------------------------------------------------------------
@@ -368,3 +384,11 @@ def test_center_loss_degenerate_and_reduced_precision():
     torch.testing.assert_close(loss(features.half(), labels), reference, rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="needs a rule_matrix"):
         CenterRegularizationLoss(4, 3)(torch.randn(2, 3), torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("bad", [230, -1])
+def test_center_loss_refuses_out_of_range_labels(bad):
+    # -1 used to pick the last centre silently.
+    loss = CenterRegularizationLoss(230, 8, rule_matrix=RULE)
+    with pytest.raises(ValueError, match=rf"labels must lie in 0\.\.229, found {bad}"):
+        loss(torch.randn(2, 8), torch.tensor([0, bad]))

@@ -184,6 +184,26 @@ def test_bad_values_raise_naming_the_field(kwargs, error, match):
         ResNet1DMoEConfig(**kwargs)
 
 
+def test_label_sized_fields_must_match_num_labels():
+    # Both used to be accepted here and refused only by the model constructor.
+    with pytest.raises(ValueError, match="class_prior has 5 entries, num_labels is 230"):
+        ResNet1DMoEConfig(class_prior=[1.0] * 5)
+    with pytest.raises(ValueError, match="label_space_groups has 10 entries but num_labels is 230"):
+        ResNet1DMoEConfig(label_space_groups=list(range(1, 11)))
+
+
+def test_unknown_fields_are_warned_about_with_a_suggestion(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        config = ResNet1DMoEConfig(tua=1.0)
+    assert "unknown field 'tua' (did you mean 'tau'?)" in caplog.text
+    assert config.tau is None  # stored as a plain attribute, as transformers does
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a saved config's own extra keys are no typos
+        ResNet1DMoEConfig.from_preset("small").save_pretrained(tmp_path)
+        ResNet1DMoEConfig.from_pretrained(tmp_path)
+    assert "unknown field" not in caplog.text
+
+
 def test_calibration_temperature_round_trips_and_is_validated(tmp_path):
     config = ResNet1DMoEConfig.from_preset("small", calibration_temperature=1.7)
     config.save_pretrained(tmp_path)
@@ -198,9 +218,10 @@ def test_repeated_label_space_groups_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"label_space_groups repeats the space groups \[14\]"):
         ResNet1DMoEConfig(num_labels=3, label_space_groups=[14, 225, 14])
     path = tmp_path / "config.json"
-    ResNet1DMoEConfig(num_labels=2, label_space_groups=[14, 225]).save_pretrained(tmp_path)
+    # 3 labels: transformers leaves 2 generic labels (its default id2label) out of config.json.
+    ResNet1DMoEConfig(num_labels=3, label_space_groups=[14, 225, 2]).save_pretrained(tmp_path)
     saved = json.loads(path.read_text())
-    saved["label_space_groups"] = [14, 14]
+    saved["label_space_groups"] = [14, 14, 2]
     path.write_text(json.dumps(saved))
     with pytest.raises(ValueError, match=r"repeats the space groups \[14\]"):
         ResNet1DMoEConfig.from_pretrained(tmp_path)

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -574,6 +575,42 @@ def trained_folder(tmp_path):
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     return folder, model, x, logits
+
+
+def _broken_copy(folder, name, tmp_path, break_it):
+    copy = tmp_path / name
+    shutil.copytree(folder, copy)
+    break_it(copy)
+    return copy
+
+
+def _edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+@pytest.mark.parametrize(
+    ("name", "break_it", "match"),
+    [
+        ("weights_only", lambda f: (f / "config.json").unlink(), r"weights_only is not a checkpoint folder: it has no config\.json"),
+        ("truncated", lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100]),
+         r"truncated/model\.safetensors is not a readable safetensors file"),
+        ("empty", lambda f: (f / "model.safetensors").write_bytes(b""), r"empty/model\.safetensors is not a readable safetensors file"),
+        ("as_list", lambda f: (f / "config.json").write_text("[1, 2]"), r"as_list/config\.json must hold a JSON object"),
+        ("fewer_experts", lambda f: _edit_config(f, num_experts=2, tail_expert_ids=[1]),
+         r"fewer_experts do not fit its config.*gate\.weight: checkpoint \[4, 6\], config \[2, 6\]"),
+    ],
+)
+def test_from_pretrained_names_what_is_wrong_with_a_folder(trained_folder, tmp_path, name, break_it, match):
+    # Each used to raise transformers' or safetensors' own error (RuntimeError, SafetensorError, ...).
+    broken = _broken_copy(trained_folder[0], name, tmp_path, break_it)
+    with pytest.raises(ValueError, match=match):
+        ResNet1D_MoE.from_pretrained(broken)
+
+
+def test_from_pretrained_refuses_a_file(trained_folder):
+    with pytest.raises(ValueError, match=r"model\.safetensors is a file: a checkpoint is a folder"):
+        ResNet1D_MoE.from_pretrained(trained_folder[0] / "model.safetensors")
 
 
 def test_save_and_reload_reproduce_logits_and_miner_state(trained_folder):

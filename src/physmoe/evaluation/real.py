@@ -354,8 +354,10 @@ def evaluate_real_checkpoint(
 ) -> dict:
     """:func:`run_real_benchmark` for a saved model (folder or Hub id) on ``device`` (default:
     CUDA when available, else the CPU); ``kwargs`` go to :func:`run_real_benchmark`."""
+    from ..hub import check_checkpoint_location
     from ..models.resnet1d_moe import ResNet1D_MoE
 
+    checkpoint = check_checkpoint_location(checkpoint)  # "no such folder", not a Hub-id message
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model = ResNet1D_MoE.from_pretrained(checkpoint).to(device)

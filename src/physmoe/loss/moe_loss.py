@@ -280,6 +280,7 @@ def soft_entropy(
             raise ValueError(
                 f"hard target must be [batch] = [{input.shape[0]}], got {tuple(target.shape)}"
             )
+        target = check_labels(target, input.shape[1], name="target")
         per_sample = -log_probs.gather(1, target[:, None]).squeeze(1)
     if reduction == "mean":
         return per_sample.mean()

@@ -174,6 +174,9 @@ class PhysicsContrastiveLoss(nn.Module):
         Returns the scalar loss.
         """
         features = upcast(check_tensor(features, "features"))
+        if not features.dtype.is_floating_point:
+            raise TypeError(f"features must be floating point, got {features.dtype}")
+        check_tensor(rule_matrix, "rule_matrix")
         labels = check_labels(labels, rule_matrix.shape[0], check_range=self.validate)
         if features.dim() != 2 or labels.shape != features.shape[:1]:
             raise ValueError(
@@ -371,12 +374,19 @@ class HierarchicalLoss(nn.Module):
 
     Both are batch means. The per-system class masks ``[num_systems, num_classes]`` are built once
     (non-persistent buffer ``system_class_mask``).
+
+    ``validate`` (default True) range-checks the labels on every call (one host sync; an
+    out-of-range label would otherwise raise an IndexError or, if negative, wrap around).
     """
 
     def __init__(
-        self, sg_to_sys_map: torch.Tensor | Sequence[int], num_systems: int = NUM_CRYSTAL_SYSTEMS
+        self,
+        sg_to_sys_map: torch.Tensor | Sequence[int],
+        num_systems: int = NUM_CRYSTAL_SYSTEMS,
+        validate: bool = True,
     ) -> None:
         super().__init__()
+        self.validate = bool(validate)
         mapping = _host_array(sg_to_sys_map, "sg_to_sys_map")
         if mapping.ndim != 1 or mapping.shape[0] < 1:
             raise ValueError(
@@ -405,7 +415,7 @@ class HierarchicalLoss(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``sys_logits`` ``[B, num_systems]``, ``sg_logits`` ``[B, C]``, ``labels`` ``[B]`` ->
         ``(loss_sys, loss_sg)``."""
-        labels = check_labels(labels, self.num_classes, check_range=False)
+        labels = check_labels(labels, self.num_classes, check_range=self.validate)
         batch = labels.shape[0]
         if sys_logits.shape != (batch, self.num_systems) or sg_logits.shape != (
             batch,
@@ -500,6 +510,9 @@ class CenterRegularizationLoss(nn.Module):
 
     Pass ``rule_matrix`` ``[C, C]`` here to precompute ``W`` once (non-persistent buffer; then
     ``forward`` needs no matrix), or give it to every ``forward`` call.
+
+    ``validate`` (default True) range-checks the labels on every call (one host sync; a label of
+    -1 would otherwise silently pick the last class's centre).
     """
 
     def __init__(
@@ -508,8 +521,10 @@ class CenterRegularizationLoss(nn.Module):
         feat_dim: int,
         prototype_weight: float = 0.5,
         rule_matrix: torch.Tensor | None = None,
+        validate: bool = True,
     ) -> None:
         super().__init__()
+        self.validate = bool(validate)
         if num_classes < 1 or feat_dim < 1:
             raise ValueError(
                 f"num_classes and feat_dim must be >= 1, got {num_classes}, {feat_dim}"
@@ -565,7 +580,7 @@ class CenterRegularizationLoss(nn.Module):
         """``features`` ``[B, D]`` (normalised here), ``labels`` ``[B]``, optional ``rule_matrix``
         ``[C, C]`` (default: the one given at construction) -> scalar."""
         features = upcast(check_tensor(features, "features"))
-        labels = check_labels(labels, self.num_classes, check_range=False)
+        labels = check_labels(labels, self.num_classes, check_range=self.validate)
         if (
             features.dim() != 2
             or features.shape[1] != self.feat_dim
@@ -632,12 +647,15 @@ def physics_terms(
         if lambda_scl > 0
         else None
     )
+    # The wrappers range-check the labels once per call (their ``validate``), so these two
+    # sub-losses skip the check: no second host sync per step.
     center = (
-        CenterRegularizationLoss(rule.shape[0], feat_dim, rule_matrix=rule)
+        CenterRegularizationLoss(rule.shape[0], feat_dim, rule_matrix=rule, validate=False)
         if lambda_reg > 0
         else None
     )
-    return rule, sg_to_sys, contrastive, HierarchicalLoss(sg_to_sys, NUM_CRYSTAL_SYSTEMS), center
+    hierarchical = HierarchicalLoss(sg_to_sys, NUM_CRYSTAL_SYSTEMS, validate=False)
+    return rule, sg_to_sys, contrastive, hierarchical, center
 
 
 def positive_class_mask(rule_matrix: np.ndarray, rule_threshold: float) -> torch.Tensor:

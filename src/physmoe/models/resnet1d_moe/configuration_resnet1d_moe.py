@@ -7,11 +7,16 @@ loading where physmoe is not installed.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import logging
 import math
 import re
 from typing import Any, ClassVar
 
 from transformers import PretrainedConfig
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ResNet1DMoEConfig", "RESNET1D_MOE_PRESETS", "CRYSTAL_SYSTEM_FIRST_SPACE_GROUP"]
 
@@ -38,6 +43,12 @@ RULE_MATRIX_SOURCES = ("physmoe", "operator_cosine")
 EXPERT_MODES = ("independent", "shared")
 HIERARCHICAL_INFERENCE_MODES = ("soft", "hard", "none")
 POOL_TYPES = ("max", "avg", "none")
+#: Keyword arguments that PretrainedConfig.__post_init__ consumes or that saved configs carry
+#: without being fields; any other keyword that is no field is probably a typo.
+_BASE_KWARGS = frozenset({
+    "num_labels", "torch_dtype", "name_or_path", "output_attentions", "attn_implementation",
+    "experts_implementation", "per_layer_config", "auto_map", "model_type",
+})
 
 # The published trunk: 13 residual blocks; max pooling after the first four, average pooling
 # (some with one zero of padding) after the rest, taking 8500 points to exactly 1.
@@ -342,8 +353,22 @@ class ResNet1DMoEConfig(PretrainedConfig):
             self.feature_dim = self.hidden_sizes[-1]
         if self.projection_dim is None:
             self.projection_dim = 256 if self.expert_mode == "shared" else 32
+        self._warn_unknown(kwargs)
         super().__post_init__(**kwargs)
         self._validate()
+
+    def _warn_unknown(self, kwargs: dict[str, Any]) -> None:
+        """Log a warning for keywords that are no field (PretrainedConfig stores them silently,
+        by design, for Hub configs; a typo such as ``tua`` would otherwise have no effect)."""
+        fields = sorted(field.name for field in dataclasses.fields(self))
+        for name in sorted(set(kwargs) - _BASE_KWARGS - set(fields)):
+            if name.startswith("_"):  # private keys saved by transformers (_name_or_path, ...)
+                continue
+            close = difflib.get_close_matches(name, fields, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            logger.warning(
+                "%s: unknown field %r%s is stored but not used", type(self).__name__, name, hint
+            )
 
     # -- validation -----------------------------------------------------------------------------
 
@@ -360,6 +385,10 @@ class ResNet1DMoEConfig(PretrainedConfig):
                 f"got {self.hierarchical_inference!r}"
             )
         if self.label_space_groups is not None:
+            if len(self.label_space_groups) != self.num_labels:
+                raise ValueError(
+                    f"label_space_groups has {len(self.label_space_groups)} entries but num_labels is {self.num_labels}"
+                )
             bad = [n for n in self.label_space_groups if not 1 <= n <= NUM_SPACE_GROUPS]
             if bad:
                 raise ValueError(f"label_space_groups must hold numbers 1..230, got {bad[:5]}")
@@ -470,6 +499,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
             raise ValueError(f"expert_tau_min ({low}) must not exceed expert_tau_max ({high})")
         if self.class_prior is not None:
             prior = self.class_prior
+            if len(prior) != self.num_labels:
+                raise ValueError(f"class_prior has {len(prior)} entries, num_labels is {self.num_labels}")
             if not all(_is_number(p) and p >= 0 for p in prior) or not sum(prior) > 0:
                 raise ValueError("class_prior must hold finite non-negative counts or probabilities with a positive sum")
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import ModuleType
@@ -410,6 +411,53 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
         # skipped its __post_init__ checks.
         config._validate()
         super().__init__(config, *args, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.from_pretrained`` with clear errors: with physmoe installed a local
+        folder is checked first (``physmoe.hub.check_checkpoint_location``: config.json present
+        and a JSON object, weights readable), and weights whose shapes do not fit the config
+        raise a ValueError naming the tensors (transformers raises a bare RuntimeError)."""
+        location = pretrained_model_name_or_path
+        hub = _import_physmoe("physmoe.hub")
+        if hub is not None and isinstance(location, (str, os.PathLike)) and kwargs.get("config") is None:
+            # Offline, a Hub id that is no local path may still be in the cache: transformers decides.
+            from huggingface_hub import constants
+
+            if not constants.is_offline_mode() or os.path.exists(os.path.expanduser(os.fspath(location))):
+                location = hub.check_checkpoint_location(location)
+        try:
+            return super().from_pretrained(location, *args, **kwargs)
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error):
+                raise
+            raise ValueError(cls._shape_mismatch_message(location, kwargs)) from error
+
+    @classmethod
+    def _shape_mismatch_message(cls, location: Any, kwargs: dict[str, Any]) -> str:
+        """Which checkpoint tensors have other shapes than the config's model (a few of them)."""
+        from safetensors import safe_open
+        from transformers.utils import SAFE_WEIGHTS_NAME, cached_file
+
+        intro = f"the weights in {location} do not fit its config (config.json)"
+        try:
+            config = kwargs.get("config") or cls.config_class.from_pretrained(location)
+            weights = cached_file(os.fspath(location), SAFE_WEIGHTS_NAME, subfolder=kwargs.get("subfolder", ""))
+            with torch.device("meta"):
+                expected = {name: tuple(t.shape) for name, t in cls(config).state_dict().items()}
+            with safe_open(weights, framework="pt") as tensors:
+                stored = {name: tuple(tensors.get_slice(name).get_shape()) for name in tensors.keys()}
+        except Exception:  # noqa: BLE001 - only the details of an error that is raised anyway
+            return f"{intro}; pass ignore_mismatched_sizes=True to re-initialise the layers that differ"
+        mismatched = [name for name in expected if name in stored and stored[name] != expected[name]]
+        listed = "; ".join(
+            f"{name}: checkpoint {list(stored[name])}, config {list(expected[name])}" for name in mismatched[:5]
+        )
+        more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
+        return (
+            f"{intro}: {len(mismatched)} tensors have other shapes ({listed}{more}); was config.json "
+            "edited after saving? pass ignore_mismatched_sizes=True to re-initialise them"
+        )
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
