@@ -48,6 +48,7 @@ POOL_TYPES = ("max", "avg", "none")
 _BASE_KWARGS = frozenset({
     "num_labels", "torch_dtype", "name_or_path", "output_attentions", "attn_implementation",
     "experts_implementation", "per_layer_config", "auto_map", "model_type",
+    "use_cache",  # the Trainer sets config.use_cache = False on every model it trains
 })
 
 # The published trunk: 13 residual blocks; max pooling after the first four, average pooling
