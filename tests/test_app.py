@@ -17,14 +17,13 @@ from urllib.parse import urlparse
 
 import numpy as np
 import pytest
-import torch
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 gr = pytest.importorskip("gradio", reason="the demo needs gradio: pip install -e .[demo]")
 
-from physmoe import ResNet1D_MoE, XRDFeatureExtractor  # noqa: E402
+from physmoe import XRDFeatureExtractor  # noqa: E402
 from physmoe.inference import SpaceGroupPredictor  # noqa: E402
-from tiny_models import tiny_config  # noqa: E402
+from tiny_models import save_tiny_model  # noqa: E402
 
 # Gradio's own use of pandas 3 (gradio/queueing.py) warns; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:gradio.*")
@@ -43,16 +42,7 @@ CHROMIUM_FLAGS = (
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny seeded model with a calibration temperature and trained BatchNorm statistics."""
-    torch.manual_seed(0)
-    model = ResNet1D_MoE(tiny_config(calibration_temperature=2.5))
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(8, 64))
-    folder = tmp_path_factory.mktemp("model")
-    model.save_pretrained(folder)
-    XRDFeatureExtractor.from_config(model.config).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

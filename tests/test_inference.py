@@ -14,24 +14,14 @@ from physmoe import ResNet1D_MoE, XRDFeatureExtractor
 from physmoe.crystallography import CRYSTAL_SYSTEMS, indistinguishable_groups, space_group_symbol
 from physmoe.data import MeasurementConditions, TwoThetaGrid, render_patterns, simulate_peaks
 from physmoe.inference import SpaceGroupPredictor, format_predictions
-from tiny_models import tiny_config
+from tiny_models import save_tiny_model, tiny_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    torch.manual_seed(0)
-    model = ResNet1D_MoE(tiny_config(calibration_temperature=2.5))
-    # Non-trivial BatchNorm statistics, as after training.
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(8, 64))
-    folder = tmp_path_factory.mktemp("model")
-    model.save_pretrained(folder)
-    XRDFeatureExtractor.from_config(model.config).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 def reference_probabilities(folder, input_values: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -30,3 +30,19 @@ def tiny_config(**overrides) -> ResNet1DMoEConfig:
 def tiny_model(seed: int = 0, **overrides) -> ResNet1D_MoE:
     torch.manual_seed(seed)
     return ResNet1D_MoE(tiny_config(**overrides))
+
+
+def save_tiny_model(folder, seed: int = 0, calibration_temperature: float = 2.5):
+    """A tiny model with non-trivial BatchNorm statistics (as after training) and its feature
+    extractor, saved in ``folder`` (returned)."""
+    from physmoe.data.feature_extraction import XRDFeatureExtractor
+
+    torch.manual_seed(seed)
+    model = ResNet1D_MoE(tiny_config(calibration_temperature=calibration_temperature))
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(8, 64))
+    model.save_pretrained(folder)
+    XRDFeatureExtractor.from_config(model.config).save_pretrained(folder)
+    return folder

@@ -36,7 +36,6 @@ import numpy as np
 import pytest
 import torch
 
-from physmoe import ResNet1D_MoE, XRDFeatureExtractor
 from physmoe.data.instruments import (
     read_brml,
     read_bruker_raw,
@@ -45,7 +44,7 @@ from physmoe.data.instruments import (
     read_xrdml,
 )
 from physmoe.data.readers import read_pattern
-from tiny_models import tiny_config
+from tiny_models import save_tiny_model
 
 FILES = Path(__file__).resolve().parent / "files"
 POWDER_XRDML = FILES / "XRD-918-16_10.xrdml"
@@ -612,16 +611,7 @@ def test_missing_instrument_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
-    torch.manual_seed(0)
-    model = ResNet1D_MoE(tiny_config(calibration_temperature=2.5))
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(8, 64))
-    folder = tmp_path_factory.mktemp("model")
-    model.save_pretrained(folder)
-    XRDFeatureExtractor.from_config(model.config).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 def test_an_xrdml_file_goes_through_predict_file_and_the_cli(saved_model, capsys):
