@@ -83,7 +83,9 @@ def sweep(steps: int, out: Path) -> None:
         f"`python scripts/train_pretrained.py sweep --steps {steps}`. The first two rows settle the "
         "logit adjustment (tau 1 against 0); each later row changes one thing of "
         "`no_logit_adjustment`. 1,000 validation crystals: a difference under ~0.03 in top-1 is "
-        "within about two standard errors. Wall times are from a machine shared with other "
+        "within about two standard errors. Validation patterns are clean (the Trainer renders "
+        "evaluation without measurement realism), which favours clean_augmentation; it was not "
+        "chosen because measured patterns carry that realism. Wall times are from a machine shared with other "
         "work and compare poorly.\n\n" + "\n".join(lines) + "\n"
     )
     (RESULTS / "sweep.md").write_text(text)
