@@ -240,15 +240,19 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-# Suffixes of files to predict: a first argument ending so is a file, never a model name.
-_FILE_SUFFIXES = (".cif", ".mcif", ".xy", ".xye", ".csv", ".txt", ".dat", ".xrdml", ".brml", ".raw", ".ras")
+# Text pattern suffixes: with CIFs and instrument files, a first argument ending so is a file.
+_TEXT_PATTERN_SUFFIXES = (".xy", ".xye", ".csv", ".txt", ".dat")
 
 
 def _predict_model_and_files(model: str | None, inputs: list[str]) -> tuple[str, list[str]]:
     """``physmoe predict [MODEL] FILE...``: the model is ``--model``, else the first of several
     arguments unless it is a file (or named like one), else the shipped checkpoint."""
+    from .data.instruments import INSTRUMENT_SUFFIXES
+    from .inference import _CIF_SUFFIXES
+
     first = Path(inputs[0])
-    names_file = first.is_file() or first.suffix.lower() in _FILE_SUFFIXES
+    file_suffixes = _CIF_SUFFIXES + _TEXT_PATTERN_SUFFIXES + INSTRUMENT_SUFFIXES
+    names_file = first.is_file() or first.suffix.lower() in file_suffixes
     if model is None and len(inputs) > 1 and not names_file:
         model, inputs = inputs[0], inputs[1:]
     elif model is None and first.is_dir():
