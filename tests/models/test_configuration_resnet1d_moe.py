@@ -124,6 +124,16 @@ def test_save_load_and_json_round_trip(tmp_path):
     assert _comparable(from_json) == _comparable(config)
 
 
+@pytest.mark.parametrize("labels", [{}, {"label_space_groups": [14, 62]}])
+def test_two_label_config_reloads_with_two_labels(tmp_path, labels):
+    # transformers drops id2label when it equals its own 2-label default; ours is 230 labels.
+    config = ResNet1DMoEConfig.from_preset("small", num_labels=2, **labels)
+    config.save_pretrained(tmp_path)
+    loaded = ResNet1DMoEConfig.from_pretrained(tmp_path)
+    assert loaded.num_labels == 2 and loaded.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+    assert loaded.label_space_groups == config.label_space_groups
+
+
 def test_loss_settings():
     assert set(LOSS_PRESET_NAMES) == set(LOSS_PRESETS)
     config = ResNet1DMoEConfig(lambda_hnm=0.5, contrastive_temperature=0.1, focal_gamma=1.0, prior_floor=1e-4,

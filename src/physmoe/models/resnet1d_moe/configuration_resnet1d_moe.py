@@ -358,6 +358,16 @@ class ResNet1DMoEConfig(PretrainedConfig):
         super().__post_init__(**kwargs)
         self._validate()
 
+    def to_diff_dict(self) -> dict[str, Any]:
+        """transformers' diff against ``PretrainedConfig()``, always with the labels: a 2-label
+        config equals that default's ``id2label`` and would otherwise reload with our 230."""
+        diff = super().to_diff_dict()
+        full = self.to_dict()
+        for key in ("id2label", "label2id"):
+            if key in full:
+                diff.setdefault(key, full[key])
+        return diff
+
     def _warn_unknown(self, kwargs: dict[str, Any]) -> None:
         """Log a warning for keywords that are no field (PretrainedConfig stores them silently,
         by design, for Hub configs; a typo such as ``tua`` would otherwise have no effect)."""
