@@ -633,3 +633,11 @@ def test_an_xrdml_file_goes_through_predict_file_and_the_cli(saved_model, capsys
     assert xrdml_record["wavelength"] == 1.540598
     assert raw_record["wavelength"] == pytest.approx(1.5406, abs=1e-6)
     assert "stated in the file" in raw_record["wavelength_note"]
+
+
+def test_readers_are_exported_from_physmoe_data():
+    import physmoe.data
+    from physmoe.data import instruments
+
+    for name in instruments.__all__:
+        assert getattr(physmoe.data, name) is getattr(instruments, name) and name in physmoe.data.__all__

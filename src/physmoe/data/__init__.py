@@ -12,6 +12,14 @@ from .dataset import (
 from .feature_extraction import XRDFeatureExtractor
 from .generate import generate_dataset
 from .grid import CU_KA1, CU_KA2, TwoThetaGrid
+from .instruments import (
+    INSTRUMENT_SUFFIXES,
+    read_brml,
+    read_bruker_raw,
+    read_instrument_file,
+    read_ras,
+    read_xrdml,
+)
 from .priors import space_group_counts, space_group_prior
 from .random_crystals import GeneratedCrystal, RandomCrystalGenerator
 from .readers import (
@@ -66,10 +74,16 @@ __all__ = [
     "element_symbol",
     "iter_simxrd",
     "lattice_matrix",
+    "INSTRUMENT_SUFFIXES",
+    "read_brml",
+    "read_bruker_raw",
     "read_cif",
+    "read_instrument_file",
     "read_pattern",
+    "read_ras",
     "read_reference_npy",
     "read_simxrd",
+    "read_xrdml",
     "simulate_peaks",
     "simulate_peaks_batch",
     "GeneratedCrystal",
