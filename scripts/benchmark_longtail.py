@@ -75,7 +75,9 @@ ABLATIONS = {
     "centre": {"lambda_reg": 0.0},
 }
 HNM_WEIGHT = 0.1
+REAL_MAX_SAMPLES = None  # all real structures (the tests use fewer)
 HALF_WIDTH = {"stem_channels": 16, "hidden_sizes": (16, 32, 32, 64, 64, 128, 128), "feature_dim": 128}
+PRIOR_WEIGHT_REPORTED = ("top1_accuracy", "balanced_accuracy", "many_shot_accuracy", "medium_shot_accuracy", "few_shot_accuracy")
 REAL_REPORTED = ("top1_accuracy", "top5_accuracy", "balanced_accuracy", "crystal_system_accuracy_from_sg", "ece")
 ISSUE12_METHODS = ("a_cross_entropy", "b_balanced_softmax", "c_physmoe", "h_physmoe_hnm", "i_balanced_experts")
 REPORTED = (
@@ -154,19 +156,19 @@ def _recommended_bf16() -> bool:
     return recommended_autocast_dtype("cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16
 
 
-def predictions(run_dir: Path, dataset: str, split: str, hierarchical: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def predictions(run_dir: Path, dataset: str, split: str, hierarchical: str | None = None,
+                prior_weight: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(calibrated logits, system logits, labels) of a finished run on a split, recomputed from the
-    saved model (optionally with another hierarchical-inference mode), cached as .npz."""
-    cache = run_dir / f"predictions_{split}_{hierarchical or 'saved'}.npz"
+    saved model (optionally with another hierarchical-inference mode or, for "balanced_experts",
+    another ``inference_prior_weight``), cached as .npz."""
+    suffix = "" if prior_weight is None else f"_w{prior_weight:g}"
+    cache = run_dir / f"predictions_{split}_{hierarchical or 'saved'}{suffix}.npz"
     if cache.exists():
         data = np.load(cache)
         return data["logits"], data["system_logits"], data["labels"]
-    from physmoe import ResNet1D_MoE
     from physmoe.training import PhysMoETrainer
 
-    model = ResNet1D_MoE.from_pretrained(run_dir)
-    if hierarchical is not None:
-        model.config.hierarchical_inference = hierarchical
+    model = _load(run_dir, hierarchical, prior_weight)
     args = PhysMoETrainingArguments(output_dir=str(run_dir / "predict_tmp"), per_device_eval_batch_size=256, report_to=[],
                                     bf16=_recommended_bf16(), use_cpu=not torch.cuda.is_available(), disable_tqdm=True)
     data, _ = load_data(DataArguments(dataset=dataset))
@@ -176,6 +178,17 @@ def predictions(run_dir: Path, dataset: str, split: str, hierarchical: str | Non
     logits = apply_temperature(output.predictions[0].astype(np.float32), temperature)
     np.savez_compressed(cache, logits=logits, system_logits=output.predictions[2], labels=output.label_ids)
     return logits, output.predictions[2], output.label_ids
+
+
+def _load(run_dir: Path, hierarchical: str | None = None, prior_weight: float | None = None):
+    from physmoe import ResNet1D_MoE
+
+    model = ResNet1D_MoE.from_pretrained(run_dir)
+    if hierarchical is not None:
+        model.config.hierarchical_inference = hierarchical
+    if prior_weight is not None:
+        model.config.inference_prior_weight = prior_weight
+    return model
 
 
 def class_mean_accuracy(correct: np.ndarray, labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
@@ -220,13 +233,14 @@ def best_physmoe(out: Path, scale: Scale) -> str | None:
     return max(candidates, key=lambda name: table[name]["validation_balanced_accuracy"][0]) if candidates else None
 
 
-def real_metrics(run_dir: Path) -> dict:
+def real_metrics(run_dir: Path, prior_weight: float | None = None) -> dict:
     """The real-structure benchmark (clean patterns) of a finished run, cached as JSON."""
-    cache = run_dir / "real_benchmark_clean.json"
+    cache = run_dir / ("real_benchmark_clean.json" if prior_weight is None else f"real_benchmark_clean_w{prior_weight:g}.json")
     if not cache.exists():
-        from physmoe.evaluation.real import evaluate_real_checkpoint
+        from physmoe.evaluation.real import run_real_benchmark
 
-        cache.write_text(json.dumps(evaluate_real_checkpoint(run_dir, conditions="clean"), indent=2))
+        model = _load(run_dir, prior_weight=prior_weight)
+        cache.write_text(json.dumps(run_real_benchmark(model, conditions="clean", max_samples=REAL_MAX_SAMPLES), indent=2))
     return json.loads(cache.read_text())
 
 
@@ -270,6 +284,17 @@ def summarise(out: Path, dataset: str, scale_name: str, scale: Scale, train_coun
                 rows.append({split: _metrics(run_dir, dataset, split, mode, train_counts) for split in ("validation", "test")})
             hierarchy[mode] = {f"{split}_{m}": _mean_sd([r[split].get(m) for r in rows])
                                for split in ("validation", "test") for m in ("top1_accuracy", "balanced_accuracy", "few_shot_accuracy", "crystal_system_accuracy_from_sg")}
+    # "balanced_experts" runs at both ends of inference_prior_weight (same checkpoints).
+    prior_weighting = {}
+    for name in names:
+        config = json.loads((out / "runs" / name / f"seed{scale.seeds[0]}" / "config.json").read_text())
+        if config["loss_preset"] == "balanced_experts":
+            for weight in (0.0, 1.0):
+                rows = [(_metrics(out / "runs" / name / f"seed{s}", dataset, "test", None, train_counts, weight),
+                         real_metrics(out / "runs" / name / f"seed{s}", weight)) for s in scale.seeds]
+                prior_weighting[f"{name} (w={weight:g})"] = {
+                    **{m: _mean_sd([r[0].get(m) for r in rows]) for m in PRIOR_WEIGHT_REPORTED},
+                    "real_top1_accuracy": _mean_sd([r[1]["top1_accuracy"] for r in rows])}
     # Real structures (test only), every method of the scale's list and the best's variants.
     real = {name: {m: _mean_sd([real_metrics(out / "runs" / name / f"seed{s}").get(m) for s in scale.seeds]) for m in REAL_REPORTED}
             for name in names}
@@ -278,6 +303,7 @@ def summarise(out: Path, dataset: str, scale_name: str, scale: Scale, train_coun
     sizes["train_few_shot_classes"] = int(((train_counts > 0) & (train_counts < 20)).sum())
     summary = {"scale": scale_name, "scale_settings": scale.__dict__, "dataset": dataset, "split_sizes": sizes, "table": table, "intervals": intervals,
                "differences": differences, "best_physmoe": best, "hierarchical_inference": hierarchy, "real": real,
+               "inference_prior_weight": prior_weighting,
                "targets": _targets(best, table, differences)}
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     (out / "results.md").write_text(markdown(summary))
@@ -309,8 +335,9 @@ def _mean_sd(values: list) -> tuple[float, float] | None:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
-def _metrics(run_dir: Path, dataset: str, split: str, mode: str, train_counts: np.ndarray) -> dict:
-    logits, system_logits, labels = predictions(run_dir, dataset, split, mode)
+def _metrics(run_dir: Path, dataset: str, split: str, mode: str | None, train_counts: np.ndarray,
+             prior_weight: float | None = None) -> dict:
+    logits, system_logits, labels = predictions(run_dir, dataset, split, mode, prior_weight)
     return compute_metrics(logits, labels, train_class_counts=train_counts, crystal_system_logits=system_logits)
 
 
@@ -361,6 +388,13 @@ def markdown(summary: dict) -> str:
                   "| method | top-1 | top-5 | balanced | crystal system | ECE |", "|---|---|---|---|---|---|"]
         for name, row in summary["real"].items():
             lines.append(f"| {name} | " + " | ".join(_cell(row[m]) for m in REAL_REPORTED) + " |")
+    if summary.get("inference_prior_weight"):
+        lines += ["", "`balanced_experts` checkpoints with the training prior added back at inference "
+                  "(`inference_prior_weight` w: 0 balanced, the default; 1 the training frequencies), test split and real structures:", "",
+                  "| run (w) | top-1 | balanced | many-shot | medium-shot | few-shot | real top-1 |", "|---|---|---|---|---|---|---|"]
+        for name, row in summary["inference_prior_weight"].items():
+            cells = [_cell(row[m]) for m in PRIOR_WEIGHT_REPORTED] + [_cell(row["real_top1_accuracy"])]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if summary.get("targets"):
         verdict = {True: "met", False: "not met", None: "-"}
         lines += ["", f"Issue-12 targets for the best Phys-MoE method on validation (`{summary['best_physmoe']}`): "

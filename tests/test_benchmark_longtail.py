@@ -44,7 +44,8 @@ def test_ablations_switch_one_term_of_the_best(bench):
         bench.run_benchmark(scale, "cpu50k", Path("unused"), methods=["z_nothing"])
 
 
-def test_tiny_benchmark_end_to_end_and_resume(bench, tmp_path):
+def test_tiny_benchmark_end_to_end_and_resume(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "REAL_MAX_SAMPLES", 40)
     tiny = {k: v for k, v in TINY.items() if k not in ("num_experts", "tail_expert_ids")}
     scale = bench.Scale("reference", tiny, 300, 1, 32, 2e-3, (0,),
                         ("a_cross_entropy", "b_balanced_softmax", "i_balanced_experts"), generator="fast",
@@ -76,6 +77,12 @@ def test_tiny_benchmark_end_to_end_and_resume(bench, tmp_path):
     for name in names:
         real = summary["real"][name]
         assert 0 <= real["top1_accuracy"][0] <= real["top5_accuracy"][0] <= 1
+    # Every balanced-experts run at w = 0 (as trained: the table's numbers) and w = 1.
+    weighted = summary["inference_prior_weight"]
+    assert set(weighted) == {f"{n} (w={w})" for n in names[2:] for w in (0, 1)}
+    for name in names[2:]:
+        assert weighted[f"{name} (w=0)"]["balanced_accuracy"][0] == pytest.approx(summary["table"][name]["balanced_accuracy"][0], abs=1e-6)
+        assert weighted[f"{name} (w=0)"]["real_top1_accuracy"][0] == pytest.approx(summary["real"][name]["top1_accuracy"][0])
     text = (out / "results.md").read_text()
     assert "Real structures" in text and "x_best_with_hnm" in text and "Issue-12 targets" in text
 

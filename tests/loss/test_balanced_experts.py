@@ -385,3 +385,30 @@ def test_balanced_logits_survive_save_and_load(tmp_path):
     torch.testing.assert_close(loaded.log_class_prior, model.log_class_prior)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x).logits, expected)
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_inference_prior_weight_adds_the_prior_back(weight):
+    # w = 1: ideal experts (z_k = s + (1 - tau_k) log prior) give s + log prior, the posterior
+    # under the training frequencies; in general the balanced ensemble + w log prior.
+    x = torch.rand(4, 64, generator=torch.Generator().manual_seed(3))
+    balanced, weighted = balanced_model().eval(), balanced_model(inference_prior_weight=weight).eval()
+    weighted.load_state_dict(balanced.state_dict())
+    with torch.no_grad():
+        plain, shifted = balanced(x), weighted(x)
+    log_prior = log_prior_oracle(COUNTS).float()
+    torch.testing.assert_close(shifted.ensemble_logits, plain.ensemble_logits + weight * log_prior, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(shifted.expert_logits, plain.expert_logits)
+    # Training does not depend on it.
+    labels = torch.tensor([0, 13, 61, 224])
+    torch.manual_seed(0)
+    loss_plain = balanced.train()(x, labels=labels).loss
+    torch.manual_seed(0)
+    torch.testing.assert_close(weighted.train()(x, labels=labels).loss, loss_plain)
+
+
+def test_inference_prior_weight_is_validated():
+    with pytest.raises(ValueError, match="inference_prior_weight must lie in"):
+        ResNet1DMoEConfig(loss_preset="balanced_experts", inference_prior_weight=1.5)
+    with pytest.raises(ValueError, match="applies to loss_preset='balanced_experts' only"):
+        ResNet1DMoEConfig(inference_prior_weight=1.0)

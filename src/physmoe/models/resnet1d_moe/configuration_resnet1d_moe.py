@@ -249,6 +249,13 @@ class ResNet1DMoEConfig(PretrainedConfig):
             adjustments for ``"balanced_experts"``; ``None`` keeps the preset's 0 and 2 (mean 1:
             for K = 8 the taus are 0, 2/7, ..., 2; one expert gets the midpoint).
             :meth:`balanced_expert_taus` gives the values.
+        inference_prior_weight (`float`, defaults to 0.0): ``"balanced_experts"`` only: the weight
+            ``w`` of the training log prior added back to the balanced ensemble at inference,
+            ``... + (sum_k g_k tau_k - 1 + w) log(prior)``. 0 gives the balanced posterior (every
+            space group equally likely a priori: best balanced and rare-group accuracy); 1 the
+            posterior under the training frequencies (best top-1 when the structures you classify
+            follow them, as real ones follow the ICSD's). The same weights serve both; training
+            does not depend on it. Must lie in [0, 1].
         lambda_scl, lambda_dol, lambda_col, lambda_hier, lambda_reg, lambda_hnm, tau
             (`float`, optional): explicit loss weights and logit-adjustment strength; ``None``
             keeps the preset's value.
@@ -326,6 +333,7 @@ class ResNet1DMoEConfig(PretrainedConfig):
     prior_floor: float | int | None = None
     expert_tau_min: float | int | None = None
     expert_tau_max: float | int | None = None
+    inference_prior_weight: float | int = 0.0
     detach_ensemble: bool | None = None
     rule_matrix: str = "physmoe"
     class_prior: list[float] | None = None
@@ -505,6 +513,13 @@ class ResNet1DMoEConfig(PretrainedConfig):
             raise ValueError(f"hnm_k must be an int >= 1, got {self.hnm_k!r}")
         if self.num_labels is None or self.num_labels < 2:
             raise ValueError(f"num_labels must be >= 2, got {self.num_labels}")
+        if not (_is_number(self.inference_prior_weight) and 0 <= self.inference_prior_weight <= 1):
+            raise ValueError(f"inference_prior_weight must lie in [0, 1], got {self.inference_prior_weight!r}")
+        if self.inference_prior_weight and self.loss_preset != "balanced_experts":
+            raise ValueError(
+                f"inference_prior_weight={self.inference_prior_weight!r} applies to loss_preset='balanced_experts' "
+                f"only (the other presets' ensembles already carry the training prior), got {self.loss_preset!r}"
+            )
         low, high = self._expert_tau_range()
         if low > high:
             raise ValueError(f"expert_tau_min ({low}) must not exceed expert_tau_max ({high})")

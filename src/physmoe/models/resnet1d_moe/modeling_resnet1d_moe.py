@@ -8,7 +8,8 @@ Architecture (``config`` is a :class:`ResNet1DMoEConfig`)::
                                                       ──> gating_weights [B, K]
     features ──> expert stages ──> projections ──> K cosine classifiers ──> expert_logits [B, K, C]
     ensemble_logits = sum_k gating_weights[:, k] * expert_logits[:, k]      [B, C]
-        (loss preset "balanced_experts": + (sum_k gating_weights[:, k] tau_k - 1) log(prior))
+        (loss preset "balanced_experts": + (sum_k gating_weights[:, k] tau_k - 1 + w) log(prior),
+         w = config.inference_prior_weight)
     logits = hierarchical_space_group_logits(ensemble_logits, crystal_system_logits)
 
 Implementation notes (speed on CPU; every choice is checked against a straightforward
@@ -146,7 +147,8 @@ class SpaceGroupClassifierOutput(ModelOutput):
             mode. ``softmax(logits)`` is the predicted distribution in every mode.
         ensemble_logits (`torch.FloatTensor` of shape `[B, C]`): the gated sum of the experts'
             logits; with ``loss_preset="balanced_experts"`` the balanced ensemble
-            ``sum_k g_k z_k + (sum_k g_k tau_k - 1) log(prior)`` (see the config).
+            ``sum_k g_k z_k + (sum_k g_k tau_k - 1 + w) log(prior)``, ``w`` the config's
+            ``inference_prior_weight`` (0, balanced, by default).
         crystal_system_logits (`torch.FloatTensor` of shape `[B, 7]`): crystal-system head
             (triclinic .. cubic).
         expert_logits (`torch.FloatTensor` of shape `[B, K, C]`): every expert's logits.
@@ -983,10 +985,12 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
             expert_logits = self.expert_classifier(expert_embeddings)  # [B, K, C]
             ensemble_logits = torch.einsum("bk,bkc->bc", gating_weights, expert_logits)
             if self._balanced_experts is not None:
-                # Expert k learnt z_k ~ log p_bal + (1 - tau_k) log prior: undo the mixture's mean.
+                # Expert k learnt z_k ~ log p_bal + (1 - tau_k) log prior: undo the mixture's mean,
+                # then add back the share of the prior the user asks for (0: balanced).
                 mean_tau = gating_weights @ self.expert_taus.float()  # [B]
                 log_prior = self.log_class_prior.float()
-                ensemble_logits = ensemble_logits + (mean_tau - 1.0)[:, None] * log_prior
+                prior_weight = mean_tau - 1.0 + float(config.inference_prior_weight)
+                ensemble_logits = ensemble_logits + prior_weight[:, None] * log_prior
             logits = hierarchical_space_group_logits(
                 ensemble_logits, crystal_system_logits, self.label_crystal_systems, config.hierarchical_inference
             )
