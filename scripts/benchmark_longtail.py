@@ -43,6 +43,7 @@ from physmoe.evaluation import (
     two_stage_bootstrap,
 )
 from physmoe.training import PhysMoETrainingArguments, class_counts
+from physmoe.utils import atomic_open, write_json
 from physmoe.workflow import (
     DataArguments,
     ModelArguments,
@@ -145,7 +146,7 @@ def run_method(name: str, overrides: dict, seed: int, scale: Scale, dataset: str
         RunArguments(plots=False, calibrate=True, overwrite_output=True, bootstrap_samples=200),
         args,
     )
-    (run_dir / "method.json").write_text(json.dumps({"name": name, "overrides": overrides}, indent=2))
+    write_json(run_dir / "method.json", {"name": name, "overrides": overrides})
     logger.info("%s seed %d: %.0f s, test balanced accuracy %.4f", name, seed, time.time() - started, results["test_balanced_accuracy"])
     return results
 
@@ -176,7 +177,8 @@ def predictions(run_dir: Path, dataset: str, split: str, hierarchical: str | Non
     output = trainer.predict(data[split])
     temperature = float(getattr(model.config, "calibration_temperature", 1.0) or 1.0)
     logits = apply_temperature(output.predictions[0].astype(np.float32), temperature)
-    np.savez_compressed(cache, logits=logits, system_logits=output.predictions[2], labels=output.label_ids)
+    with atomic_open(cache, "wb") as handle:  # a killed run leaves no torn cache
+        np.savez_compressed(handle, logits=logits, system_logits=output.predictions[2], labels=output.label_ids)
     return logits, output.predictions[2], output.label_ids
 
 
@@ -240,7 +242,7 @@ def real_metrics(run_dir: Path, prior_weight: float | None = None) -> dict:
         from physmoe.evaluation.real import run_real_benchmark
 
         model = _load(run_dir, prior_weight=prior_weight)
-        cache.write_text(json.dumps(run_real_benchmark(model, conditions="clean", max_samples=REAL_MAX_SAMPLES), indent=2))
+        write_json(cache, run_real_benchmark(model, conditions="clean", max_samples=REAL_MAX_SAMPLES))
     return json.loads(cache.read_text())
 
 
@@ -305,8 +307,9 @@ def summarise(out: Path, dataset: str, scale_name: str, scale: Scale, train_coun
                "differences": differences, "best_physmoe": best, "hierarchical_inference": hierarchy, "real": real,
                "inference_prior_weight": prior_weighting,
                "targets": _targets(best, table, differences)}
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
-    (out / "results.md").write_text(markdown(summary))
+    write_json(out / "results.json", summary)
+    with atomic_open(out / "results.md") as handle:
+        handle.write(markdown(summary))
     _plots(out, table, scale, train_counts, logits, labels, best)
     return summary
 
