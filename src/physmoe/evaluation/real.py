@@ -1,4 +1,4 @@
-"""The real-structure benchmark: a trained model on 418 real crystal structures.
+"""The real-structure benchmark: a trained model on the 419 real crystal structures.
 
 The structures ship in ``physmoe/resources/real_structures.npz`` (ordered structures from pip
 packages: AFLOW prototypes and Materials Project structures from pymatgen, COD and element
@@ -100,7 +100,7 @@ def load_real_structures(max_samples: int | None = None):
 
     Args:
         max_samples: Keep this many, evenly spaced through the archive (its order mixes sources
-            and systems); default all 418.
+            and systems); default all 419.
 
     Returns:
         A list of :class:`~physmoe.data.structures.Crystal`, int64 0-based labels ``[N]``
