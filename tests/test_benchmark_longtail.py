@@ -44,6 +44,7 @@ def test_ablations_switch_one_term_of_the_best(bench):
         bench.run_benchmark(scale, "cpu50k", Path("unused"), methods=["z_nothing"])
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_tiny_benchmark_end_to_end_and_resume(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "REAL_MAX_SAMPLES", 40)
     tiny = {k: v for k, v in TINY.items() if k not in ("num_experts", "tail_expert_ids")}

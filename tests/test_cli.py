@@ -573,3 +573,37 @@ def test_train_logs_instead_of_drawing_a_progress_bar_into_a_file(tmp_path, monk
     with pytest.raises(Stop):
         main(["train", str(config), *extra])
     assert seen["disable_tqdm"] is expected
+
+
+def test_predict_prior_weight_for_balanced_experts_models(tmp_path, capsys):
+    from physmoe.data.feature_extraction import XRDFeatureExtractor
+    from physmoe.inference import SpaceGroupPredictor
+    from tiny_models import tiny_model
+
+    counts = np.arange(1, 231, dtype=float) ** 2  # a strongly skewed training prior
+    saved = tmp_path / "balanced"
+    model = tiny_model(seed=2, loss_preset="balanced_experts", class_prior=counts.tolist(), hierarchical_inference="none")
+    model.save_pretrained(saved)
+    XRDFeatureExtractor.from_config(model.config).save_pretrained(saved)
+    cif = str(EXAMPLES / "NaCl_rocksalt.cif")
+
+    def probabilities(extra):
+        assert main(["predict", str(saved), cif, "--json", "--top-k", "230", *extra]) == 0
+        return {row["space_group"]: row["probability"] for row in json.loads(capsys.readouterr().out)[0]["candidates"]}
+
+    balanced, weighted = probabilities([]), probabilities(["--prior-weight", "1"])
+    # The oracle: the predictor with the config field set by hand.
+    predictor = SpaceGroupPredictor.from_pretrained(saved)
+    predictor.model.config.inference_prior_weight = 1.0
+    expected = {c.space_group: c.probability for c in predictor.predict_file(cif, top_k=230).candidates}
+    assert weighted == pytest.approx(expected, abs=1e-6)
+    # The prior grows with the space-group number: it moves probability towards high numbers.
+    mean_number = {name: sum(sg * p for sg, p in probs.items()) for name, probs in (("w0", balanced), ("w1", weighted))}
+    assert mean_number["w1"] > mean_number["w0"] + 1
+
+    assert main(["predict", str(saved), cif, "--prior-weight", "1.5"]) == 1
+    assert "--prior-weight must lie in [0, 1], got 1.5" in capsys.readouterr().err
+    plain = tmp_path / "plain"
+    tiny_model().save_pretrained(plain)
+    assert main(["predict", str(plain), cif, "--prior-weight", "1"]) == 1
+    assert "loss_preset='balanced_experts'" in capsys.readouterr().err

@@ -6,6 +6,7 @@
     physmoe evaluate CHECKPOINT [--dataset PATH|default] [--split test]
     physmoe evaluate CHECKPOINT --real [--conditions clean|lab] [--output metrics.json]
     physmoe predict CHECKPOINT FILE... [--top-k 5] [--wavelength 1.54056] [--min-confidence 0.5]
+        [--prior-weight 1]
     physmoe push CHECKPOINT REPO_ID [--private] [--revision BRANCH]
 
 ``train`` reads a YAML file of ``ModelArguments``, ``DataArguments``, ``RunArguments`` and
@@ -227,6 +228,17 @@ def _predict(args: argparse.Namespace) -> int:
 
     checkpoint, files = _predict_model_and_files(args.model, args.inputs)
     predictor = SpaceGroupPredictor.from_pretrained(checkpoint, device=args.device)
+    if args.prior_weight is not None:
+        config = predictor.model.config
+        if config.loss_preset != "balanced_experts":
+            raise ValueError(
+                f"--prior-weight applies to models trained with loss_preset='balanced_experts'; "
+                f"{checkpoint} was trained with {config.loss_preset!r}, whose probabilities already "
+                "follow the training frequencies"
+            )
+        if not 0 <= args.prior_weight <= 1:
+            raise ValueError(f"--prior-weight must lie in [0, 1], got {args.prior_weight}")
+        config.inference_prior_weight = args.prior_weight
     results = [
         predictor.predict_file(
             path, wavelength=args.wavelength, top_k=args.top_k, min_confidence=args.min_confidence
@@ -335,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--min-confidence", type=float, default=None,
         help="mark a prediction 'uncertain' when its best probability is below this (0-1)",
+    )
+    predict.add_argument(
+        "--prior-weight", type=float, default=None,
+        help="balanced_experts models: weight of the training frequencies, 0 (balanced, the default) to 1",
     )
 
     push = commands.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
