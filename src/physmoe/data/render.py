@@ -1219,16 +1219,24 @@ def render_padded(
         d_spacing = d_spacing.to(device=device, dtype=torch.float64)
 
     patterns = torch.empty(batch, grid.num_points, dtype=torch.float32, device=device)
-    chunk = _CHUNK_ROWS if device.type == "cpu" else batch
-    for start in range(0, batch, chunk):
-        part = slice(start, min(start + chunk, batch))
-        patterns[part] = _render_chunk(
-            two_theta[part],
-            intensity[part],
-            mask[part],
-            None if hkl is None else hkl[part],
-            None if d_spacing is None else d_spacing[part],
-            cond.select(part),
+    if device.type == "cpu":
+        # Chunks of rows with similar peak counts, each cut to its own longest list: rows are
+        # padded to the batch's longest (thousands of lines for a large low-symmetry cell, ~100
+        # for the median), and padding costs as much as peaks.
+        counts = torch.where(mask, torch.arange(1, mask.shape[1] + 1, device=device), 0).amax(dim=1)
+        order = torch.argsort(counts, stable=True)
+        chunks = [order[start : start + _CHUNK_ROWS] for start in range(0, batch, _CHUNK_ROWS)]
+        widths = [max(int(counts[rows[-1]]), 1) for rows in chunks]
+    else:
+        chunks, widths = [slice(0, batch)], [two_theta.shape[1]]
+    for rows, width in zip(chunks, widths, strict=True):
+        patterns[rows] = _render_chunk(
+            two_theta[rows, :width],
+            intensity[rows, :width],
+            mask[rows, :width],
+            None if hkl is None else hkl[rows, :width],
+            None if d_spacing is None else d_spacing[rows, :width],
+            cond.select(rows),
             grid,
             generator,
             peaks_wavelength,
