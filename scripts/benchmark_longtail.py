@@ -14,7 +14,7 @@ Scales (``SCALES``): ``cpu`` (6,000 pyxtal crystals, 15 epochs; methods (a) cros
 head; (b) Balanced Softmax, one head; (c) Phys-MoE full loss; (d) without contrast; (e) the
 reference's "scheme2" preset; (f) Phys-MoE + HNM + logit adjustment; (g) the best with the
 operator-cosine rule matrix, retrained). ``cpu50k`` (issue 12: 50,000 crystals of the fast
-generator, 2 epochs with 4 validations each, about 100 minutes on 2 cores; methods (a), (b), (c),
+generator, 2 epochs with 4 validations each, about 80 minutes on 2 cores; methods (a), (b), (c),
 (h) Phys-MoE + HNM and (i) the ``balanced_experts`` preset, then one-term ablations of the best:
 without contrast, hierarchy or centre regularisation, HNM switched the other way). Every scale
 also reports hierarchical inference soft / hard / none of the best (the same checkpoints), the
@@ -108,7 +108,7 @@ SCALES = {
     # 2 CPU cores, <= 2 hours in total: the small preset on a 0.04-degree grid (2125 points).
     "cpu": Scale("small", {"num_points": 2125, "stem_stride": 2}, 6000, 15, 64, 2e-3, (0, 1, 2),
                  tuple(METHODS)[:6], operator_cosine=True),
-    # 2 CPU cores, ~100 minutes: 50,000 crystals of the fast generator on the 2125-point grid, a
+    # 2 CPU cores, ~80 minutes: 50,000 crystals of the fast generator on the 2125-point grid, a
     # trunk of half the small preset's width (0.46 M parameters, ~2.8x faster steps), one process
     # rendering patterns beside the training one; 2 epochs with 4 validations each.
     "cpu50k": Scale("small", {"num_points": 2125, "stem_stride": 2, **HALF_WIDTH}, 50000, 2, 64, 2e-3, (0, 1, 2),
