@@ -292,8 +292,10 @@ def summarise(out: Path, dataset: str, scale_name: str, scale: Scale, train_coun
         config = json.loads((out / "runs" / name / f"seed{scale.seeds[0]}" / "config.json").read_text())
         if config["loss_preset"] == "balanced_experts":
             for weight in (0.0, 1.0):
-                rows = [(_metrics(out / "runs" / name / f"seed{s}", dataset, "test", None, train_counts, weight),
-                         real_metrics(out / "runs" / name / f"seed{s}", weight)) for s in scale.seeds]
+                # The saved weight's predictions are the saved ones: reuse their caches.
+                changed = None if weight == config.get("inference_prior_weight", 0.0) else weight
+                rows = [(_metrics(out / "runs" / name / f"seed{s}", dataset, "test", None, train_counts, changed),
+                         real_metrics(out / "runs" / name / f"seed{s}", changed)) for s in scale.seeds]
                 prior_weighting[f"{name} (w={weight:g})"] = {
                     **{m: _mean_sd([r[0].get(m) for r in rows]) for m in PRIOR_WEIGHT_REPORTED},
                     "real_top1_accuracy": _mean_sd([r[1]["top1_accuracy"] for r in rows])}
