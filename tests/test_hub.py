@@ -15,6 +15,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,7 +52,7 @@ from physmoe.training import PhysMoETrainer
 
 NUM_POINTS = 128
 MODEL_FILES = {"config.json", "model.safetensors", "preprocessor_config.json",
-               "configuration_resnet1d_moe.py", "modeling_resnet1d_moe.py"}
+               "configuration_resnet1d_moe.py", "modeling_resnet1d_moe.py", "fast_path_resnet1d_moe.py"}
 EXPECTED_PUSH = MODEL_FILES | {".gitattributes", "README.md"}
 
 
@@ -344,14 +345,12 @@ def test_write_model_card_refuses_bad_input(tmp_path):
     assert card.data.eval_results is None and "No evaluation results" in card.text
 
 
-def test_model_card_template_is_the_top_level_file_and_packaged_copy_matches():
-    from importlib import resources
-
+def test_model_card_template_is_one_file_the_top_level_card_links_to():
     template = model_card_template_path()
-    assert template.name == "model_card.md" and "{{ card_data }}" in template.read_text()
-    packaged = resources.files("physmoe.resources").joinpath("model_card.md")
-    if packaged.is_file():  # once packaging copies the template, the copy must not drift
-        assert packaged.read_text(encoding="utf-8") == template.read_text(encoding="utf-8")
+    assert template.is_file() and template.parent.name == "resources"
+    assert "{{ card_data }}" in template.read_text(encoding="utf-8")
+    top_level = Path(__file__).resolve().parents[1] / "model_card.md"
+    assert top_level.resolve() == template.resolve()
 
 
 def test_push_checkpoint_refuses_incomplete_folders_before_any_request(hub_server, tmp_path):
@@ -421,8 +420,8 @@ def test_checkpoint_files_selects_what_users_need(tmp_path):
     (folder / "rng_state.pth").write_bytes(b"rng")
     (folder / "notes.txt").write_text("private notes")
     (folder / "pytorch_model.bin").write_bytes(b"pickled weights")
-    model_files = ["config.json", "configuration_resnet1d_moe.py", "model.safetensors",
-                   "modeling_resnet1d_moe.py", "preprocessor_config.json"]
+    model_files = ["config.json", "configuration_resnet1d_moe.py", "fast_path_resnet1d_moe.py",
+                   "model.safetensors", "modeling_resnet1d_moe.py", "preprocessor_config.json"]
     assert checkpoint_files(folder) == model_files
     assert checkpoint_files(folder, include_training_state=True) == sorted(
         model_files + ["optimizer.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"]

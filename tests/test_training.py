@@ -301,7 +301,8 @@ def test_metrics_callable_and_class_counts():
 
 # What Trainer._save_checkpoint writes, in the order it writes it (trainer_state.json last).
 _CHECKPOINT_FILES = (
-    "modeling_resnet1d_moe.py", "configuration_resnet1d_moe.py", "config.json", "model.safetensors",
+    "modeling_resnet1d_moe.py", "configuration_resnet1d_moe.py", "fast_path_resnet1d_moe.py",
+    "config.json", "model.safetensors",
     "preprocessor_config.json", "training_args.bin", "optimizer.pt", "scheduler.pt",
     "rng_state.pth", "trainer_state.json",
 )

@@ -111,21 +111,9 @@ _ARCHITECTURE_FIELDS = (
 
 
 def model_card_template_path() -> Path:
-    """The Jinja template of the model card.
-
-    The top-level ``model_card.md`` of a source checkout is the canonical template; installed
-    packages carry a copy in ``physmoe/resources``.
-    """
-    root = Path(__file__).resolve().parents[2]  # <checkout>/src/physmoe/hub.py
-    checkout = root / TEMPLATE_NAME
-    if checkout.is_file() and (root / "pyproject.toml").is_file():
-        return checkout
-    packaged = Path(str(resources.files("physmoe.resources").joinpath(TEMPLATE_NAME)))
-    if packaged.is_file():
-        return packaged
-    raise FileNotFoundError(
-        f"model card template not found: neither {checkout} nor {packaged} exists"
-    )
+    """The Jinja template of the model card, ``physmoe/resources/model_card.md`` (the top-level
+    ``model_card.md`` of a checkout is a link to it)."""
+    return Path(str(resources.files("physmoe.resources").joinpath(TEMPLATE_NAME)))
 
 
 def write_model_card(

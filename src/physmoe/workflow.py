@@ -305,7 +305,7 @@ _PLOT_FILES = ("per_class_accuracy.png", "crystal_system_confusion.png", "exampl
 _RUN_OUTPUTS = (
     "model*.safetensors", "model.safetensors.index.json", "config.json", "preprocessor_config.json", "README.md",
     "all_results.json", "log_history.json", "training_args.bin", "configuration_resnet1d_moe.py",
-    "modeling_resnet1d_moe.py", *_PLOT_FILES,
+    "modeling_resnet1d_moe.py", "fast_path_resnet1d_moe.py", *_PLOT_FILES,
 )
 
 

@@ -38,7 +38,7 @@ from physmoe.models.resnet1d_moe import (
     recommended_autocast,
     recommended_autocast_dtype,
 )
-from physmoe.models.resnet1d_moe import modeling_resnet1d_moe as modeling
+from physmoe.models.resnet1d_moe import fast_path_resnet1d_moe as fast_path
 from tiny_models import TINY, tiny_config, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,13 +173,14 @@ OUTPUT_KEYS = ("features", "crystal_system_logits", "gating_weights", "expert_lo
 
 @pytest.mark.parametrize("expert_mode", ["independent", "shared"])
 @pytest.mark.parametrize("stem", [False, True])
-@pytest.mark.parametrize("conv_path", ["auto", "direct", "matmul"])
+@pytest.mark.parametrize("conv_path", ["auto", "direct", "matmul", "plain"])
 def test_training_forward_and_gradients_match_loop_reference(expert_mode, stem, conv_path, monkeypatch):
-    limit = {"auto": modeling.MATMUL_CONV_MAX_LENGTH, "direct": 0, "matmul": 10**9}[conv_path]
-    monkeypatch.setattr(modeling, "MATMUL_CONV_MAX_LENGTH", limit)
+    limit = {"direct": 0, "matmul": 10**9}.get(conv_path, fast_path.MATMUL_CONV_MAX_LENGTH)
+    monkeypatch.setattr(fast_path, "MATMUL_CONV_MAX_LENGTH", limit)
     overrides = TINY_STEM if stem else TINY
     torch.manual_seed(0)
     model = ResNet1D_MoE(ResNet1DMoEConfig(**{**overrides, "expert_mode": expert_mode}))
+    model.set_cpu_fast_path(conv_path != "plain")
     with torch.no_grad():
         model.rule_bias.normal_()  # a non-zero rule bias, so its path is exercised
     x, _ = batch()
@@ -229,9 +230,12 @@ def test_eval_paths_match_loop_reference(expert_mode, stem):
     regular = model(x)  # autograd on: the unfolded path
     with torch.no_grad():
         folded = model(x)  # BatchNorm folded into cached weights
+        model.set_cpu_fast_path(False)
+        plain = model(x)  # the blocks' plain forward
     for key in OUTPUT_KEYS:
         torch.testing.assert_close(regular[key], reference[key], rtol=1e-4, atol=1e-4, msg=key)
         torch.testing.assert_close(folded[key], reference[key], rtol=1e-4, atol=1e-4, msg=key)
+        torch.testing.assert_close(plain[key], reference[key], rtol=1e-4, atol=1e-4, msg=key)
 
 
 def test_inference_cache_follows_parameter_changes():

@@ -12,24 +12,17 @@ Architecture (``config`` is a :class:`ResNet1DMoEConfig`)::
          w = config.inference_prior_weight)
     logits = hierarchical_space_group_logits(ensemble_logits, crystal_system_logits)
 
-Implementation notes (speed on CPU; every choice is checked against a straightforward
-implementation in the tests):
-
-* The trunk computes on ``[B, C, 1, L]`` tensors in channels-last memory with 2D convolutions of
-  height 1 (oneDNN's fast layout; parameters keep their ``Conv1d`` shapes). Blocks whose input is
-  at most :data:`MATMUL_CONV_MAX_LENGTH` long (the wide late blocks) convolve as one matmul over
-  stacked shifted inputs, 2-4x faster there than oneDNN's direct convolution.
-* The expert stages see the pooled features (length 1), where the published model's 3-tap
-  convolutions only use their centre tap: each stage is a pair of linear maps with BatchNorm,
-  and all experts run as one matmul (first layer) and one batched matmul (second layer).
-* Inference (eval mode, no autograd) folds every BatchNorm into the preceding convolution or
-  matmul and caches the folded weights in the compute dtype until a parameter changes; max
-  pooling skips the index bookkeeping autograd would need.
-* Heads (projections, cosine classifiers, gate, hierarchy) run in fp32 with autocast off: they
-  are cheap and the cosine logits are scaled by 30.
+Every block has one plain ``forward`` on ``[B, C, L]`` tensors. On the CPU the trunk and the
+expert stages run through :mod:`.fast_path_resnet1d_moe` instead (channels-last 2D convolutions,
+im2col for short sequences, BatchNorms folded in inference): the same function, faster, tested
+against the plain path. The expert stages see the pooled features (length 1), where the
+published model's 3-tap convolutions only use their centre tap: each stage is a pair of linear
+maps with BatchNorm, and all experts run as one matmul and one batched matmul. Heads
+(projections, cosine classifiers, gate, hierarchy) run in fp32 with autocast off: they are cheap
+and the cosine logits are scaled by 30.
 
 This file must stay importable without physmoe (``trust_remote_code=True`` checkpoints carry a
-copy of it): physmoe is imported only through :func:`_import_physmoe`. Inference works without
+copy of it and of the fast path): physmoe is imported only through :func:`_import_physmoe`. Inference works without
 it; training (``labels`` given) needs ``physmoe.loss``.
 """
 
@@ -53,6 +46,10 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
 from .configuration_resnet1d_moe import NUM_CRYSTAL_SYSTEMS, ResNet1DMoEConfig
+from .fast_path_resnet1d_moe import applies as _fast_path_applies
+from .fast_path_resnet1d_moe import clear_caches as _clear_fast_path_caches
+from .fast_path_resnet1d_moe import encode as _fast_path_encode
+from .fast_path_resnet1d_moe import expert_stages as _fast_path_expert_stages
 
 logger = logging.get_logger(__name__)
 
@@ -175,122 +172,17 @@ class SpaceGroupClassifierOutput(ModelOutput):
 
 
 class ResNet1DMoEBatchNorm(nn.BatchNorm1d):
-    """``BatchNorm1d`` that also takes the trunk's ``[B, C, 1, L]`` layout (same state and math:
-    statistics over every dimension but the channels)."""
+    """``BatchNorm1d`` that also takes the fast path's ``[B, C, 1, L]`` layout (same state and
+    math: statistics over every dimension but the channels)."""
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
         if input.dim() not in (2, 3, 4):
             raise ValueError(f"expected a 2D, 3D or 4D input, got {input.dim()}D")
 
 
-#: Sequences up to this length convolve as one matmul over stacked shifted inputs (im2col):
-#: for the wide, short late blocks that is 2-4x faster than oneDNN's direct convolution, whose
-#: weight reorders and backward-weights reduction dominate there (measured on CPU, fp32 and bf16).
-MATMUL_CONV_MAX_LENGTH = 48
-
-
-def _conv(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, padding: int = 0
-) -> torch.Tensor:
-    """Convolve ``[B, C, 1, L]`` (channels-last) along L with ``weight`` ``[O, C, 1, K]``.
-
-    ``weight`` is a ``Conv1d`` weight viewed as 4D or a cached channels-last inference weight.
-    Returns ``[B, O, 1, L']`` in channels-last memory.
-    """
-    if stride == 1 and hidden.shape[-1] <= MATMUL_CONV_MAX_LENGTH:
-        return _conv_as_matmul(hidden, weight, bias, padding)
-    out = F.conv2d(hidden, weight, bias, stride=(1, stride), padding=(0, padding))
-    # From one input channel oneDNN returns NCHW (the layouts coincide for C = 1): switch once.
-    return out.contiguous(memory_format=torch.channels_last)
-
-
-def _conv_as_matmul(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int
-) -> torch.Tensor:
-    """Stride-1 convolution of ``[B, C, 1, L]`` by ``weight`` ``[O, C, 1, K]`` as one matmul.
-
-    The channels-last input is a ``[B, L, C]`` matrix in memory; its ``K`` shifted copies are
-    stacked to ``[B * L_out, K * C]`` columns, ordered like the weight's memory (taps outer for a
-    channels-last weight, channels outer for a ``Conv1d`` weight) so the weight is used as a
-    ``[O, K * C]`` matrix without a copy. The ``[B, L_out, O]`` product is returned as a
-    channels-last ``[B, O, 1, L_out]`` view.
-    """
-    batch, channels, _, length = hidden.shape
-    out_channels, _, _, kernel = weight.shape
-    rows = hidden.permute(0, 2, 3, 1).reshape(batch, length, channels)  # free for channels-last
-    out_length = length + 2 * padding - kernel + 1
-    taps_outer = weight.stride(1) == 1 or channels == 1
-    if kernel == 1 and padding == 0:
-        columns = rows.reshape(batch * length, channels)
-        matrix = weight.reshape(out_channels, channels)
-    else:
-        rows = F.pad(rows, (0, 0, padding, padding))
-        taps = [rows[:, k : k + out_length] for k in range(kernel)]
-        columns = torch.stack(taps, dim=2 if taps_outer else 3).reshape(batch * out_length, kernel * channels)
-        matrix = (weight.permute(0, 2, 3, 1) if taps_outer else weight).reshape(out_channels, kernel * channels)
-    out = F.linear(columns, matrix, bias)
-    return out.view(batch, 1, out_length, out_channels).permute(0, 3, 1, 2)
-
-
-def _inference_fast_path(module: nn.Module) -> bool:
-    """Eval mode without autograd (and not under torch.compile): use folded cached weights."""
-    return not module.training and not torch.is_grad_enabled() and not _is_compiling()
-
-
-def _compute_dtype(tensor: torch.Tensor, parameter: torch.Tensor) -> torch.dtype:
-    """The autocast dtype if autocast is on for ``tensor``'s device, else ``parameter``'s dtype."""
-    device_type = tensor.device.type
-    if torch.is_autocast_enabled(device_type):
-        return torch.get_autocast_dtype(device_type)
-    return parameter.dtype
-
-
-def _fold_batch_norm(weight: torch.Tensor, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``norm(x @ weight)`` in eval mode as one affine map: scale the output rows of ``weight``
-    (dim 0) and return ``(weight * scale, bias)`` in fp32."""
-    scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    return weight.float() * scale.view(shape), norm.bias.float() - norm.running_mean.float() * scale
-
-
-class _InferenceWeights:
-    """Per-module cache of folded, cast inference weights.
-
-    The cache key holds the dtype and the storage address and version counter of every source
-    tensor, so any change (optimiser step, ``load_state_dict``, ``.to()``) rebuilds it; training
-    mode clears it (:meth:`ResNet1DMoEPreTrainedModel.train`). It is plain Python state, never
-    part of the ``state_dict``.
-    """
-
-    def __init__(self) -> None:
-        self.key: tuple | None = None
-        self.value: tuple[torch.Tensor | None, ...] | None = None
-
-    def get(
-        self, sources: list[torch.Tensor], dtype: torch.dtype, build: Any
-    ) -> tuple[torch.Tensor | None, ...]:
-        key = (dtype, tuple((t.data_ptr(), t._version) for t in sources))
-        if key != self.key:
-            self.key, self.value = None, None  # free the old weights first
-            with torch.inference_mode(False), torch.no_grad():
-                device_type = sources[0].device.type
-                with torch.autocast(device_type=device_type, enabled=False):
-                    self.value = tuple(None if t is None else t.to(dtype) for t in build())
-            self.key = key
-        return self.value
-
-    def clear(self) -> None:
-        self.key, self.value = None, None
-
-
-def _channels_last_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``Conv1d`` weight ``[O, C, K]`` -> ``[O, C, 1, K]`` in channels-last memory."""
-    return weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-
-
 class ResNet1DMoEStem(nn.Module):
     """Strided ``conv-BN-LeakyReLU`` from 1 channel: cheap early downsampling (non-reference
-    presets). ``[B, 1, 1, L] -> [B, stem_channels, 1, ceil(L / stride)]``."""
+    presets). ``[B, 1, L] -> [B, stem_channels, ceil(L / stride)]``."""
 
     def __init__(self, config: ResNet1DMoEConfig) -> None:
         super().__init__()
@@ -300,34 +192,14 @@ class ResNet1DMoEStem(nn.Module):
         )
         self.norm = ResNet1DMoEBatchNorm(config.stem_channels)
         self.negative_slope = float(config.negative_slope)
-        self.inference_weights = _InferenceWeights()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        stride, padding = self.conv.stride[0], self.conv.padding[0]
-        if _inference_fast_path(self):
-            weight, bias = self.inference_weights.get(
-                [*self.parameters(), *self.buffers()],
-                _compute_dtype(hidden, self.conv.weight),
-                lambda: _fold_conv_norm(self.conv, self.norm),
-            )
-            out = _conv(hidden.to(weight.dtype), weight, bias, stride, padding)
-        else:
-            out = self.norm(_conv(hidden, self.conv.weight.unsqueeze(2), None, stride, padding))
-        return F.leaky_relu(out, self.negative_slope, inplace=True)
-
-
-def _fold_conv_norm(conv: nn.Conv1d, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
-    weight, bias = _fold_batch_norm(conv.weight, norm)
-    return _channels_last_weight(weight), bias
+        return F.leaky_relu(self.norm(self.conv(hidden)), self.negative_slope)
 
 
 class ResNet1DMoEResidualBlock(nn.Module):
     """``1x1 conv (if the width changes) -> conv3-BN-LeakyReLU-conv3-BN -> + residual ->
-    LeakyReLU``. ``[B, in_channels, 1, L] -> [B, out_channels, 1, L]``.
-
-    In eval mode without autograd the BatchNorms are folded into the convolutions and the
-    weights cached in the compute dtype (:class:`_InferenceWeights`).
-    """
+    LeakyReLU``. ``[B, in_channels, L] -> [B, out_channels, L]``."""
 
     def __init__(self, in_channels: int, out_channels: int, negative_slope: float) -> None:
         super().__init__()
@@ -339,54 +211,22 @@ class ResNet1DMoEResidualBlock(nn.Module):
         self.conv2 = nn.Conv1d(out_channels, out_channels, 3, padding=1, bias=False)
         self.norm2 = ResNet1DMoEBatchNorm(out_channels)
         self.negative_slope = float(negative_slope)
-        self.inference_weights = _InferenceWeights()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        if _inference_fast_path(self):
-            return self._forward_folded(hidden)
         if self.shortcut is not None:
-            hidden = _conv(hidden, self.shortcut.weight.unsqueeze(2), None)
-        # In-place activations/add act on BatchNorm outputs, which no backward needs.
-        out = self.norm1(_conv(hidden, self.conv1.weight.unsqueeze(2), None, padding=1))
-        out = F.leaky_relu(out, self.negative_slope, inplace=True)
-        out = self.norm2(_conv(out, self.conv2.weight.unsqueeze(2), None, padding=1))
-        return F.leaky_relu(out.add_(hidden), self.negative_slope, inplace=True)
-
-    def _forward_folded(self, hidden: torch.Tensor) -> torch.Tensor:
-        shortcut, weight1, bias1, weight2, bias2 = self.inference_weights.get(
-            [*self.parameters(), *self.buffers()],
-            _compute_dtype(hidden, self.conv1.weight),
-            self._fold,
-        )
-        hidden = hidden.to(weight1.dtype)
-        if shortcut is not None:
-            hidden = _conv(hidden, shortcut, None)
-        out = F.leaky_relu(_conv(hidden, weight1, bias1, padding=1), self.negative_slope, inplace=True)
-        out = _conv(out, weight2, bias2, padding=1)
-        return F.leaky_relu(out.add_(hidden), self.negative_slope, inplace=True)
-
-    def _fold(self) -> tuple[torch.Tensor | None, ...]:
-        shortcut = None if self.shortcut is None else _channels_last_weight(self.shortcut.weight)
-        return (shortcut, *_fold_conv_norm(self.conv1, self.norm1), *_fold_conv_norm(self.conv2, self.norm2))
+            hidden = self.shortcut(hidden)
+        out = F.leaky_relu(self.norm1(self.conv1(hidden)), self.negative_slope)
+        out = self.norm2(self.conv2(out))
+        return F.leaky_relu(out + hidden, self.negative_slope)
 
 
-def _pool(hidden: torch.Tensor, pool_type: str, padding: int) -> torch.Tensor:
-    """Kernel-2 stride-2 pooling along the length of ``[B, C, 1, L]`` (channels-last)."""
+def _pooling(pool_type: str, padding: int) -> nn.Module:
+    """Kernel-2 stride-2 pooling along the length (``"max"``, ``"avg"``) or none."""
     if pool_type == "max":
-        if torch.is_grad_enabled():
-            return F.max_pool2d(hidden, (1, 2), (1, 2), (0, padding))
-        # Without autograd, the maximum of the even and odd positions is the same result
-        # without max_pool2d's index bookkeeping (several times faster on CPU).
-        batch, channels, _, length = hidden.shape
-        rows = hidden.permute(0, 2, 3, 1).reshape(batch, length, channels)
-        if padding:
-            rows = F.pad(rows, (0, 0, padding, padding), value=-math.inf)
-        pairs = rows[:, : rows.shape[1] // 2 * 2].unflatten(1, (-1, 2))  # [B, L/2, 2, C]
-        pooled = torch.maximum(pairs[:, :, 0], pairs[:, :, 1])  # [B, L/2, C]
-        return pooled.unsqueeze(1).permute(0, 3, 1, 2)
+        return nn.MaxPool1d(2, 2, padding)
     if pool_type == "avg":
-        return F.avg_pool2d(hidden, (1, 2), (1, 2), (0, padding))
-    return hidden
+        return nn.AvgPool1d(2, 2, padding)
+    return nn.Identity()
 
 
 class ResNet1DMoEPreTrainedModel(PreTrainedModel):
@@ -407,6 +247,8 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     # Set per instance, for a while, by value_checks_disabled().
     _skip_value_checks = False
+    #: CPU inputs run through the fast path (see :meth:`set_cpu_fast_path`).
+    cpu_fast_path = True
 
     def __init__(self, config: ResNet1DMoEConfig, *args: Any, **kwargs: Any) -> None:
         # Values set after the config was built (from_pretrained(path, key=value), user code)
@@ -505,13 +347,18 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
                 module.reset_buffers()
 
     def train(self, mode: bool = True) -> ResNet1DMoEPreTrainedModel:
-        """``nn.Module.train``; also drops the cached inference weights (memory) in training mode."""
+        """``nn.Module.train``; also drops the fast path's cached inference weights (memory) in
+        training mode."""
         if mode:
-            for module in self.modules():
-                cache = getattr(module, "inference_weights", None)
-                if isinstance(cache, _InferenceWeights):
-                    cache.clear()
+            _clear_fast_path_caches(self)
         return super().train(mode)
+
+    def set_cpu_fast_path(self, enabled: bool) -> None:
+        """Run CPU inputs through :mod:`.fast_path_resnet1d_moe` (default) or, with ``False``,
+        the blocks' plain ``forward`` (the same function, slower on CPU)."""
+        for module in self.modules():
+            if isinstance(module, ResNet1DMoEPreTrainedModel):
+                module.cpu_fast_path = bool(enabled)
 
     def _checks_values(self) -> bool:
         """Whether a forward checks values (NaN/inf inputs, label ranges): each check is a host sync."""
@@ -542,7 +389,7 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
                 module.validate = value
 
     def _check_input_values(self, input_values: torch.Tensor) -> torch.Tensor:
-        """Validate ``[B, L]`` / ``[B, 1, L]`` inputs; return ``[B, 1, 1, L]`` channels-last."""
+        """Validate ``[B, L]`` / ``[B, 1, L]`` inputs; return ``[B, 1, L]`` in the parameters' dtype."""
         num_points = self.config.num_points
         if not isinstance(input_values, torch.Tensor):
             raise TypeError(f"input_values must be a torch.Tensor, got {type(input_values).__name__}")
@@ -575,7 +422,7 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
             if not bool(torch.isfinite(input_values.sum())) and not bool(torch.isfinite(input_values).all()):
                 raise ValueError("input_values contain NaN or inf")
         dtype = self._parameter_dtype()
-        return input_values.to(dtype)[:, None, None, :].contiguous(memory_format=torch.channels_last)
+        return input_values.to(dtype)[:, None, :]
 
     def _parameter_dtype(self) -> torch.dtype:
         for parameter in self.parameters():
@@ -608,34 +455,36 @@ class ResNet1DMoEModel(ResNet1DMoEPreTrainedModel):
             ResNet1DMoEResidualBlock(widths[i], widths[i + 1], config.negative_slope)
             for i in range(len(config.hidden_sizes))
         )
+        pools = zip(config.pool_types, config.pool_paddings, strict=True)
+        self.poolings = nn.ModuleList(_pooling(pool_type, padding) for pool_type, padding in pools)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.post_init()
 
     def _encode(
         self, hidden: torch.Tensor, output_hidden_states: bool = False
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-        """``[B, 1, 1, L]`` (checked) -> last block output ``[B, D, 1, L']`` (+ hidden states)."""
-        config = self.config
+        """``[B, 1, L]`` (checked) -> last block output ``[B, D, L']`` (+ hidden states)."""
+        if _fast_path_applies(self, hidden):
+            return _fast_path_encode(self, hidden, output_hidden_states)
         if self.input_norm is not None:
             hidden = self.input_norm(hidden)
         if self.stem is not None:
             hidden = self.stem(hidden)
         hidden_states = [] if output_hidden_states else None
-        dropout_blocks = set(config.dropout_blocks)
-        for index, block in enumerate(self.blocks):
+        for index, (block, pooling) in enumerate(zip(self.blocks, self.poolings, strict=True)):
             if hidden_states is not None:
-                hidden_states.append(hidden[:, :, 0])
-            hidden = _pool(block(hidden), config.pool_types[index], config.pool_paddings[index])
-            if index in dropout_blocks:
+                hidden_states.append(hidden)
+            hidden = pooling(block(hidden))
+            if index in self.config.dropout_blocks:
                 hidden = self.dropout(hidden)
         if hidden_states is not None:
-            hidden_states.append(hidden[:, :, 0])
+            hidden_states.append(hidden)
         return hidden, None if hidden_states is None else tuple(hidden_states)
 
     def forward_features(self, input_values: torch.Tensor) -> torch.Tensor:
         """``input_values`` ``[B, L]`` or ``[B, 1, L]`` -> pooled features ``[B, D]`` (fp32)."""
         hidden, _ = self._encode(self._check_input_values(input_values))
-        return hidden.mean(dim=(2, 3)).float()
+        return hidden.mean(dim=2).float()
 
     def forward(
         self,
@@ -656,8 +505,8 @@ class ResNet1DMoEModel(ResNet1DMoEPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         hidden, hidden_states = self._encode(self._check_input_values(input_values), output_hidden_states)
         output = ResNet1DMoEModelOutput(
-            last_hidden_state=hidden[:, :, 0],
-            pooler_output=hidden.mean(dim=(2, 3)).float(),
+            last_hidden_state=hidden,
+            pooler_output=hidden.mean(dim=2).float(),
             hidden_states=hidden_states,
         )
         return output if return_dict else output.to_tuple()
@@ -690,36 +539,14 @@ class ResNet1DMoEExpertStages(nn.Module):
         self.norm1 = nn.BatchNorm1d(num_stages * dim)
         self.weight2 = nn.Parameter(torch.empty(num_stages, dim, dim))
         self.norm2 = nn.BatchNorm1d(num_stages * dim)
-        self.inference_weights = _InferenceWeights()
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         batch, stages, dim = features.shape[0], self.num_stages, self.dim
-        if _inference_fast_path(self):
-            weight1, bias1, weight2, bias2 = self.inference_weights.get(
-                [*self.parameters(), *self.buffers()], _compute_dtype(features, self.weight1), self._fold
-            )
-            features = features.to(weight1.dtype)
-            hidden = F.leaky_relu(F.linear(features, weight1, bias1), self.negative_slope, inplace=True)
-            hidden = torch.baddbmm(bias2.unsqueeze(1), hidden.view(batch, stages, dim).transpose(0, 1), weight2)
-            hidden = hidden.transpose(0, 1)  # [B, K, D]
-        else:
-            dtype = _compute_dtype(features, self.weight1)
-            hidden = F.linear(features, self.weight1.reshape(stages * dim, dim))  # [B, K*D]
-            hidden = F.leaky_relu(self.norm1(hidden), self.negative_slope, inplace=True)
-            # Cast before transposing: autocast would otherwise copy a strided (transposed) view.
-            weight2 = self.weight2.to(dtype).transpose(1, 2)
-            hidden = torch.bmm(hidden.view(batch, stages, dim).transpose(0, 1).to(dtype), weight2)
-            hidden = self.norm2(hidden.transpose(0, 1).reshape(batch, stages * dim)).view(batch, stages, dim)
-        hidden = hidden.add_(features.unsqueeze(1).to(hidden.dtype))
-        return F.leaky_relu(hidden, self.negative_slope, inplace=True)
-
-    def _fold(self) -> tuple[torch.Tensor, ...]:
-        stages, dim = self.num_stages, self.dim
-        weight1, bias1 = _fold_batch_norm(self.weight1.reshape(stages * dim, dim), self.norm1)
-        weight2, bias2 = _fold_batch_norm(self.weight2.reshape(stages * dim, dim), self.norm2)
-        # [K, D_in, D_out] so the batched matmul reads it without a transpose.
-        weight2 = weight2.view(stages, dim, dim).transpose(1, 2).contiguous()
-        return weight1, bias1, weight2, bias2.view(stages, dim)
+        hidden = F.linear(features, self.weight1.reshape(stages * dim, dim))  # [B, K*D]
+        hidden = F.leaky_relu(self.norm1(hidden), self.negative_slope)
+        hidden = torch.bmm(hidden.view(batch, stages, dim).transpose(0, 1), self.weight2.transpose(1, 2))
+        hidden = self.norm2(hidden.transpose(0, 1).reshape(batch, stages * dim)).view(batch, stages, dim)
+        return F.leaky_relu(hidden + features.unsqueeze(1), self.negative_slope)
 
     def extra_repr(self) -> str:
         return f"num_stages={self.num_stages}, dim={self.dim}"
@@ -969,7 +796,11 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         after them runs in fp32 with autocast off, whatever dtype the parameters are stored in.
         """
         config = self.config
-        stage_output = self.expert_stages(features.to(self.expert_stages.weight1.dtype))  # [B, K|1, D]
+        stage_input = features.to(self.expert_stages.weight1.dtype)
+        if _fast_path_applies(self, stage_input):
+            stage_output = _fast_path_expert_stages(self.expert_stages, stage_input)  # [B, K|1, D]
+        else:
+            stage_output = self.expert_stages(stage_input)
         with torch.autocast(device_type=features.device.type, enabled=False):
             features = features.float()
             system_embedding = _linear_fp32(self.crystal_system_projection, features)  # [B, P]
