@@ -2368,7 +2368,7 @@ LIKELY_CAUSES = [
     ("PhysicsContrastiveLoss", "integer features", "loss/physics_contrast_loss.py:PhysicsContrastiveLoss.forward -> refuse non-floating features (as output_tensor does)"),
     ("PhysicsContrastiveLoss", "rule_matrix a numpy", "loss/physics_contrast_loss.py:PhysicsContrastiveLoss.forward -> check_tensor(rule_matrix, 'rule_matrix') before .dim()"),
     ("PXRDCollator", "no peaks", "data/collator.py:PXRDCollator.__call__ (render_patterns) -> refuse a row with no peak (its clean pattern is all zero)"),
-    ("PXRDCollator", "peak_two_theta a string", "data/render.py:_as_numpy -> wrap the float conversion in a ValueError naming peak_two_theta / peak_intensity and the row"),
+    ("PXRDCollator", "peak_two_theta a string", "data/render/padding.py:_as_numpy -> wrap the float conversion in a ValueError naming peak_two_theta / peak_intensity and the row"),
     ("PXRDCollator", "num_labels", "data/collator.py:PXRDCollator.__post_init__ -> validate num_labels >= 1"),
     ("PXRDCollator", "seed", "data/collator.py:PXRDCollator.__post_init__ -> validate seed is None or an int"),
     ("ResNet1DMoEConfig", "class_prior", "models/resnet1d_moe/configuration_resnet1d_moe.py:_validate_loss -> check len(class_prior) == num_labels (now only the model constructor does)"),

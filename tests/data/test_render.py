@@ -675,7 +675,7 @@ def test_simulated_silicon_renders_at_its_bragg_positions(silicon):
 def test_reciprocal_metric_from_simulated_lines(cell):
     """The metric behind the preferred-orientation angles, recovered from the simulator's merged
     lines (one representative hkl each) and compared with numpy's inverse of the cell."""
-    from physmoe.data.render import _fit_reciprocal_metric
+    from physmoe.data.render.physics import _fit_reciprocal_metric
     from physmoe.data.simulate import simulate_peaks
     from physmoe.data.structures import Crystal
 
