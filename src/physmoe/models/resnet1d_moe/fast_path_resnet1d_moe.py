@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 #: Sequences up to this length convolve as one matmul over stacked shifted inputs (im2col).
 MATMUL_CONV_MAX_LENGTH = 48
@@ -118,11 +119,13 @@ def _compute_dtype(tensor: torch.Tensor, parameter: torch.Tensor) -> torch.dtype
 
 
 def _fold_batch_norm(weight: torch.Tensor, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
-    """``norm(x @ weight)`` in eval mode as one affine map: scale the output rows of ``weight``
-    (dim 0) and return ``(weight * scale, bias)`` in fp32."""
-    scale = norm.weight.float() * torch.rsqrt(norm.running_var.float() + norm.eps)
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    return weight.float() * scale.view(shape), norm.bias.float() - norm.running_mean.float() * scale
+    """``norm(x @ weight)`` in eval mode as one affine map ``(weight', bias)`` in fp32 (torch's
+    conv-BN fusion, which scales the output rows, dim 0, of a weight of any rank)."""
+    weight, bias = fuse_conv_bn_weights(
+        weight.float(), None, norm.running_mean.float(), norm.running_var.float(), norm.eps,
+        norm.weight.float(), norm.bias.float(),
+    )  # fmt: skip
+    return weight.detach(), bias.detach()
 
 
 def _channels_last_weight(weight: torch.Tensor) -> torch.Tensor:
