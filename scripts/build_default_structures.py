@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from physmoe.crystallography import NUM_SPACE_GROUPS
-from physmoe.data.dataset import write_structure_archive
+from physmoe.data.embedded import write_structure_archive
 from physmoe.data.generate import GeneratedStructure, GenerationSettings, generate_structure
 from physmoe.data.priors import space_group_prior
 

@@ -1,10 +1,10 @@
 """Collect real crystal structures that ship inside installed pip packages (no download).
 
-Writes a compact structure archive (``physmoe.data.dataset.write_structure_archive`` format,
+Writes a compact structure archive (``physmoe.data.embedded.write_structure_archive`` format,
 spglib's standardised conventional cells) and a sources table:
 
 * ``src/physmoe/resources/real_structures.npz``: read with
-  ``physmoe.data.dataset.read_structure_archive(path)``; ``space_groups`` = spglib's group at
+  ``physmoe.data.embedded.read_structure_archive(path)``; ``space_groups`` = spglib's group at
   ``DEFAULT_SYMPREC``, ``requested_space_groups`` = the group declared in the file (0 = unknown).
 * ``src/physmoe/resources/real_structures_sources.csv``: one row per structure, same order:
   ``id, formula, space_group, crystal_system, num_sites, category, source_package,
@@ -63,13 +63,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_realism import pair_distances  # noqa: E402  (helper shared with the comparison)
 from physmoe.crystallography import CRYSTAL_SYSTEMS, crystal_system_index
-from physmoe.data.dataset import (
-    DEFAULT_SYMPREC,
-    read_structure_archive,
-    standardize_crystal,
-    write_structure_archive,
-)
+from physmoe.data.embedded import read_structure_archive, write_structure_archive
 from physmoe.data.structures import Crystal, as_crystal
+from physmoe.data.symmetry import DEFAULT_SYMPREC, standardize_crystal
 
 logger = logging.getLogger("collect_real_structures")
 

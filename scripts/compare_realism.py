@@ -44,8 +44,9 @@ import spglib
 from scipy.stats import ks_2samp
 
 from physmoe.crystallography import CRYSTAL_SYSTEMS, crystal_system_index
-from physmoe.data.dataset import DEFAULT_SYMPREC, read_structure_archive, standardize_crystal
+from physmoe.data.embedded import read_structure_archive
 from physmoe.data.structures import Crystal
+from physmoe.data.symmetry import DEFAULT_SYMPREC, standardize_crystal
 
 logger = logging.getLogger("compare_realism")
 

@@ -590,7 +590,7 @@ def xy_text(two_theta, intensity, header: str = "", fmt: str = "{:.3f} {:.2f}") 
 def small_dataset() -> Path:
     """60 embedded structures of 4 groups (2, 14, 62, 225), built like the default dataset (as
     tests/test_cli.py's small_dataset fixture)."""
-    from physmoe.data.dataset import (
+    from physmoe.data.embedded import (
         default_dataset,
         read_structure_archive,
         write_structure_archive,

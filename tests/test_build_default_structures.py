@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import spglib
 
-from physmoe.data.dataset import read_structure_archive
+from physmoe.data.embedded import read_structure_archive
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from hub_server import hub_server_fixture  # noqa: F401 (provides the hub_server fixture)
 from physmoe.cli import main
 from physmoe.crystallography import ID2LABEL
-from physmoe.data.dataset import default_dataset, read_structure_archive, write_structure_archive
+from physmoe.data.embedded import default_dataset, read_structure_archive, write_structure_archive
 from tiny_models import TINY
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

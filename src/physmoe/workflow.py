@@ -28,7 +28,8 @@ from transformers import set_seed
 
 from .crystallography import ID2LABEL, NUM_SPACE_GROUPS, sg_to_sys_map
 from .data.collator import PXRDCollator
-from .data.dataset import PEAK_WAVELENGTH, dataset_metadata, default_dataset, load_dataset_dict
+from .data.dataset import PEAK_WAVELENGTH, dataset_metadata, load_dataset_dict
+from .data.embedded import default_dataset
 from .data.grid import TwoThetaGrid
 from .data.render import MeasurementConditions
 from .data.streaming import StreamingCrystalDataset, held_out_dataset, structure_fingerprint

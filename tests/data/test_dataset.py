@@ -8,30 +8,22 @@ from __future__ import annotations
 
 import json
 import math
-from collections import Counter
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
-import spglib
 
 from physmoe.crystallography import CRYSTAL_SYSTEMS, ID2LABEL
-from physmoe.data import dataset as ds
 from physmoe.data.dataset import (
     FEATURES,
     crystal_from_row,
-    default_dataset,
-    detect_space_group,
     load_dataset_dict,
-    read_structure_archive,
     rows_from_crystals,
     save_dataset_dict,
     split_dataset,
     split_indices,
-    standardize_crystal,
     structure_row,
-    write_structure_archive,
 )
 from physmoe.data.simulate import simulate_peaks
 from physmoe.data.structures import Crystal
@@ -125,26 +117,6 @@ def test_rows_from_crystals_labels_by_spglib_and_keeps_declared_group():
         rows_from_crystals([rock_salt(), rock_salt()], structure_ids=["a", "a"], progress=False)
     with pytest.raises(ValueError, match="2 structure_ids for 1 crystals"):
         rows_from_crystals([rock_salt()], structure_ids=["a", "b"], progress=False)
-
-
-def test_detection_and_standardisation_against_spglib():
-    # Rock salt given in its primitive rhombohedral cell (2 atoms).
-    a = 5.64
-    lattice = 0.5 * a * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]])
-    primitive = Crystal(lattice, ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
-    number, conventional = standardize_crystal(primitive)
-    assert number == 225 == detect_space_group(primitive)
-    assert conventional.space_group == 225 and len(conventional.species) == 8
-    np.testing.assert_allclose(conventional.lattice_parameters, (a, a, a, 90, 90, 90), atol=1e-9)
-    assert Counter(conventional.species) == {"Na": 4, "Cl": 4}
-    # Occupancy is part of the site type: half-occupied Cl breaks the Na/Cl equivalence the same
-    # way a different element would.
-    mixed = Crystal(lattice, ["Na", "Na"], [[0, 0, 0], [0.5, 0.5, 0.5]], occupancies=[1.0, 0.5])
-    spglib_number = spglib.get_symmetry_dataset(
-        (lattice, [[0, 0, 0], [0.5, 0.5, 0.5]], [1, 2]), symprec=1e-3
-    ).number
-    assert detect_space_group(mixed) == spglib_number == 225
-    assert detect_space_group(Crystal(lattice, ["Na", "Na"], [[0, 0, 0], [0.5, 0.5, 0.5]])) == 221
 
 
 # --------------------------------------------------------------------------- splits
@@ -266,106 +238,6 @@ def test_empty_splits_round_trip(tmp_path):
     assert [len(parts[n]) for n in ("train", "validation", "test")] == [2, 0, 0]
     loaded = load_dataset_dict(save_dataset_dict(parts, tmp_path / "d", _metadata()))
     assert len(loaded["test"]) == 0 and loaded["test"].features == FEATURES
-
-
-def test_structure_archive_round_trip(tmp_path):
-    crystals = [
-        rock_salt(5.64),
-        Crystal.from_parameters(
-            (3, 4, 5, 90, 100, 90),
-            ["Fe", "O"],
-            [[0, 0, 0], [0.3, 0.25, 0.1]],
-            occupancies=[0.75, 1],
-        ),
-    ]
-    path = write_structure_archive(tmp_path / "a.npz", ["x", "y"], crystals, [225, None], [225, 10])
-    archive = read_structure_archive(path)
-    assert len(archive) == 2 and archive.structure_ids.tolist() == ["x", "y"]
-    assert archive.requested_space_groups.tolist() == [
-        225,
-        0,
-    ] and archive.space_groups.tolist() == [225, 10]
-    for original, index in zip(crystals, range(2), strict=True):
-        restored = archive.crystal(index)
-        assert restored.species == original.species
-        np.testing.assert_allclose(
-            restored.lattice_parameters, original.lattice_parameters, rtol=1e-6
-        )
-        np.testing.assert_allclose(restored.frac_coords, original.frac_coords, atol=1e-7)
-        np.testing.assert_allclose(restored.occupancies, original.occupancies)
-    assert detect_space_group(archive.crystal(0)) == 225
-    np.savez(tmp_path / "bad.npz", structure_ids=np.array(["x"]))
-    with pytest.raises(ValueError, match="not a structure archive"):
-        read_structure_archive(tmp_path / "bad.npz")
-
-
-# --------------------------------------------------------------------------- embedded set
-
-
-def test_embedded_set_covers_all_groups_with_a_long_tail():
-    assert EMBEDDED.stat().st_size < 4_000_000
-    archive = read_structure_archive()
-    assert len(archive) == 12_000
-    assert len(set(archive.structure_ids.tolist())) == len(archive)
-    counts = np.bincount(archive.space_groups.astype(np.int64) - 1, minlength=230)
-    assert counts.min() >= 15  # every group reaches train, validation and test
-    assert counts.max() >= 500 and (counts < 20).sum() > 80  # long-tailed, not balanced
-    assert np.mean(archive.requested_space_groups == archive.space_groups) > 0.9
-    split = split_indices(archive.space_groups.astype(np.int64))
-    for name in ("train", "validation", "test"):
-        assert len(np.unique(archive.space_groups[split[name]])) == 230, name
-
-
-def test_embedded_labels_match_spglib_on_stored_coordinates():
-    archive = read_structure_archive()
-    for index in np.random.default_rng(0).choice(len(archive), 300, replace=False):
-        crystal = archive.crystal(int(index))
-        kinds = {s: i + 1 for i, s in enumerate(sorted(set(crystal.species)))}
-        cell = (crystal.lattice, crystal.frac_coords, [kinds[s] for s in crystal.species])
-        assert (
-            spglib.get_symmetry_dataset(cell, symprec=1e-3).number == archive.space_groups[index]
-        ), index
-
-
-def test_default_dataset_builds_and_caches(tmp_path, monkeypatch):
-    # A 40-structure slice of the embedded set keeps the test fast; the full set takes ~40 s.
-    full = read_structure_archive()
-    keep = np.flatnonzero(np.isin(full.space_groups, [14, 62, 225]))[:40]
-    path = write_structure_archive(
-        tmp_path / "small.npz",
-        full.structure_ids[keep].tolist(),
-        [full.crystal(int(i)) for i in keep],
-        [int(g) or None for g in full.requested_space_groups[keep]],
-        full.space_groups[keep].tolist(),
-    )
-    built = default_dataset(cache_dir=tmp_path / "cache", archive=path, progress=False)
-    assert sum(len(built[n]) for n in built) == len(keep)
-    for name in ("validation", "test"):
-        assert {ID2LABEL[g] for g in built[name]["space_group"]} == {
-            "P2_1/c (14)",
-            "Pnma (62)",
-            "Fm-3m (225)",
-        }
-    row = built["train"][0]
-    index = full.structure_ids.tolist().index(row["structure_id"])
-    assert row["source"] == "embedded" and row["space_group"] == full.space_groups[index] - 1
-    peaks = simulate_peaks(full.crystal(index), two_theta_range=(2.0, 100.0))
-    np.testing.assert_allclose(row["peak_two_theta"], peaks.two_theta, atol=1e-4)
-
-    def fail(*args, **kwargs):
-        raise AssertionError("the cached dataset should have been reused")
-
-    # Worker processes give the same dataset.
-    parallel = default_dataset(
-        cache_dir=tmp_path / "cache2", archive=path, num_proc=2, progress=False
-    )
-    for name in built:
-        assert parallel[name].data.table.equals(built[name].data.table), name
-
-    monkeypatch.setattr(ds, "structure_row", fail)
-    again = default_dataset(cache_dir=tmp_path / "cache", archive=path, progress=False)
-    assert again["test"]["structure_id"] == built["test"]["structure_id"]
-    assert len(list((tmp_path / "cache").iterdir())) == 1
 
 
 def test_rows_from_pymatgen_structure_and_cif(tmp_path):

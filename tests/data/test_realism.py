@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from physmoe.crystallography import CRYSTAL_SYSTEMS, crystal_system_index
-from physmoe.data.dataset import detect_space_group, read_structure_archive
+from physmoe.data.embedded import read_structure_archive
 from physmoe.data.structures import Crystal
+from physmoe.data.symmetry import detect_space_group
 
 ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "src" / "physmoe" / "resources"

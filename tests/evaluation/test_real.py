@@ -22,7 +22,7 @@ from physmoe.crystallography import (  # noqa: E402
     indistinguishable_groups,
 )
 from physmoe.data import MeasurementConditions, PXRDCollator, TwoThetaGrid, space_group_prior  # noqa: E402
-from physmoe.data.dataset import read_structure_archive  # noqa: E402
+from physmoe.data.embedded import read_structure_archive  # noqa: E402
 from physmoe.evaluation.real import (  # noqa: E402
     format_real_benchmark,
     load_real_structures,

@@ -4,11 +4,11 @@ from .collator import PXRDCollator
 from .dataset import (
     FEATURES,
     crystal_from_row,
-    default_dataset,
     load_dataset_dict,
     rows_from_crystals,
     split_dataset,
 )
+from .embedded import default_dataset
 from .feature_extraction import XRDFeatureExtractor
 from .generate import generate_dataset
 from .grid import CU_KA1, CU_KA2, TwoThetaGrid

@@ -65,19 +65,18 @@ from .. import __version__
 from ..crystallography import NUM_SPACE_GROUPS
 from ..utils import atomic_path, write_json
 from .dataset import (
-    DEFAULT_SYMPREC,
     FEATURES,
     PEAK_TWO_THETA_RANGE,
     PEAK_WAVELENGTH,
     load_dataset_dict,
     save_dataset_dict,
     split_dataset,
-    standardize_crystal,
     structure_row,
 )
 from .priors import resolve_prior, sample_space_groups
 from .random_crystals import RandomCrystalGenerator
 from .structures import Crystal
+from .symmetry import DEFAULT_SYMPREC, standardize_crystal
 from .wyckoff import ANION_WEIGHTS, CATIONS, sample_composition, wyckoff_statistics
 
 logger = logging.getLogger(__name__)

@@ -109,7 +109,7 @@ def load_real_structures(max_samples: int | None = None):
     """
     from importlib import resources
 
-    from ..data.dataset import read_structure_archive
+    from ..data.embedded import read_structure_archive
 
     with resources.as_file(resources.files("physmoe.resources").joinpath(_REAL_FILE)) as path:
         archive = read_structure_archive(path)
