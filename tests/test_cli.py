@@ -457,3 +457,19 @@ def test_predict_prior_weight_for_balanced_experts_models(tmp_path, capsys):
     tiny_model().save_pretrained(plain)
     assert main(["predict", str(plain), cif, "--prior-weight", "1"]) == 1
     assert "loss_preset='balanced_experts'" in capsys.readouterr().err
+
+
+def test_errors_are_one_line_and_minus_v_shows_the_traceback(monkeypatch, capsys):
+    import physmoe.cli
+
+    def broken(args):
+        raise TypeError("unsupported operand type(s)")
+
+    monkeypatch.setattr(physmoe.cli, "_predict", broken)
+    assert main(["predict", "model", "scan.xy"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: unsupported operand") and "physmoe -v" in err
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(["-v", "predict", "model", "scan.xy"])
+    assert main(["evaluate", "--batch-size", "0", "no/such/model"]) == 1
+    assert "physmoe -v" not in capsys.readouterr().err  # bad input: no hint

@@ -381,8 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(verbose)
         handlers = {"simulate": _simulate, "evaluate": _evaluate, "predict": _predict, "push": _push}
         return handlers[args.command](args)
-    except (ValueError, TypeError, OSError) as error:  # bad input: say what, no traceback
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as error:
+        if verbose:  # -v: the whole traceback
+            raise
+        # Bad input says what is wrong; a TypeError may also be a bug, so say how to see where.
+        hint = " (physmoe -v ... shows the traceback)" if isinstance(error, TypeError) else ""
+        print(f"error: {error}{hint}", file=sys.stderr)
         return 1
 
 

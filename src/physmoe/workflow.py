@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from datasets import DatasetDict, concatenate_datasets
 from transformers import set_seed
+from transformers.trainer_utils import PredictionOutput
 
 from .crystallography import ID2LABEL, NUM_SPACE_GROUPS, sg_to_sys_map
 from .data.collator import PXRDCollator
@@ -569,10 +570,8 @@ def train_and_evaluate(
         results["hnm_most_confused_pairs"] = [pair._asdict() for pair in pairs]
 
     if trainer.is_world_process_zero():
-        _save_outputs(
-            trainer, plan.train_dir, results, dataset, metadata, conditions, train_counts, test,
-            temperature, run_args,
-        )
+        run = _FinishedRun(dataset, metadata, conditions, train_counts, results, test, temperature)
+        _save_outputs(trainer, plan.train_dir, run, run_args)
         if plan.replaces:
             _retarget_checkpoints(plan.train_dir, output_dir)
             _replace_outputs(plan.train_dir, output_dir)
@@ -581,32 +580,45 @@ def train_and_evaluate(
     return results
 
 
-def _save_outputs(trainer, output_dir, results, dataset, metadata, conditions, train_counts, test, temperature, run_args) -> None:
+@dataclass
+class _FinishedRun:
+    """What a finished run trained on and measured, for its saved outputs."""
+
+    dataset: DatasetDict  # the splits (train may be a stream)
+    metadata: dict  # the dataset's physmoe_dataset.json
+    conditions: MeasurementConditions  # training augmentation
+    train_counts: np.ndarray  # [230] training samples per class (expected ones for a stream)
+    results: dict  # validation_* and test_* metrics, temperature, miner pairs
+    test: PredictionOutput  # the test split's predictions (logits uncalibrated)
+    temperature: float  # calibration temperature fitted on validation
+
+
+def _save_outputs(trainer, output_dir: Path, run: _FinishedRun, run_args: RunArguments) -> None:
     from .hub import write_model_card
 
     # Weights, config and the feature extractor (processing class). Not pushed from here: the
     # push comes once the card and the results exist (and a replaced model has been swapped).
     trainer.save_model(str(output_dir), _internal_call=True)
-    write_json(output_dir / "all_results.json", results)
+    write_json(output_dir / "all_results.json", run.results)
     write_json(output_dir / "log_history.json", trainer.state.log_history, indent=1)
     # The card takes test-split values only (its model-index reports the test split).
-    test_metrics = {key: value for key, value in results.items() if key.startswith("test_")}
+    test_metrics = {key: value for key, value in run.results.items() if key.startswith("test_")}
     training_data = {
-        "dataset": metadata.get("name"),
+        "dataset": run.metadata.get("name"),
         "structures (train / validation / test)": " / ".join(
-            str(len(dataset[split])) if split in dataset else "streamed"
+            str(len(run.dataset[split])) if split in run.dataset else "streamed"
             for split in ("train", "validation", "test")
         ),
-        "space groups in training": int((train_counts > 0).sum()),
-        "peak wavelength (A)": metadata.get("peak_wavelength"),
-        "calibration temperature (fitted on validation)": round(float(temperature), 4),
+        "space groups in training": int((run.train_counts > 0).sum()),
+        "peak wavelength (A)": run.metadata.get("peak_wavelength"),
+        "calibration temperature (fitted on validation)": round(float(run.temperature), 4),
     }
     write_model_card(
-        output_dir, metrics=test_metrics, longtail_table=longtail_markdown_table(results),
-        training_data=training_data, conditions=_condition_summary(conditions), overwrite=True,
+        output_dir, metrics=test_metrics, longtail_table=longtail_markdown_table(run.results),
+        training_data=training_data, conditions=_condition_summary(run.conditions), overwrite=True,
     )
     if run_args.plots:
-        _save_plots(output_dir, test, temperature, train_counts, dataset, trainer)
+        _save_plots(output_dir, run, trainer)
 
 
 def _push_outputs(trainer, output_dir: Path) -> None:
@@ -625,23 +637,25 @@ def _condition_summary(conditions: MeasurementConditions) -> dict:
     return {name: value for name, value in dataclasses.asdict(conditions).items() if not isinstance(value, (list, dict))}
 
 
-def _save_plots(output_dir: Path, test, temperature: float, train_counts: np.ndarray, dataset, trainer) -> None:
+def _save_plots(output_dir: Path, run: _FinishedRun, trainer) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         logger.warning("matplotlib is not installed (pip install 'physmoe[plot]'): no plots")
         return
-    logits = torch.as_tensor(apply_temperature(test.predictions[0], temperature))
-    labels = torch.as_tensor(test.label_ids)
+    logits = torch.as_tensor(apply_temperature(run.test.predictions[0], run.temperature))
+    labels = torch.as_tensor(run.test.label_ids)
     accuracy, test_counts = per_class_accuracy(logits, labels, num_classes=logits.shape[1])
     accuracy = np.where(test_counts > 0, accuracy, np.nan)
-    plot_per_class_accuracy(accuracy, train_counts, output_dir / _PLOT_FILES[0], test_counts=test_counts, overwrite=True)
+    plot_per_class_accuracy(
+        accuracy, run.train_counts, output_dir / _PLOT_FILES[0], test_counts=test_counts, overwrite=True
+    )
     system_of = sg_to_sys_map()
-    system_logits = torch.as_tensor(test.predictions[2])
+    system_logits = torch.as_tensor(run.test.predictions[2])
     plot_crystal_system_confusion(
         system_of[labels].numpy(), system_logits.argmax(1).numpy(), output_dir / _PLOT_FILES[1], overwrite=True
     )
-    example = trainer.eval_data_collator([dataset["test"][0]])["input_values"][0].numpy()
+    example = trainer.eval_data_collator([run.dataset["test"][0]])["input_values"][0].numpy()
     probabilities = torch.softmax(logits[0], dim=0)
     top = probabilities.topk(5)
     grid = TwoThetaGrid.from_config(trainer.model.config)
