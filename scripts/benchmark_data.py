@@ -43,7 +43,25 @@ SPACE_GROUPS = {
     5: (173, 176, 186, 187, 191, 194),
     6: (198, 216, 221, 225, 227, 229),
 }
-SPECIES = ("O", "Na", "Mg", "Al", "Si", "S", "Cl", "K", "Ca", "Ti", "Fe", "Cu", "Zn", "Sr", "Ba", "La", "Pb")
+SPECIES = (
+    "O",
+    "Na",
+    "Mg",
+    "Al",
+    "Si",
+    "S",
+    "Cl",
+    "K",
+    "Ca",
+    "Ti",
+    "Fe",
+    "Cu",
+    "Zn",
+    "Sr",
+    "Ba",
+    "La",
+    "Pb",
+)
 TWO_THETA_RANGE = (5.0, 90.0)
 # Cell-size buckets (atoms per cell) of the speed-up table.
 BUCKETS = ((1, 4), (5, 16), (17, 32), (33, 64), (65, 10_000))
@@ -80,7 +98,9 @@ def supercells(structures: list, count: int) -> list:
             for system, number, structure in largest]  # fmt: skip
 
 
-def random_structures(num_structures: int, seed: int, min_atoms: int = 8, max_atoms: int = 64) -> list:
+def random_structures(
+    num_structures: int, seed: int, min_atoms: int = 8, max_atoms: int = 64
+) -> list:
     """``num_structures`` pyxtal crystals spread evenly over the seven crystal systems, with
     ``min_atoms``..``max_atoms`` atoms per conventional cell (typical inorganic cells)."""
     from pyxtal import pyxtal
@@ -96,7 +116,9 @@ def random_structures(num_structures: int, seed: int, min_atoms: int = 8, max_at
         system = len(structures) % 7
         number = int(rng.choice(SPACE_GROUPS[system]))
         group = Group(number)
-        elements = [str(e) for e in rng.choice(SPECIES, size=int(rng.integers(1, 4)), replace=False)]
+        elements = [
+            str(e) for e in rng.choice(SPECIES, size=int(rng.integers(1, 4)), replace=False)
+        ]
         multiplicities = sorted({len(wp) for wp in group.Wyckoff_positions})
         counts = [int(rng.choice(multiplicities) * rng.integers(1, 3)) for _ in elements]
         if not min_atoms <= sum(counts) <= max_atoms or not group.check_compatible(counts)[0]:
@@ -105,7 +127,9 @@ def random_structures(num_structures: int, seed: int, min_atoms: int = 8, max_at
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                crystal.from_random(3, number, elements, counts, random_state=int(rng.integers(1 << 31)))
+                crystal.from_random(
+                    3, number, elements, counts, random_state=int(rng.integers(1 << 31))
+                )
         except Exception:  # pyxtal raises assorted errors for compositions it cannot place
             continue
         if crystal.valid:
@@ -126,7 +150,9 @@ def best_time(function, repeats: int) -> float:
 def nearest_distance(positions: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Distance from every position to the nearest reference position (sorted), degrees."""
     index = np.clip(np.searchsorted(reference, positions), 1, max(len(reference) - 1, 1))
-    return np.minimum(np.abs(reference[index] - positions), np.abs(reference[index - 1] - positions))
+    return np.minimum(
+        np.abs(reference[index] - positions), np.abs(reference[index - 1] - positions)
+    )
 
 
 def profile_cosine(x1, y1, x2, y2, fwhm: float = 0.1) -> float:
@@ -148,7 +174,10 @@ def benchmark_simulation(structures: list, repeats: int) -> list:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             theirs = calculator.get_pattern(structure, two_theta_range=TWO_THETA_RANGE)
-            time_theirs = best_time(lambda s=structure: calculator.get_pattern(s, two_theta_range=TWO_THETA_RANGE), repeats)
+            time_theirs = best_time(
+                lambda s=structure: calculator.get_pattern(s, two_theta_range=TWO_THETA_RANGE),
+                repeats,
+            )
         time_ours = best_time(lambda c=crystal: simulate_peaks(c, CU_KA1, TWO_THETA_RANGE), repeats)
         time_convert = best_time(lambda s=structure: Crystal.from_pymatgen(s), repeats)
         x, y = np.asarray(theirs.x), np.asarray(theirs.y)
@@ -156,22 +185,26 @@ def benchmark_simulation(structures: list, repeats: int) -> list:
         # pymatgen's: with different form-factor tables a weak line can fall below the 1e-3
         # cut-off in one simulator only.
         every_line = simulate_peaks(crystal, CU_KA1, TWO_THETA_RANGE, min_intensity=0.0)
-        shift = np.concatenate([
-            nearest_distance(x, every_line.two_theta),
-            nearest_distance(ours.two_theta[ours.intensity > 0.1], x),
-        ])
-        rows.append({
-            "system": system,
-            "space_group": number,
-            "atoms": len(structure),
-            "lines": len(ours),
-            "ours": time_ours,
-            "convert": time_convert,
-            "pymatgen": time_theirs,
-            "shift": float(shift.max()) if len(shift) else 0.0,
-            "cosine": profile_cosine(ours.two_theta, ours.intensity, x, y),
-            "peaks": ours,
-        })
+        shift = np.concatenate(
+            [
+                nearest_distance(x, every_line.two_theta),
+                nearest_distance(ours.two_theta[ours.intensity > 0.1], x),
+            ]
+        )
+        rows.append(
+            {
+                "system": system,
+                "space_group": number,
+                "atoms": len(structure),
+                "lines": len(ours),
+                "ours": time_ours,
+                "convert": time_convert,
+                "pymatgen": time_theirs,
+                "shift": float(shift.max()) if len(shift) else 0.0,
+                "cosine": profile_cosine(ours.two_theta, ours.intensity, x, y),
+                "peaks": ours,
+            }
+        )
     return rows
 
 
@@ -326,7 +359,9 @@ def benchmark_generation(num_structures: int, repeats: int) -> None:
     print(f"ratio: {fast_rate / pyxtal_rate:,.1f}x")
 
 
-def benchmark_rendering(peak_lists: list, crystals_by_index: list, batch_size: int, repeats: int) -> None:
+def benchmark_rendering(
+    peak_lists: list, crystals_by_index: list, batch_size: int, repeats: int
+) -> None:
     try:
         import torch
 
@@ -337,7 +372,9 @@ def benchmark_rendering(peak_lists: list, crystals_by_index: list, batch_size: i
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     grid = TwoThetaGrid()
     batch = [peak_lists[i % len(peak_lists)] for i in range(batch_size)]
-    print(f"\nRendering on the {grid.num_points}-point grid, batch {batch_size}, {torch.get_num_threads()} thread(s)")
+    print(
+        f"\nRendering on the {grid.num_points}-point grid, batch {batch_size}, {torch.get_num_threads()} thread(s)"
+    )
     print(f"{'mode / conditions':<28} {'ms per batch':>13} {'patterns/s':>11}")
     cases = [
         ("sticks", "sticks", None),
@@ -347,7 +384,12 @@ def benchmark_rendering(peak_lists: list, crystals_by_index: list, batch_size: i
     for name, mode, conditions in cases:
         generator = torch.Generator().manual_seed(0)
         render_patterns(batch, grid, conditions, mode=mode, generator=generator)  # warm-up
-        seconds = best_time(lambda m=mode, c=conditions, g=generator: render_patterns(batch, grid, c, mode=m, generator=g), repeats)
+        seconds = best_time(
+            lambda m=mode, c=conditions, g=generator: render_patterns(
+                batch, grid, c, mode=m, generator=g
+            ),
+            repeats,
+        )
         print(f"{name:<28} {seconds * 1e3:>13.1f} {batch_size / seconds:>11,.0f}")
     # End to end: simulate the peak lists of a batch of structures, then render them clean.
     crystals = [crystals_by_index[i % len(crystals_by_index)] for i in range(batch_size)]
@@ -372,17 +414,27 @@ def benchmark_rendering(peak_lists: list, crystals_by_index: list, batch_size: i
     def render_streamed():
         generator = torch.Generator().manual_seed(0)
         for start in range(0, len(streamed), batch_size):
-            render_patterns(streamed[start : start + batch_size], grid, default, generator=generator)
+            render_patterns(
+                streamed[start : start + batch_size], grid, default, generator=generator
+            )
 
     seconds = best_time(render_streamed, repeats) / 10
-    print(f"{'default, generated crystals':<28} {seconds * 1e3:>13.1f} {batch_size / seconds:>11,.0f}"
-          f"   (lines per crystal: median {counts[len(counts) // 2]}, max {counts[-1]})")
+    print(
+        f"{'default, generated crystals':<28} {seconds * 1e3:>13.1f} {batch_size / seconds:>11,.0f}"
+        f"   (lines per crystal: median {counts[len(counts) // 2]}, max {counts[-1]})"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-structures", type=int, default=35, help="structures (>= 30, spread over 7 systems)")
-    parser.add_argument("--repeats", type=int, default=5, help="timing passes per measurement (best is kept)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--num-structures", type=int, default=35, help="structures (>= 30, spread over 7 systems)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timing passes per measurement (best is kept)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="pyxtal seed")
     parser.add_argument("--batch-size", type=int, default=64, help="patterns per rendering batch")
     parser.add_argument("--skip-render", action="store_true", help="skip the rendering benchmark")
@@ -399,7 +451,9 @@ def main() -> None:
     start = time.perf_counter()
     structures = random_structures(args.num_structures, args.seed)
     assert all(crystal_system_index(number) == system for system, number, _ in structures)
-    print(f"{len(structures)} pyxtal structures (seed {args.seed}) in {time.perf_counter() - start:.1f} s")
+    print(
+        f"{len(structures)} pyxtal structures (seed {args.seed}) in {time.perf_counter() - start:.1f} s"
+    )
     extra = simple_structures() + supercells(structures, 4)
     rows = benchmark_simulation(structures + extra, args.repeats)
     print_simulation_table(rows)

@@ -60,7 +60,11 @@ class PlainResBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.pre = nn.Conv1d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else nn.Identity()
+        self.pre = (
+            nn.Conv1d(in_channels, out_channels, 1, bias=False)
+            if in_channels != out_channels
+            else nn.Identity()
+        )
         self.conv1 = nn.Conv1d(out_channels, out_channels, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm1d(out_channels)
         self.conv2 = nn.Conv1d(out_channels, out_channels, 3, padding=1, bias=False)
@@ -94,15 +98,21 @@ class StraightforwardResNet1DMoE(nn.Module):
     Linear(1024, 32) and a cosine classifier to 230 (x30); unused cRT classifiers as published.
     """
 
-    def __init__(self, config: ResNet1DMoEConfig, num_experts: int = 8, scale: float = 30.0) -> None:
+    def __init__(
+        self, config: ResNet1DMoEConfig, num_experts: int = 8, scale: float = 30.0
+    ) -> None:
         super().__init__()
         self.config, self.scale = config, scale
         self.intensity_norm = nn.BatchNorm1d(1)
         layers: list[nn.Module] = []
         widths = [1, *config.hidden_sizes]
-        for i, (kind, padding) in enumerate(zip(config.pool_types, config.pool_paddings, strict=True)):
+        for i, (kind, padding) in enumerate(
+            zip(config.pool_types, config.pool_paddings, strict=True)
+        ):
             layers.append(PlainResBlock(widths[i], widths[i + 1]))
-            layers.append(nn.MaxPool1d(2, 2, padding) if kind == "max" else nn.AvgPool1d(2, 2, padding))
+            layers.append(
+                nn.MaxPool1d(2, 2, padding) if kind == "max" else nn.AvgPool1d(2, 2, padding)
+            )
             if i in config.dropout_blocks:
                 layers.append(nn.Dropout(config.hidden_dropout_prob))
         self.trunk = nn.Sequential(*layers)
@@ -114,7 +124,9 @@ class StraightforwardResNet1DMoE(nn.Module):
         self.layer3s = nn.ModuleList(PlainResBlock(dim, dim) for _ in range(num_experts))
         self.expert_proj = nn.ModuleList(nn.Linear(dim, proj) for _ in range(num_experts))
         self.classifiers = nn.ModuleList(PlainCosine(proj, NUM_CLASSES) for _ in range(num_experts))
-        self.rt_classifiers = nn.ModuleList(PlainCosine(proj, NUM_CLASSES) for _ in range(num_experts))
+        self.rt_classifiers = nn.ModuleList(
+            PlainCosine(proj, NUM_CLASSES) for _ in range(num_experts)
+        )
         self.register_buffer("sg_to_sys", sg_to_sys_map())
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -123,10 +135,14 @@ class StraightforwardResNet1DMoE(nn.Module):
         sys_embedding = self.sys_proj(features)
         sys_logits = self.scale * self.sys_classifier(sys_embedding)
         expert_logits = []
-        for layer3, proj, classifier in zip(self.layer3s, self.expert_proj, self.classifiers, strict=True):
+        for layer3, proj, classifier in zip(
+            self.layer3s, self.expert_proj, self.classifiers, strict=True
+        ):
             expert_features = layer3(front).mean(dim=2)
             expert_logits.append(self.scale * classifier(proj(expert_features)))
-        gating = (self.gating_net(sys_embedding) + sys_logits.softmax(dim=1) @ self.rule_bias).softmax(dim=1)
+        gating = (
+            self.gating_net(sys_embedding) + sys_logits.softmax(dim=1) @ self.rule_bias
+        ).softmax(dim=1)
         ensemble = torch.einsum("bk,bkc->bc", gating, torch.stack(expert_logits, dim=1))
         allowed = self.sg_to_sys[None, :] == sys_logits.argmax(dim=1)[:, None]
         logits = ensemble.masked_fill(~allowed, torch.finfo(ensemble.dtype).min)
@@ -193,8 +209,16 @@ def make_optimizer(model: nn.Module, device: torch.device) -> torch.optim.Optimi
 class Runner:
     """Train / inference / latency closures for one model at one precision."""
 
-    def __init__(self, name: str, model: nn.Module, loss: nn.Module | None, dtype: torch.dtype | None,
-                 device: torch.device, batch: int, num_points: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        loss: nn.Module | None,
+        dtype: torch.dtype | None,
+        device: torch.device,
+        batch: int,
+        num_points: int,
+    ) -> None:
         self.name, self.model, self.loss, self.dtype, self.device = name, model, loss, dtype, device
         generator = torch.Generator().manual_seed(0)
         self.inputs = torch.rand(batch, num_points, generator=generator).to(device)
@@ -248,7 +272,9 @@ def alternate(runners: list[Runner], mode: str, repeats: int, warmup: int) -> di
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def build_ours(preset: str, device: torch.device, overrides: dict) -> ResNet1DMoEForSpaceGroupClassification:
+def build_ours(
+    preset: str, device: torch.device, overrides: dict
+) -> ResNet1DMoEForSpaceGroupClassification:
     torch.manual_seed(0)
     config = ResNet1DMoEConfig.from_preset(preset, **overrides)
     return ResNet1DMoEForSpaceGroupClassification(config).to(device)
@@ -258,7 +284,9 @@ def build_straightforward(device: torch.device, overrides: dict) -> tuple[nn.Mod
     torch.manual_seed(0)
     config = ResNet1DMoEConfig.from_preset("reference", **overrides)
     model = StraightforwardResNet1DMoE(config).to(device)
-    loss = build_loss("physmoe", config, rule_similarity_matrix(), sg_to_sys_map(), validate=False).to(device)
+    loss = build_loss(
+        "physmoe", config, rule_similarity_matrix(), sg_to_sys_map(), validate=False
+    ).to(device)
     return model, loss
 
 
@@ -269,8 +297,15 @@ def runner_for(spec: dict, device: torch.device) -> Runner:
         model, loss = build_straightforward(device, overrides)
     else:
         model, loss = build_ours(spec["preset"], device, overrides), None
-    return Runner(spec["model"], model, loss, PRECISIONS[spec["precision"]], device, spec["batch"],
-                  model.config.num_points)
+    return Runner(
+        spec["model"],
+        model,
+        loss,
+        PRECISIONS[spec["precision"]],
+        device,
+        spec["batch"],
+        model.config.num_points,
+    )
 
 
 def count_parameters(model: nn.Module) -> float:
@@ -314,7 +349,9 @@ def measure_device(device: torch.device, args: argparse.Namespace) -> list[dict]
     overrides = {"num_points": args.num_points} if args.num_points else {}
     num_points = args.num_points or 8500
     plain_model, plain_loss = build_straightforward(device, overrides)
-    straightforward = Runner("straightforward", plain_model, plain_loss, None, device, args.batch_size, num_points)
+    straightforward = Runner(
+        "straightforward", plain_model, plain_loss, None, device, args.batch_size, num_points
+    )
     rows = []
     for preset in args.presets:
         # One model per precision: the inference weight cache holds one dtype at a time.
@@ -340,23 +377,27 @@ def measure_device(device: torch.device, args: argparse.Namespace) -> list[dict]
                 "train_step_s": timings["train_step"][runner.name],
                 "infer_batch_s": timings["infer_batch"][runner.name],
                 "latency_ms": 1e3 * timings["infer_single"][runner.name],
-                "speedup_train": timings["train_step"]["straightforward"] / timings["train_step"][runner.name],
-                "speedup_infer": timings["infer_batch"]["straightforward"] / timings["infer_batch"][runner.name],
+                "speedup_train": timings["train_step"]["straightforward"]
+                / timings["train_step"][runner.name],
+                "speedup_infer": timings["infer_batch"]["straightforward"]
+                / timings["infer_batch"][runner.name],
             }
             rows.append(row)
-        rows.append({
-            "device": device.type,
-            "model": "straightforward",
-            "preset": f"reference (vs {preset})",
-            "precision": "fp32",
-            "num_points": num_points,
-            "params_m": count_parameters(plain_model),
-            "train_step_s": timings["train_step"]["straightforward"],
-            "infer_batch_s": timings["infer_batch"]["straightforward"],
-            "latency_ms": 1e3 * timings["infer_single"]["straightforward"],
-            "speedup_train": 1.0,
-            "speedup_infer": 1.0,
-        })
+        rows.append(
+            {
+                "device": device.type,
+                "model": "straightforward",
+                "preset": f"reference (vs {preset})",
+                "precision": "fp32",
+                "num_points": num_points,
+                "params_m": count_parameters(plain_model),
+                "train_step_s": timings["train_step"]["straightforward"],
+                "infer_batch_s": timings["infer_batch"]["straightforward"],
+                "latency_ms": 1e3 * timings["infer_single"]["straightforward"],
+                "speedup_train": 1.0,
+                "speedup_infer": 1.0,
+            }
+        )
         del runners, ours, models
     for row in rows:
         row["train_patterns_s"] = args.batch_size / row["train_step_s"]
@@ -374,12 +415,20 @@ def measure_device(device: torch.device, args: argparse.Namespace) -> list[dict]
         }
         if device.type == "cuda":
             row["train_peak_mb"], row["infer_peak_mb"] = cuda_peak_memory(spec, device)
-        elif not (is_plain and any(r.get("train_peak_mb") for r in rows if r["model"] == "straightforward")):
+        elif not (
+            is_plain
+            and any(r.get("train_peak_mb") for r in rows if r["model"] == "straightforward")
+        ):
             row["train_peak_mb"] = cpu_peak_memory({**spec, "mode": "train"})
             row["infer_peak_mb"] = cpu_peak_memory({**spec, "mode": "infer"})
         else:  # the straightforward model's memory was measured already
-            first = next(r for r in rows if r["model"] == "straightforward" and r.get("train_peak_mb"))
-            row["train_peak_mb"], row["infer_peak_mb"] = first["train_peak_mb"], first["infer_peak_mb"]
+            first = next(
+                r for r in rows if r["model"] == "straightforward" and r.get("train_peak_mb")
+            )
+            row["train_peak_mb"], row["infer_peak_mb"] = (
+                first["train_peak_mb"],
+                first["infer_peak_mb"],
+            )
     return rows
 
 
@@ -398,8 +447,10 @@ def cuda_peak_memory(spec: dict, device: torch.device) -> tuple[float, float]:
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("| device | model | preset | precision | params (M) | train step (s) | train patterns/s | "
-              "inference patterns/s | batch-1 latency (ms) | peak MB train / infer | speed-up train / infer |")
+    header = (
+        "| device | model | preset | precision | params (M) | train step (s) | train patterns/s | "
+        "inference patterns/s | batch-1 latency (ms) | peak MB train / infer | speed-up train / infer |"
+    )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         memory = "n/a"
@@ -414,18 +465,34 @@ def format_table(rows: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--presets", default="small,base,reference", help="comma-separated presets")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per measurement (median)")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed steps per measurement (median)"
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated: fp32, bf16")
-    parser.add_argument("--devices", default="auto", help="comma-separated: cpu, cuda (auto: cpu + cuda if present)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all cores)")
-    parser.add_argument("--num-points", type=int, default=None, help="override the grid length (all models)")
-    parser.add_argument("--quick", action="store_true", help="tiny run for CI: small preset, batch 4, one repeat")
-    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes")
-    parser.add_argument("--no-malloc-env", action="store_true", help="do not re-execute with the malloc settings")
+    parser.add_argument(
+        "--devices", default="auto", help="comma-separated: cpu, cuda (auto: cpu + cuda if present)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: all cores)"
+    )
+    parser.add_argument(
+        "--num-points", type=int, default=None, help="override the grid length (all models)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny run for CI: small preset, batch 4, one repeat"
+    )
+    parser.add_argument(
+        "--no-memory", dest="memory", action="store_false", help="skip the peak-memory probes"
+    )
+    parser.add_argument(
+        "--no-malloc-env", action="store_true", help="do not re-execute with the malloc settings"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
     parser.add_argument("--memory-probe", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -451,11 +518,19 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_malloc_env:
         malloc = configure_malloc(reexec=True)
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    devices = args.devices.split(",") if args.devices != "auto" else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} CPU threads, batch {args.batch_size}, {args.repeats} repeats (median)")
+    devices = (
+        args.devices.split(",")
+        if args.devices != "auto"
+        else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    )
+    print(
+        f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} CPU threads, batch {args.batch_size}, {args.repeats} repeats (median)"
+    )
     malloc_state = {name: os.environ.get(name) for name in MALLOC_ENV}
-    print(f"allocator: {malloc['method']}; {malloc_state}; started configured: {malloc_configured()}")
+    print(
+        f"allocator: {malloc['method']}; {malloc_state}; started configured: {malloc_configured()}"
+    )
     for device in devices:
         recommended = recommended_autocast_dtype(device)
         print(f"{device}: recommended precision {'bf16 autocast' if recommended else 'fp32'}")
@@ -464,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         rows += measure_device(torch.device(device), args)
     print(format_table(rows))
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1))
+        args.json.write_text(
+            json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1)
+        )
     return 0
 
 

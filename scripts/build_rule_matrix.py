@@ -17,11 +17,19 @@ import numpy as np
 
 from physmoe.crystallography import compute_rule_similarity_matrix
 
-TARGET = Path(__file__).resolve().parents[1] / "src" / "physmoe" / "resources" / "rule_similarity_matrix.npy"
+TARGET = (
+    Path(__file__).resolve().parents[1]
+    / "src"
+    / "physmoe"
+    / "resources"
+    / "rule_similarity_matrix.npy"
+)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="only compare with the shipped file")
     args = parser.parse_args()
     matrix = compute_rule_similarity_matrix().astype(np.float32)
@@ -36,7 +44,9 @@ def main() -> int:
     with os.fdopen(fd, "wb") as handle:
         np.save(handle, matrix)
     os.replace(tmp, TARGET)
-    print(f"wrote {TARGET} ({matrix.shape[0]}x{matrix.shape[1]}, {int((np.triu(matrix, 1) > 0.8).sum())} pairs above 0.8)")
+    print(
+        f"wrote {TARGET} ({matrix.shape[0]}x{matrix.shape[1]}, {int((np.triu(matrix, 1) > 0.8).sum())} pairs above 0.8)"
+    )
     return 0
 
 

@@ -95,23 +95,60 @@ _PYXTAL_CIF_ORIGIN = {
     **{
         name: "AMCSD (American Mineralogist Crystal Structure Database)"
         for name in (
-            "Fd3.cif", "Fd3m.cif", "I4_132.cif", "P3_112.cif", "P4_332.cif", "P6_422.cif",
-            "Pm3.cif", "R-3.cif", "R-3c.cif", "R32.cif", "ht_quartz.cif",
+            "Fd3.cif",
+            "Fd3m.cif",
+            "I4_132.cif",
+            "P3_112.cif",
+            "P4_332.cif",
+            "P6_422.cif",
+            "Pm3.cif",
+            "R-3.cif",
+            "R-3c.cif",
+            "R32.cif",
+            "ht_quartz.cif",
         )
     },
     "NaCl.cif": "COD 1000041 (CC0)",
     **{
         name: "Materials Project / literature (pymatgen-written CIF)"
         for name in (
-            "Al2SiO5_mp-4753_symmetrized.cif", "BTO-Amm2.cif", "GeF2.cif", "MPWO.cif",
-            "NbO2.cif", "PPO.cif", "PVO.cif", "ht_cristobalite.cif", "lt_cristobalite.cif",
-            "lt_quartz.cif", "ice.cif",
+            "Al2SiO5_mp-4753_symmetrized.cif",
+            "BTO-Amm2.cif",
+            "GeF2.cif",
+            "MPWO.cif",
+            "NbO2.cif",
+            "PPO.cif",
+            "PVO.cif",
+            "ht_cristobalite.cif",
+            "lt_cristobalite.cif",
+            "lt_quartz.cif",
+            "ice.cif",
         )
     },
-    **{f"JVASP-{n}.cif": "JARVIS-DFT (NIST), DFT-relaxed" for n in (
-        119184, 119739, 141590, 25063, 28565, 28634, 36885, 37583, 42300, 43424, 45907,
-        47532, 50935, 59313, 62168, 85365, 86205, 97915, 98225,
-    )},
+    **{
+        f"JVASP-{n}.cif": "JARVIS-DFT (NIST), DFT-relaxed"
+        for n in (
+            119184,
+            119739,
+            141590,
+            25063,
+            28565,
+            28634,
+            36885,
+            37583,
+            42300,
+            43424,
+            45907,
+            47532,
+            50935,
+            59313,
+            62168,
+            85365,
+            86205,
+            97915,
+            98225,
+        )
+    },
     **{
         name: "literature (VESTA/IZA export)"
         for name in ("BTO.cif", "FAU.cif", "NaSb3F10.cif", "ht_KNbBO.cif", "lt_KNbBO.cif")
@@ -123,10 +160,26 @@ _PYXTAL_CIF_ORIGIN = {
     **{
         name: "CSD (CCDC)"
         for name in (
-            "ACBNZA01.cif", "AXOSOW01.cif", "GUMMUW.cif", "HAHCOI.cif", "JAPWIH.cif",
-            "LAGNAL.cif", "LUFHAW.cif", "MERQIM.cif", "PAHYON01.cif", "TMPPIO03.cif",
-            "WEXBOS.cif", "YICMOP.cif", "anthracene.cif", "aspirin.cif", "benzene.cif",
-            "coumarin.cif", "naphthalene.cif", "resorcinol.cif", "gdh.cif", "xxvi.cif",
+            "ACBNZA01.cif",
+            "AXOSOW01.cif",
+            "GUMMUW.cif",
+            "HAHCOI.cif",
+            "JAPWIH.cif",
+            "LAGNAL.cif",
+            "LUFHAW.cif",
+            "MERQIM.cif",
+            "PAHYON01.cif",
+            "TMPPIO03.cif",
+            "WEXBOS.cif",
+            "YICMOP.cif",
+            "anthracene.cif",
+            "aspirin.cif",
+            "benzene.cif",
+            "coumarin.cif",
+            "naphthalene.cif",
+            "resorcinol.cif",
+            "gdh.cif",
+            "xxvi.cif",
         )
     },
 }
@@ -243,6 +296,7 @@ def _pyxtal_candidates() -> Iterator[Candidate]:
         if origin is None:
             continue
         if path.suffix == ".vasp":
+
             def load(path=path) -> Crystal:
                 from ase.io import read
 
@@ -476,29 +530,42 @@ def summary_table(kept: list[Kept]) -> str:
             len(rows),
         ]
         lines.append(" | ".join(str(c) for c in cells))
-    lines.append(f"total | {sum(k.category == 'inorganic' for k in kept)} | "
-                 f"{sum(k.category == 'molecular' for k in kept)} | "
-                 + " | ".join(str(sum(k.candidate.source_package == p for k in kept))
-                              for p in packages) + f" | {len(kept)}")
+    lines.append(
+        f"total | {sum(k.category == 'inorganic' for k in kept)} | "
+        f"{sum(k.category == 'molecular' for k in kept)} | "
+        + " | ".join(str(sum(k.candidate.source_package == p for k in kept)) for p in packages)
+        + f" | {len(kept)}"
+    )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument("--max-sites", type=int, default=400,
-                        help="largest conventional cell kept (sites)")
-    parser.add_argument("--exclude-origin", action="append", default=None,
-                        help="drop structures whose origin contains this text (repeatable; "
-                        "default: CSD and AMCSD, whose terms do not clearly allow "
-                        "redistribution)")
-    parser.add_argument("--extra", nargs=3, action="append", default=[],
-                        metavar=("DIR", "PACKAGE", "LICENCE"),
-                        help="also read the CIFs in DIR, recorded as PACKAGE with LICENCE")
+    parser.add_argument(
+        "--max-sites", type=int, default=400, help="largest conventional cell kept (sites)"
+    )
+    parser.add_argument(
+        "--exclude-origin",
+        action="append",
+        default=None,
+        help="drop structures whose origin contains this text (repeatable; "
+        "default: CSD and AMCSD, whose terms do not clearly allow "
+        "redistribution)",
+    )
+    parser.add_argument(
+        "--extra",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("DIR", "PACKAGE", "LICENCE"),
+        help="also read the CIFs in DIR, recorded as PACKAGE with LICENCE",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every dropped file")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
     logging.getLogger("physmoe").setLevel(logging.ERROR)
     extra = [(Path(d), p, lic) for d, p, lic in args.extra]
     excluded = ("CSD", "AMCSD") if args.exclude_origin is None else tuple(args.exclude_origin)

@@ -101,9 +101,7 @@ def _reduced_cell(lattice: np.ndarray, frac_coords: np.ndarray) -> tuple[np.ndar
     return reduced, np.mod(frac, 1.0)
 
 
-def pair_distances(
-    lattice: np.ndarray, frac_coords: np.ndarray, chunk: int = 64
-) -> np.ndarray:
+def pair_distances(lattice: np.ndarray, frac_coords: np.ndarray, chunk: int = 64) -> np.ndarray:
     """Minimum-image distance (A) between every pair of sites, ``[N, N]``; the diagonal holds the
     distance from a site to its nearest periodic image (shortest lattice vector).
 
@@ -279,8 +277,12 @@ def summarize(sets: dict[str, StructureSet], reference: str = "real") -> dict:
             if len(values) == 0:
                 continue
             p10, median, p90 = np.percentile(values, [10, 50, 90])
-            stats = {"n": int(len(values)), "median": round(float(median), 4),
-                     "p10": round(float(p10), 4), "p90": round(float(p90), 4)}
+            stats = {
+                "n": int(len(values)),
+                "median": round(float(median), 4),
+                "p10": round(float(p10), 4),
+                "p90": round(float(p90), 4),
+            }
             ref_values = ref.values.get(key, []) if ref is not None else []
             if name in COMPARED and len(ref_values) > 0:
                 ks = ks_2samp(values, np.asarray(ref_values))
@@ -297,37 +299,54 @@ def summarize(sets: dict[str, StructureSet], reference: str = "real") -> dict:
 
 def markdown(summary: dict, settings: dict) -> str:
     names = list(summary["sets"])
-    lines = ["# Realism of generated crystals", "",
-             "Written by `scripts/compare_realism.py`; settings: "
-             + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".", "",
-             "Structures per set (failed = spglib could not standardise; one element = share of "
-             "single-element structures; then the share of each crystal system):", "",
-             "| set | structures | failed | one element | " + " | ".join(CRYSTAL_SYSTEMS) + " |",
-             "|---|---|---|---|" + "---|" * len(CRYSTAL_SYSTEMS)]
+    lines = [
+        "# Realism of generated crystals",
+        "",
+        "Written by `scripts/compare_realism.py`; settings: "
+        + ", ".join(f"{k}={v}" for k, v in settings.items())
+        + ".",
+        "",
+        "Structures per set (failed = spglib could not standardise; one element = share of "
+        "single-element structures; then the share of each crystal system):",
+        "",
+        "| set | structures | failed | one element | " + " | ".join(CRYSTAL_SYSTEMS) + " |",
+        "|---|---|---|---|" + "---|" * len(CRYSTAL_SYSTEMS),
+    ]
     for name in names:
         info = summary["sets"][name]
         fractions = " | ".join(f"{info['crystal_system_fraction'][s]:.3f}" for s in CRYSTAL_SYSTEMS)
-        lines.append(f"| {name} | {info['num_structures']} | {info['failed']} | "
-                     f"{info['single_element_fraction']:.3f} | {fractions} |")
+        lines.append(
+            f"| {name} | {info['num_structures']} | {info['failed']} | "
+            f"{info['single_element_fraction']:.3f} | {fractions} |"
+        )
     compared = [n for n in names if n in COMPARED]
     ks_keys = [("ks_vs_real", "real")]
     if "real_compounds" in names:
         ks_keys.append(("ks_vs_real_compounds", "real_compounds"))
     ks_columns = [(n, k) for k, _ in ks_keys for n in compared]
-    lines += ["", "Median [10th, 90th percentile] per set; KS = two-sample Kolmogorov-Smirnov "
-              "statistic against `real` (or `real_compounds`: the real structures with >= 2 "
-              "elements); 0 = same distribution, 1 = disjoint.", "",
-              "| quantity | " + " | ".join(names) + " | "
-              + " | ".join(f"KS {n} vs {dict(ks_keys)[k]}" for n, k in ks_columns) + " |",
-              "|---|" + "---|" * (len(names) + len(ks_columns))]
+    lines += [
+        "",
+        "Median [10th, 90th percentile] per set; KS = two-sample Kolmogorov-Smirnov "
+        "statistic against `real` (or `real_compounds`: the real structures with >= 2 "
+        "elements); 0 = same distribution, 1 = disjoint.",
+        "",
+        "| quantity | "
+        + " | ".join(names)
+        + " | "
+        + " | ".join(f"KS {n} vs {dict(ks_keys)[k]}" for n, k in ks_columns)
+        + " |",
+        "|---|" + "---|" * (len(names) + len(ks_columns)),
+    ]
     for key, entry in summary["quantities"].items():
         cells = []
         for name in names:
             s = entry.get(name)
-            cells.append("-" if s is None else f"{s['median']:.3g} [{s['p10']:.3g}, {s['p90']:.3g}]"
-                         f" (n={s['n']})")
-        ks = [f"{entry[n][k]:.2f}" if n in entry and k in entry[n] else "-"
-              for n, k in ks_columns]
+            cells.append(
+                "-"
+                if s is None
+                else f"{s['median']:.3g} [{s['p10']:.3g}, {s['p90']:.3g}] (n={s['n']})"
+            )
+        ks = [f"{entry[n][k]:.2f}" if n in entry and k in entry[n] else "-" for n, k in ks_columns]
         lines.append(f"| {key} | " + " | ".join(cells) + " | " + " | ".join(ks) + " |")
     return "\n".join(lines) + "\n"
 
@@ -355,10 +374,19 @@ def plot(sets: dict[str, StructureSet], summary: dict, path: Path) -> None:
             for offset, name in enumerate(sets):
                 fractions = summary["sets"][name]["crystal_system_fraction"]
                 x = np.arange(len(CRYSTAL_SYSTEMS)) + (offset - (len(sets) - 1) / 2) * width
-                ax.bar(x, [fractions[s] for s in CRYSTAL_SYSTEMS], width,
-                       color=_COLOURS.get(name), label=name)
-            ax.set_xticks(np.arange(len(CRYSTAL_SYSTEMS)),
-                          [s[:5] for s in CRYSTAL_SYSTEMS], rotation=45, fontsize=8)
+                ax.bar(
+                    x,
+                    [fractions[s] for s in CRYSTAL_SYSTEMS],
+                    width,
+                    color=_COLOURS.get(name),
+                    label=name,
+                )
+            ax.set_xticks(
+                np.arange(len(CRYSTAL_SYSTEMS)),
+                [s[:5] for s in CRYSTAL_SYSTEMS],
+                rotation=45,
+                fontsize=8,
+            )
             ax.set_title("crystal-system share", fontsize=10)
             ax.legend(fontsize=8, frameon=False)
             continue
@@ -380,19 +408,29 @@ def plot(sets: dict[str, StructureSet], summary: dict, path: Path) -> None:
             stats = summary["quantities"][key][name]
             label = f"{name} (n={len(values)}"
             label += f", KS {stats['ks_vs_real']:.2f})" if "ks_vs_real" in stats else ")"
-            ax.hist(np.clip(values, bins[0], bins[-1]), bins=bins, density=True,
-                    histtype="step", linewidth=1.6, color=_COLOURS.get(name), label=label)
+            ax.hist(
+                np.clip(values, bins[0], bins[-1]),
+                bins=bins,
+                density=True,
+                histtype="step",
+                linewidth=1.6,
+                color=_COLOURS.get(name),
+                label=label,
+            )
         if log:
             ax.set_xscale("log")
         ax.set_title(key if key not in LABELS else LABELS[key], fontsize=10)
         ax.legend(fontsize=7, frameon=False)
         ax.tick_params(labelsize=8)
         ax.set_yticks([])
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.set_visible(False)
-    fig.suptitle("Real vs pyxtal vs fast-generator crystals (density histograms; values outside "
-                 "the 0.5-99.5% range clipped to the edge bins; lattice panels in spglib "
-                 "conventional cells)", fontsize=11)
+    fig.suptitle(
+        "Real vs pyxtal vs fast-generator crystals (density histograms; values outside "
+        "the 0.5-99.5% range clipped to the edge bins; lattice panels in spglib "
+        "conventional cells)",
+        fontsize=11,
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -406,8 +444,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prior", default="icsd")
     parser.add_argument("--max-atoms", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--include-molecular", action="store_true",
-                        help="also compare against the CSD molecular crystals")
+    parser.add_argument(
+        "--include-molecular",
+        action="store_true",
+        help="also compare against the CSD molecular crystals",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
@@ -435,9 +476,13 @@ def main(argv: list[str] | None = None) -> None:
         logger.info("%s: %.1f s", name, seconds)
 
     settings = {
-        "num_generated": args.num_generated, "num_pyxtal": args.num_pyxtal, "prior": args.prior,
-        "max_atoms": args.max_atoms, "seed": args.seed,
-        "include_molecular": args.include_molecular, "symprec": DEFAULT_SYMPREC,
+        "num_generated": args.num_generated,
+        "num_pyxtal": args.num_pyxtal,
+        "prior": args.prior,
+        "max_atoms": args.max_atoms,
+        "seed": args.seed,
+        "include_molecular": args.include_molecular,
+        "symprec": DEFAULT_SYMPREC,
     }
     summary = summarize(sets)
     summary["settings"] = settings

@@ -62,14 +62,34 @@ def sweep(steps: int, out: Path) -> None:
         if not results_file.exists():
             start = time.perf_counter()
             _physmoe(
-                "train", "configs/stream_small.yaml", *SWEEP_BASE, *extra,
-                "--model_overrides", json.dumps(model), "--max_steps", str(steps),
-                "--output_dir", str(run_dir), "--eval_strategy", "no", "--save_strategy", "no",
-                "--load_best_model_at_end", "false", "--plots", "false", "--bootstrap_samples", "100",
+                "train",
+                "configs/stream_small.yaml",
+                *SWEEP_BASE,
+                *extra,
+                "--model_overrides",
+                json.dumps(model),
+                "--max_steps",
+                str(steps),
+                "--output_dir",
+                str(run_dir),
+                "--eval_strategy",
+                "no",
+                "--save_strategy",
+                "no",
+                "--load_best_model_at_end",
+                "false",
+                "--plots",
+                "false",
+                "--bootstrap_samples",
+                "100",
             )
             (run_dir / "wall_seconds.txt").write_text(f"{time.perf_counter() - start:.0f}\n")
         results = json.loads(results_file.read_text())
-        wall = (run_dir / "wall_seconds.txt").read_text().strip() if (run_dir / "wall_seconds.txt").exists() else "?"
+        wall = (
+            (run_dir / "wall_seconds.txt").read_text().strip()
+            if (run_dir / "wall_seconds.txt").exists()
+            else "?"
+        )
         rows.append((name, [results.get(key) for key, _ in SWEEP_COLUMNS], wall))
     header = "| setting | " + " | ".join(label for _, label in SWEEP_COLUMNS) + " | wall (s) |"
     lines = [header, "|" + "---|" * (len(SWEEP_COLUMNS) + 2)]
@@ -104,7 +124,10 @@ def _learning_curve(run_dir: Path) -> str:
     """Validation metrics at each evaluation of the long run, as a markdown table."""
     history = json.loads((run_dir / "log_history.json").read_text())
     rows = [entry for entry in history if "eval_top1_accuracy" in entry]
-    lines = ["| step | top-1 | top-5 | balanced | crystal system | loss |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| step | top-1 | top-5 | balanced | crystal system | loss |",
+        "|---|---|---|---|---|---|",
+    ]
     for entry in rows:
         lines.append(
             f"| {entry['step']} | {entry['eval_top1_accuracy']:.3f} | {entry['eval_top5_accuracy']:.3f} "
@@ -123,7 +146,10 @@ def ship(run_dir: Path) -> None:
 
     results = json.loads((run_dir / "all_results.json").read_text())
     RESULTS.mkdir(parents=True, exist_ok=True)
-    real = {conditions: evaluate_real_checkpoint(run_dir, conditions=conditions) for conditions in ("clean", "lab")}
+    real = {
+        conditions: evaluate_real_checkpoint(run_dir, conditions=conditions)
+        for conditions in ("clean", "lab")
+    }
     (RESULTS / "real_benchmark.json").write_text(json.dumps(real, indent=1) + "\n")
     tables = [
         format_real_benchmark(metrics, title=f"real structures, {conditions} patterns")
@@ -147,19 +173,30 @@ def ship(run_dir: Path) -> None:
     staging = SHIPPED.with_name("pretrained.new")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "all_results.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "all_results.json",
+    ):
         shutil.copy2(run_dir / name, staging / name)
     (staging / "real_benchmark.json").write_text(json.dumps(real, indent=1) + "\n")
     test_metrics = {key: value for key, value in results.items() if key.startswith("test_")}
     write_model_card(
-        staging, metrics=test_metrics, longtail_table=longtail_markdown_table(results),
+        staging,
+        metrics=test_metrics,
+        longtail_table=longtail_markdown_table(results),
         training_data={
             "dataset": "streamed random crystals (physmoe.data.RandomCrystalGenerator), "
             "ICSD space-group prior with a 10% uniform floor",
-            "calibration temperature (fitted on validation)": round(results["calibration_temperature"], 4),
+            "calibration temperature (fitted on validation)": round(
+                results["calibration_temperature"], 4
+            ),
         },
-        model_name="physmoe-small-stream", repo_id="path/to/physmoe/resources/pretrained",
-        extra_sections=extra, overwrite=True,
+        model_name="physmoe-small-stream",
+        repo_id="path/to/physmoe/resources/pretrained",
+        extra_sections=extra,
+        overwrite=True,
     )
     size = sum(path.stat().st_size for path in staging.iterdir())
     if size > 10_000_000:
@@ -175,7 +212,9 @@ def ship(run_dir: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     sweep_parser = commands.add_parser("sweep")
     sweep_parser.add_argument("--steps", type=int, default=1000)

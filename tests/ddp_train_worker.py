@@ -19,14 +19,20 @@ from test_training import arguments, peak_rows, tiny_model
 class RecordingTrainer(PhysMoETrainer):
     def _collect_for_miner(self, model, outputs, labels):
         self.local_batches.append(
-            (outputs.features.detach().float().clone(), outputs.ensemble_logits.detach().argmax(-1), labels.clone())
+            (
+                outputs.features.detach().float().clone(),
+                outputs.ensemble_logits.detach().argmax(-1),
+                labels.clone(),
+            )
         )
         super()._collect_for_miner(model, outputs, labels)
 
 
 def main(out_dir: Path) -> None:
     model = tiny_model()
-    args = arguments(out_dir, output_dir=str(out_dir / "run"), num_train_epochs=1, ddp_backend="gloo")
+    args = arguments(
+        out_dir, output_dir=str(out_dir / "run"), num_train_epochs=1, ddp_backend="gloo"
+    )
     trainer = RecordingTrainer(model, args, train_dataset=peak_rows(24))
     trainer.local_batches = []
     trainer.train()

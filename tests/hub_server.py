@@ -120,8 +120,12 @@ class LoopbackHub:
         namespace: The user that owns repos created without an organization.
     """
 
-    def __init__(self, root: str | os.PathLike, token: str = DEFAULT_TOKEN,
-                 namespace: str = DEFAULT_NAMESPACE):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        token: str = DEFAULT_TOKEN,
+        namespace: str = DEFAULT_NAMESPACE,
+    ):
         self.root = Path(root)
         self.blob_dir = self.root / "blobs"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
@@ -150,8 +154,10 @@ class LoopbackHub:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-            name="loopback-hub", daemon=True,
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="loopback-hub",
+            daemon=True,
         )
         self._thread.start()
         logger.info("loopback hub listening on %s (blobs in %s)", self.url, self.blob_dir)
@@ -213,16 +219,26 @@ class LoopbackHub:
     def _read_blob(self, oid: str) -> bytes:
         return (self.blob_dir / oid).read_bytes()
 
-    def _new_commit(self, repo: Repo, parent: str | None, summary: str, description: str,
-                    files: dict[str, str]) -> Commit:
+    def _new_commit(
+        self, repo: Repo, parent: str | None, summary: str, description: str, files: dict[str, str]
+    ) -> Commit:
         self._commit_counter += 1
         content = json.dumps(
-            {"parent": parent, "summary": summary, "description": description,
-             "tree": sorted(files.items()), "sequence": self._commit_counter},
+            {
+                "parent": parent,
+                "summary": summary,
+                "description": description,
+                "tree": sorted(files.items()),
+                "sequence": self._commit_counter,
+            },
         ).encode()
         commit = Commit(
-            oid=hashlib.sha1(content).hexdigest(), parent=parent, summary=summary,
-            description=description, files=dict(files), date=_now(),
+            oid=hashlib.sha1(content).hexdigest(),
+            parent=parent,
+            summary=summary,
+            description=description,
+            files=dict(files),
+            date=_now(),
         )
         repo.commits[commit.oid] = commit
         return commit
@@ -258,8 +274,10 @@ class LoopbackHub:
         private = body.get("visibility") == "private" or bool(body.get("private"))
         with self._lock:
             if repo_id in self.repos:  # the client reads "url" from this answer (exist_ok)
-                return 409, {"error": "You already created this model repo",
-                             "url": self._repo_url(repo_id)}
+                return 409, {
+                    "error": "You already created this model repo",
+                    "url": self._repo_url(repo_id),
+                }
             repo = Repo(repo_id=repo_id, private=private, created_at=_now())
             blob = self._write_blob(INITIAL_GITATTRIBUTES)
             commit = self._new_commit(repo, None, "initial commit", "", {".gitattributes": blob})
@@ -291,10 +309,20 @@ class LoopbackHub:
                     sibling.update(size=(self.blob_dir / oid).stat().st_size, blobId=oid)
                 siblings.append(sibling)
         return 200, {
-            "_id": hashlib.sha1(repo.encode()).hexdigest()[:24], "id": repo, "modelId": repo,
-            "author": repo.split("/")[0], "sha": commit.oid, "lastModified": commit.date,
-            "createdAt": record.created_at, "private": record.private, "gated": False,
-            "disabled": False, "downloads": 0, "likes": 0, "tags": [], "siblings": siblings,
+            "_id": hashlib.sha1(repo.encode()).hexdigest()[:24],
+            "id": repo,
+            "modelId": repo,
+            "author": repo.split("/")[0],
+            "sha": commit.oid,
+            "lastModified": commit.date,
+            "createdAt": record.created_at,
+            "private": record.private,
+            "gated": False,
+            "disabled": False,
+            "downloads": 0,
+            "likes": 0,
+            "tags": [],
+            "siblings": siblings,
         }
 
     def tree(self, request: _Request, repo: str, rev: str, path: str | None = None):
@@ -306,16 +334,21 @@ class LoopbackHub:
             for file_path, oid in sorted(commit.files.items()):
                 if not file_path.startswith(prefix):
                     continue
-                parts = file_path[len(prefix):].split("/")
+                parts = file_path[len(prefix) :].split("/")
                 depth = len(parts) if recursive else 1
                 for i in range(1, min(depth, len(parts) - 1) + 1):  # folders on the way
                     folder = prefix + "/".join(parts[:i])
                     folder_oid = hashlib.sha1(f"tree {commit.oid} {folder}".encode()).hexdigest()
-                    entries.setdefault(folder, {"type": "directory", "oid": folder_oid,
-                                                "size": 0, "path": folder})
+                    entries.setdefault(
+                        folder, {"type": "directory", "oid": folder_oid, "size": 0, "path": folder}
+                    )
                 if recursive or len(parts) == 1:
-                    entries[file_path] = {"type": "file", "oid": oid, "path": file_path,
-                                          "size": (self.blob_dir / oid).stat().st_size}
+                    entries[file_path] = {
+                        "type": "file",
+                        "oid": oid,
+                        "path": file_path,
+                        "size": (self.blob_dir / oid).stat().st_size,
+                    }
         if prefix and not entries:
             raise HubError(404, f"{prefix.rstrip('/')} does not exist", "EntryNotFound")
         return 200, list(entries.values())
@@ -330,8 +363,12 @@ class LoopbackHub:
         with self._lock:
             commit = self._commit(self._repo(repo, True), rev)
             answer = [
-                {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                 "oid": commit.files.get(f["path"])}
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": commit.files.get(f["path"]),
+                }
                 for f in files
             ]
         return 200, {"files": answer, "commitOid": commit.oid}
@@ -348,12 +385,16 @@ class LoopbackHub:
         with self._lock:
             record = self._repo(repo, True)
             if branch not in record.branches:
-                raise HubError(404, f"Invalid rev id: {branch} (commits go to a branch)",
-                               "RevisionNotFound")
+                raise HubError(
+                    404, f"Invalid rev id: {branch} (commits go to a branch)", "RevisionNotFound"
+                )
             head = record.commits[record.branches[branch]]
             if header.get("parentCommit") not in (None, head.oid):
-                raise HubError(412, f"parent commit {header['parentCommit']} is not the head "
-                                    f"of {branch} ({head.oid})")
+                raise HubError(
+                    412,
+                    f"parent commit {header['parentCommit']} is not the head "
+                    f"of {branch} ({head.oid})",
+                )
             files = dict(head.files)
             for line in lines[1:]:
                 key, value = line.get("key"), line.get("value", {})
@@ -364,18 +405,24 @@ class LoopbackHub:
                     files[path] = self._write_blob(base64.b64decode(value["content"]))
                 elif key == "deletedFile":
                     if files.pop(path, None) is None:
-                        raise HubError(404, f"A file with this name doesn't exist: {path}",
-                                       "EntryNotFound")
+                        raise HubError(
+                            404, f"A file with this name doesn't exist: {path}", "EntryNotFound"
+                        )
                 elif key == "deletedFolder":
                     files = {p: o for p, o in files.items() if not p.startswith(path + "/")}
                 else:  # lfsFile, or anything else: never requested since preupload says regular
                     raise HubError(400, f"unsupported commit operation {key!r} for {path}")
-            commit = self._new_commit(record, head.oid, header.get("summary", ""),
-                                      header.get("description", ""), files)
+            commit = self._new_commit(
+                record, head.oid, header.get("summary", ""), header.get("description", ""), files
+            )
             record.branches[branch] = commit.oid
         logger.info("commit %s on %s@%s: %s", commit.oid[:8], repo, branch, commit.summary)
-        return 200, {"commitUrl": f"{self._repo_url(repo)}/commit/{commit.oid}",
-                     "commitOid": commit.oid, "pullRequestUrl": None, "success": True}
+        return 200, {
+            "commitUrl": f"{self._repo_url(repo)}/commit/{commit.oid}",
+            "commitOid": commit.oid,
+            "pullRequestUrl": None,
+            "success": True,
+        }
 
     def create_branch(self, request: _Request, repo: str, branch: str) -> tuple[int, dict]:
         request.require_token()
@@ -394,14 +441,21 @@ class LoopbackHub:
             commit = self._commit(self._repo(repo, request.authorized), rev)
             oid = commit.files.get(path)
             if oid is None:
-                raise HubError(404, f"Entry not found: {path}", "EntryNotFound",
-                               headers={"X-Repo-Commit": commit.oid})
+                raise HubError(
+                    404,
+                    f"Entry not found: {path}",
+                    "EntryNotFound",
+                    headers={"X-Repo-Commit": commit.oid},
+                )
             data = self._read_blob(oid)
-        request.extra_headers.update({
-            "X-Repo-Commit": commit.oid, "ETag": f'"{oid}"',
-            "Content-Type": "application/octet-stream",
-            "Content-Disposition": f'inline; filename="{quote(Path(path).name)}"',
-        })
+        request.extra_headers.update(
+            {
+                "X-Repo-Commit": commit.oid,
+                "ETag": f'"{oid}"',
+                "Content-Type": "application/octet-stream",
+                "Content-Disposition": f'inline; filename="{quote(Path(path).name)}"',
+            }
+        )
         return 200, data
 
 
@@ -421,8 +475,11 @@ class _Request:
 
     def require_token(self) -> None:
         if not self.authorized:
-            raise HubError(401, "Invalid credentials in Authorization header",
-                           headers={"X-Error-Message": "Invalid credentials in Authorization header"})
+            raise HubError(
+                401,
+                "Invalid credentials in Authorization header",
+                headers={"X-Error-Message": "Invalid credentials in Authorization header"},
+            )
 
     def json(self) -> dict:
         try:
@@ -481,9 +538,12 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         request = _Request(
-            method=method, path=url.path, query=parse_qs(url.query),
+            method=method,
+            path=url.path,
+            query=parse_qs(url.query),
             headers={k.lower(): v for k, v in self.headers.items()},
-            body=self._read_body() if method in ("POST", "PUT") else b"", token=self.hub.token,
+            body=self._read_body() if method in ("POST", "PUT") else b"",
+            token=self.hub.token,
         )
         self.hub.requests.append((method, url.path))
         for route_method, pattern, name in _ROUTES:
@@ -553,11 +613,14 @@ def hub_server_fixture(tmp_path, monkeypatch):
     for name in dir(constants):  # HF_HUB_CACHE, HF_TOKEN_PATH, AGENT_HARNESSES_PATH, ...
         value = getattr(constants, name)
         if name.isupper() and isinstance(value, str) and value.startswith(old_home):
-            monkeypatch.setattr(constants, name, str(home) + value[len(old_home):])
+            monkeypatch.setattr(constants, name, str(home) + value[len(old_home) :])
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        hub.url + "/{repo_id}/resolve/{revision}/{filename}",
+    )
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")

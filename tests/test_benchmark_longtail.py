@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("benchmark_longtail", REPO / "scripts" / "benchmark_longtail.py")
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_longtail", REPO / "scripts" / "benchmark_longtail.py"
+    )
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
@@ -31,11 +33,20 @@ def test_ablations_switch_one_term_of_the_best(bench):
     scale = bench.SCALES["cpu50k"]
     runs = bench.extra_runs(scale, "i_balanced_experts")
     base = bench.METHODS["i_balanced_experts"]
-    assert set(runs) == {"x_best_without_contrast", "x_best_without_hierarchy", "x_best_without_centre", "x_best_with_hnm"}
+    assert set(runs) == {
+        "x_best_without_contrast",
+        "x_best_without_hierarchy",
+        "x_best_without_centre",
+        "x_best_with_hnm",
+    }
     assert runs["x_best_without_contrast"] == {**base, "lambda_scl": 0.0}
     assert runs["x_best_without_centre"] == {**base, "lambda_reg": 0.0}
     # No hierarchical loss: the system head is untrained, so inference must not use it.
-    assert runs["x_best_without_hierarchy"] == {**base, "lambda_hier": 0.0, "hierarchical_inference": "none"}
+    assert runs["x_best_without_hierarchy"] == {
+        **base,
+        "lambda_hier": 0.0,
+        "hierarchical_inference": "none",
+    }
     assert runs["x_best_with_hnm"] == {**base, "lambda_hnm": bench.HNM_WEIGHT}
     assert bench.extra_runs(scale, "h_physmoe_hnm")["x_best_without_hnm"]["lambda_hnm"] == 0.0
     assert bench.extra_runs(scale, None) == {}
@@ -48,19 +59,40 @@ def test_ablations_switch_one_term_of_the_best(bench):
 def test_tiny_benchmark_end_to_end_and_resume(bench, tmp_path, monkeypatch):
     monkeypatch.setattr(bench, "REAL_MAX_SAMPLES", 40)
     tiny = {k: v for k, v in TINY.items() if k not in ("num_experts", "tail_expert_ids")}
-    scale = bench.Scale("reference", tiny, 300, 1, 32, 2e-3, (0,),
-                        ("a_cross_entropy", "b_balanced_softmax", "i_balanced_experts"), generator="fast",
-                        evals_per_epoch=2, ablations=True)
+    scale = bench.Scale(
+        "reference",
+        tiny,
+        300,
+        1,
+        32,
+        2e-3,
+        (0,),
+        ("a_cross_entropy", "b_balanced_softmax", "i_balanced_experts"),
+        generator="fast",
+        evals_per_epoch=2,
+        ablations=True,
+    )
     out = tmp_path / "bench"
     summary = bench.run_benchmark(scale, "tiny", out, num_proc=1)
 
-    names = ["a_cross_entropy", "b_balanced_softmax", "i_balanced_experts", "x_best_without_contrast",
-             "x_best_without_hierarchy", "x_best_without_centre", "x_best_with_hnm"]
+    names = [
+        "a_cross_entropy",
+        "b_balanced_softmax",
+        "i_balanced_experts",
+        "x_best_without_contrast",
+        "x_best_without_hierarchy",
+        "x_best_without_centre",
+        "x_best_with_hnm",
+    ]
     assert list(summary["table"]) == names and summary["best_physmoe"] == "i_balanced_experts"
-    ablation = json.loads((out / "runs" / "x_best_without_hierarchy" / "seed0" / "config.json").read_text())
+    ablation = json.loads(
+        (out / "runs" / "x_best_without_hierarchy" / "seed0" / "config.json").read_text()
+    )
     assert ablation["lambda_hier"] == 0.0 and ablation["hierarchical_inference"] == "none"
     assert ablation["loss_preset"] == "balanced_experts"
-    history = json.loads((out / "runs" / "a_cross_entropy" / "seed0" / "log_history.json").read_text())
+    history = json.loads(
+        (out / "runs" / "a_cross_entropy" / "seed0" / "log_history.json").read_text()
+    )
     assert sum("eval_balanced_accuracy" in entry for entry in history) == 2  # evals_per_epoch
 
     # The paired difference of balanced accuracy is the difference of scikit-learn's values.
@@ -69,12 +101,17 @@ def test_tiny_benchmark_end_to_end_and_resume(bench, tmp_path, monkeypatch):
         return balanced_accuracy_score(data["labels"], data["logits"].argmax(-1))
 
     point = summary["differences"]["i_balanced_experts - b_balanced_softmax (balanced)"][0]
-    assert point == pytest.approx(balanced("i_balanced_experts") - balanced("b_balanced_softmax"), abs=1e-12)
-    assert summary["table"]["a_cross_entropy"]["balanced_accuracy"][0] == pytest.approx(balanced("a_cross_entropy"), abs=1e-6)
+    assert point == pytest.approx(
+        balanced("i_balanced_experts") - balanced("b_balanced_softmax"), abs=1e-12
+    )
+    assert summary["table"]["a_cross_entropy"]["balanced_accuracy"][0] == pytest.approx(
+        balanced("a_cross_entropy"), abs=1e-6
+    )
     assert "x_best_with_hnm - i_balanced_experts (few)" in summary["differences"]
     targets = summary["targets"]
     assert targets["beats_balanced_softmax_balanced"] == (
-        summary["differences"]["i_balanced_experts - b_balanced_softmax (balanced)"][1] > 0)
+        summary["differences"]["i_balanced_experts - b_balanced_softmax (balanced)"][1] > 0
+    )
     for name in names:
         real = summary["real"][name]
         assert 0 <= real["top1_accuracy"][0] <= real["top5_accuracy"][0] <= 1
@@ -82,8 +119,12 @@ def test_tiny_benchmark_end_to_end_and_resume(bench, tmp_path, monkeypatch):
     weighted = summary["inference_prior_weight"]
     assert set(weighted) == {f"{n} (w={w})" for n in names[2:] for w in (0, 1)}
     for name in names[2:]:
-        assert weighted[f"{name} (w=0)"]["balanced_accuracy"][0] == pytest.approx(summary["table"][name]["balanced_accuracy"][0], abs=1e-6)
-        assert weighted[f"{name} (w=0)"]["real_top1_accuracy"][0] == pytest.approx(summary["real"][name]["top1_accuracy"][0])
+        assert weighted[f"{name} (w=0)"]["balanced_accuracy"][0] == pytest.approx(
+            summary["table"][name]["balanced_accuracy"][0], abs=1e-6
+        )
+        assert weighted[f"{name} (w=0)"]["real_top1_accuracy"][0] == pytest.approx(
+            summary["real"][name]["top1_accuracy"][0]
+        )
     text = (out / "results.md").read_text()
     assert "Real structures" in text and "x_best_with_hnm" in text and "Issue-12 targets" in text
 

@@ -23,7 +23,9 @@ def _script():
     return module
 
 
-def test_fast_build_covers_every_group_with_labels_spglib_agrees_with(tmp_path, monkeypatch, capsys):
+def test_fast_build_covers_every_group_with_labels_spglib_agrees_with(
+    tmp_path, monkeypatch, capsys
+):
     output = tmp_path / "structures.npz"
     argv = ["build", "--generator", "fast", "--num-structures", "300", "--min-per-group", "1"]
     monkeypatch.setattr(sys, "argv", [*argv, "--output", str(output)])
@@ -39,6 +41,8 @@ def test_fast_build_covers_every_group_with_labels_spglib_agrees_with(tmp_path, 
     for index in range(0, len(archive), 5):
         crystal = archive.crystal(index)
         numbers = [sorted(set(crystal.species)).index(s) for s in crystal.species]
-        dataset = spglib.get_symmetry_dataset((crystal.lattice, crystal.frac_coords, numbers), symprec=1e-3)
+        dataset = spglib.get_symmetry_dataset(
+            (crystal.lattice, crystal.frac_coords, numbers), symprec=1e-3
+        )
         assert dataset.number == archive.space_groups[index], archive.structure_ids[index]
     assert np.all(archive.requested_space_groups > 0)

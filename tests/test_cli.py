@@ -29,8 +29,11 @@ def small_dataset(tmp_path_factory) -> Path:
     full = read_structure_archive()
     keep = np.concatenate([np.flatnonzero(full.space_groups == g)[:15] for g in (2, 14, 62, 225)])
     archive = write_structure_archive(
-        root / "small.npz", full.structure_ids[keep].tolist(), [full.crystal(int(i)) for i in keep],
-        [int(g) or None for g in full.requested_space_groups[keep]], full.space_groups[keep].tolist(),
+        root / "small.npz",
+        full.structure_ids[keep].tolist(),
+        [full.crystal(int(i)) for i in keep],
+        [int(g) or None for g in full.requested_space_groups[keep]],
+        full.space_groups[keep].tolist(),
     )
     default_dataset(cache_dir=root / "cache", archive=archive, progress=False)
     (built,) = (root / "cache").iterdir()
@@ -39,11 +42,25 @@ def small_dataset(tmp_path_factory) -> Path:
 
 def write_config(path: Path, dataset: Path, output_dir: Path, **extra) -> Path:
     settings = {
-        "preset": "reference", "dataset": str(dataset), "output_dir": str(output_dir), "model_overrides": TINY,
-        "num_train_epochs": 2, "per_device_train_batch_size": 8, "per_device_eval_batch_size": 16,
-        "learning_rate": 3e-3, "eval_strategy": "epoch", "save_strategy": "epoch", "load_best_model_at_end": True,
-        "metric_for_best_model": "balanced_accuracy", "logging_steps": 2, "use_cpu": True, "report_to": "none",
-        "bootstrap_samples": 50, "bf16": False, "disable_tqdm": True, **extra,
+        "preset": "reference",
+        "dataset": str(dataset),
+        "output_dir": str(output_dir),
+        "model_overrides": TINY,
+        "num_train_epochs": 2,
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 16,
+        "learning_rate": 3e-3,
+        "eval_strategy": "epoch",
+        "save_strategy": "epoch",
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "balanced_accuracy",
+        "logging_steps": 2,
+        "use_cpu": True,
+        "report_to": "none",
+        "bootstrap_samples": 50,
+        "bf16": False,
+        "disable_tqdm": True,
+        **extra,
     }
     settings = {name: value for name, value in settings.items() if value is not None}  # None: unset
     path.write_text(yaml.safe_dump(settings))
@@ -52,12 +69,25 @@ def write_config(path: Path, dataset: Path, output_dir: Path, **extra) -> Path:
 
 def test_train_evaluate_predict_end_to_end(small_dataset, tmp_path, capsys):
     out = tmp_path / "model"
-    config = write_config(tmp_path / "run.yaml", small_dataset, out, predict_files=[str(EXAMPLES / "TiO2_rutile.cif")])
+    config = write_config(
+        tmp_path / "run.yaml", small_dataset, out, predict_files=[str(EXAMPLES / "TiO2_rutile.cif")]
+    )
     assert main(["train", str(config)]) == 0
     printed = capsys.readouterr().out
-    assert "Top-1 accuracy" in printed and "calibration temperature" in printed and "TiO2_rutile.cif" in printed
+    assert (
+        "Top-1 accuracy" in printed
+        and "calibration temperature" in printed
+        and "TiO2_rutile.cif" in printed
+    )
 
-    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "README.md", "all_results.json", "log_history.json"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "preprocessor_config.json",
+        "README.md",
+        "all_results.json",
+        "log_history.json",
+    ):
         assert (out / name).is_file(), name
     results = json.loads((out / "all_results.json").read_text())
     saved = json.loads((out / "config.json").read_text())
@@ -71,27 +101,50 @@ def test_train_evaluate_predict_end_to_end(small_dataset, tmp_path, capsys):
     # The miner's most-confused pairs: the off-diagonal maximum of its saved confusion matrix.
     pairs = results["hnm_most_confused_pairs"]
     assert "most-confused pairs" in printed and 0 < len(pairs) <= 10
-    confusion = load_file(out / "model.safetensors")["hard_negative_miner.confusion_matrix"].double()
+    confusion = load_file(out / "model.safetensors")[
+        "hard_negative_miner.confusion_matrix"
+    ].double()
     confusion.fill_diagonal_(0)
     true, predicted = divmod(int(confusion.argmax()), 230)
     assert (pairs[0]["true"], pairs[0]["predicted"]) == (ID2LABEL[true], ID2LABEL[predicted])
     assert pairs[0]["count"] == pytest.approx(float(confusion.max()), rel=1e-6)
 
     # Reload from disk: evaluation on the test split reproduces the training run's numbers.
-    assert main(["evaluate", str(out), "--dataset", str(small_dataset), "--split", "test", "--output", str(tmp_path / "m.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                str(out),
+                "--dataset",
+                str(small_dataset),
+                "--split",
+                "test",
+                "--output",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
     evaluated = json.loads((tmp_path / "m.json").read_text())
     assert evaluated["test_top1_accuracy"] == pytest.approx(results["test_top1_accuracy"])
     assert evaluated["test_balanced_accuracy"] == pytest.approx(results["test_balanced_accuracy"])
 
     capsys.readouterr()
-    assert main(["predict", str(out), str(EXAMPLES / "NaCl_rocksalt.cif"), "--top-k", "3", "--json"]) == 0
+    assert (
+        main(["predict", str(out), str(EXAMPLES / "NaCl_rocksalt.cif"), "--top-k", "3", "--json"])
+        == 0
+    )
     answer = json.loads(capsys.readouterr().out)
     assert answer[0]["source"] == "NaCl_rocksalt.cif" and len(answer[0]["candidates"]) == 3
 
 
-def test_finished_models_are_not_overwritten_and_killed_runs_resume(small_dataset, tmp_path, capsys):
+def test_finished_models_are_not_overwritten_and_killed_runs_resume(
+    small_dataset, tmp_path, capsys
+):
     out = tmp_path / "model"
-    config = write_config(tmp_path / "run.yaml", small_dataset, out, num_train_epochs=1, plots=False)
+    config = write_config(
+        tmp_path / "run.yaml", small_dataset, out, num_train_epochs=1, plots=False
+    )
     assert main(["train", str(config)]) == 0
     before = (out / "model.safetensors").read_bytes()
     assert main(["train", str(config)]) == 1
@@ -101,6 +154,7 @@ def test_finished_models_are_not_overwritten_and_killed_runs_resume(small_datase
     # is touched, and the new run trains beside the old model until it is saved.
     (out / "notes.txt").write_text("mine")
     snapshot = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+
     def siblings():
         return sorted(path.name for path in tmp_path.iterdir() if path.name.startswith("model"))
 
@@ -118,11 +172,35 @@ def test_finished_models_are_not_overwritten_and_killed_runs_resume(small_datase
 
     # A run killed after its first epoch's checkpoint continues from it.
     killed = tmp_path / "killed"
-    assert main(["train", str(write_config(tmp_path / "k.yaml", small_dataset, killed, num_train_epochs=1, plots=False))]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(
+                    write_config(
+                        tmp_path / "k.yaml", small_dataset, killed, num_train_epochs=1, plots=False
+                    )
+                ),
+            ]
+        )
+        == 0
+    )
     (killed / "model.safetensors").unlink()  # as if it had died before saving the final model
     (first_checkpoint,) = killed.glob("checkpoint-*")
     state = (first_checkpoint / "trainer_state.json").read_bytes()
-    assert main(["train", str(write_config(tmp_path / "k2.yaml", small_dataset, killed, num_train_epochs=2, plots=False))]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(
+                    write_config(
+                        tmp_path / "k2.yaml", small_dataset, killed, num_train_epochs=2, plots=False
+                    )
+                ),
+            ]
+        )
+        == 0
+    )
     # The first epoch was not trained again (its checkpoint is untouched); the second was.
     assert (first_checkpoint / "trainer_state.json").read_bytes() == state
     assert len(list(killed.glob("checkpoint-*"))) == 2 and (killed / "model.safetensors").is_file()
@@ -147,21 +225,32 @@ def test_train_refuses_mistakes_before_training(tmp_path, capsys):
     assert f"config file {tmp_path} is a folder" in capsys.readouterr().err
     (tmp_path / "a_file").write_text("x")
     mistakes = [
-        ({"metric_for_best_model": "bogus"}, "metric_for_best_model 'bogus' is not an evaluation metric"),
+        (
+            {"metric_for_best_model": "bogus"},
+            "metric_for_best_model 'bogus' is not an evaluation metric",
+        ),
         ({"metric_for_best_model": "balanced_acuracy"}, "did you mean 'balanced_accuracy'"),
         ({"predict_files": [str(tmp_path / "absent.xy")]}, "predict_files: no such file"),
         ({"output_dir": str(tmp_path / "a_file")}, "is a file, not a folder"),
     ]
     for settings, expected in mistakes:
         config = tmp_path / "run.yaml"
-        config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "use_cpu": True, **settings}))
+        config.write_text(
+            yaml.safe_dump({"output_dir": str(tmp_path / "out"), "use_cpu": True, **settings})
+        )
         assert main(["train", str(config)]) == 1, settings
         error = capsys.readouterr().err
         assert expected in error and "Traceback" not in error, error
         assert not (tmp_path / "out").exists()
     from physmoe.workflow import _check_metric_name
 
-    for fine in ("balanced_accuracy", "eval_balanced_accuracy", "eval_loss", "few_shot_accuracy", "expert_3_top1_accuracy"):
+    for fine in (
+        "balanced_accuracy",
+        "eval_balanced_accuracy",
+        "eval_loss",
+        "few_shot_accuracy",
+        "expert_3_top1_accuracy",
+    ):
         _check_metric_name(fine)
 
 
@@ -169,9 +258,13 @@ def test_model_overrides_and_missing_models_are_named(tmp_path):
     from physmoe.workflow import ModelArguments, build_model
 
     counts = np.ones(230)
-    with pytest.raises(ValueError, match=r"model_overrides must be a JSON object: Expecting property name"):
+    with pytest.raises(
+        ValueError, match=r"model_overrides must be a JSON object: Expecting property name"
+    ):
         build_model(ModelArguments(model_overrides="{tau: 1}"), counts)
-    with pytest.raises(ValueError, match=r"model_overrides must be a JSON object, got \['tau', 1\]"):
+    with pytest.raises(
+        ValueError, match=r"model_overrides must be a JSON object, got \['tau', 1\]"
+    ):
         build_model(ModelArguments(model_overrides=["tau", 1]), counts)  # a YAML list
     missing = tmp_path / "no_model"
     with pytest.raises(FileNotFoundError, match=f"no such checkpoint folder: {missing}"):
@@ -187,10 +280,15 @@ def test_evaluate_real_and_predict_name_broken_models(tmp_path, capsys):
     saved = tmp_path / "model"
     tiny_model().save_pretrained(saved)
     config = json.loads((saved / "config.json").read_text())
-    (saved / "config.json").write_text(json.dumps({**config, "num_experts": 2, "tail_expert_ids": [1]}))
+    (saved / "config.json").write_text(
+        json.dumps({**config, "num_experts": 2, "tail_expert_ids": [1]})
+    )
     assert main(["predict", str(saved), str(EXAMPLES / "NaCl_rocksalt.cif")]) == 1
     error = capsys.readouterr().err
-    assert "error: the weights in" in error and "gate.weight: checkpoint [4, 6], config [2, 6]" in error
+    assert (
+        "error: the weights in" in error
+        and "gate.weight: checkpoint [4, 6], config [2, 6]" in error
+    )
     assert "Traceback" not in error
 
 
@@ -203,8 +301,13 @@ def test_yaml_syntax_errors_name_the_file_and_line(tmp_path, capsys):
     assert "Traceback" not in error
 
 
-@pytest.mark.parametrize(("extra", "expected"), [([], "bf16"), (["--bf16_full_eval", "true"], "bf16"), (["--bf16", "false"], "no")])
-def test_train_switches_on_recommended_bf16_so_that_the_trainer_uses_it(tmp_path, monkeypatch, capsys, extra, expected):
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [([], "bf16"), (["--bf16_full_eval", "true"], "bf16"), (["--bf16", "false"], "no")],
+)
+def test_train_switches_on_recommended_bf16_so_that_the_trainer_uses_it(
+    tmp_path, monkeypatch, capsys, extra, expected
+):
     import physmoe.runtime
     import physmoe.workflow
     from physmoe.training import PhysMoETrainer
@@ -216,10 +319,14 @@ def test_train_switches_on_recommended_bf16_so_that_the_trainer_uses_it(tmp_path
         seen["args"] = training_args
         return {"calibration_temperature": 1.0, "test_top1_accuracy": 0.5}
 
-    monkeypatch.setattr(physmoe.runtime, "recommended_autocast_dtype", lambda device=None: torch.bfloat16)
+    monkeypatch.setattr(
+        physmoe.runtime, "recommended_autocast_dtype", lambda device=None: torch.bfloat16
+    )
     monkeypatch.setattr(physmoe.workflow, "train_and_evaluate", fake_train_and_evaluate)
     config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out"), "use_cpu": True, "report_to": "none"}))
+    config.write_text(
+        yaml.safe_dump({"output_dir": str(tmp_path / "out"), "use_cpu": True, "report_to": "none"})
+    )
     assert main(["train", str(config), *extra]) == 0
     trainer = PhysMoETrainer(tiny_model(), seen["args"])
     assert trainer.accelerator.mixed_precision == expected
@@ -245,13 +352,21 @@ def test_train_without_use_cpu_runs_with_the_automatic_bf16_on_a_cpu(
     monkeypatch.setattr(physmoe.workflow, "train_and_evaluate", spy)
     out = tmp_path / "model"
     config = write_config(
-        tmp_path / "run.yaml", small_dataset, out, use_cpu=None, bf16=None, num_train_epochs=1,
-        plots=False, max_train_samples=16, max_eval_samples=8,
+        tmp_path / "run.yaml",
+        small_dataset,
+        out,
+        use_cpu=None,
+        bf16=None,
+        num_train_epochs=1,
+        plots=False,
+        max_train_samples=16,
+        max_eval_samples=8,
     )
     assert not {"use_cpu", "bf16"} & set(yaml.safe_load(config.read_text()))
     assert main(["train", str(config)]) == 0
     assert seen["args"].bf16 and seen["args"].use_cpu
     assert (out / "model.safetensors").is_file()
+
     # A user's explicit use_cpu: false is kept; bf16 is then not switched on (fp32 runs).
     def fake(model_args, data_args, run_args, training_args):
         seen["args"] = training_args
@@ -263,13 +378,23 @@ def test_train_without_use_cpu_runs_with_the_automatic_bf16_on_a_cpu(
     assert not seen["args"].bf16 and not seen["args"].use_cpu
 
 
-def test_push_to_hub_publishes_the_final_card_with_the_test_metrics(small_dataset, tmp_path, hub_server):
+def test_push_to_hub_publishes_the_final_card_with_the_test_metrics(
+    small_dataset, tmp_path, hub_server
+):
     from huggingface_hub import hf_hub_download
 
     out = tmp_path / "pushed"
     config = write_config(
-        tmp_path / "push.yaml", small_dataset, out, num_train_epochs=1, plots=False, save_strategy="no",
-        eval_strategy="no", load_best_model_at_end=False, push_to_hub=True, hub_model_id="physmoe-tiny",
+        tmp_path / "push.yaml",
+        small_dataset,
+        out,
+        num_train_epochs=1,
+        plots=False,
+        save_strategy="no",
+        eval_strategy="no",
+        load_best_model_at_end=False,
+        push_to_hub=True,
+        hub_model_id="physmoe-tiny",
     )
     assert main(["train", str(config)]) == 0
     results = json.loads((out / "all_results.json").read_text())
@@ -291,15 +416,26 @@ def test_fine_tuning_overrides_are_validated_and_label_sets_checked(tmp_path):
     model = build_model(ModelArguments(model_name_or_path=str(saved)), counts)
     for name, tensor in ResNet1D_MoE.from_pretrained(saved).state_dict().items():
         assert torch.equal(model.state_dict()[name], tensor), name
-    tuned = build_model(ModelArguments(model_name_or_path=str(saved), model_overrides='{"tau": 1.0}'), counts)
+    tuned = build_model(
+        ModelArguments(model_name_or_path=str(saved), model_overrides='{"tau": 1.0}'), counts
+    )
     assert tuned.config.tau == 1.0 and tuned.config.class_prior == pytest.approx([1 / 230] * 230)
     with pytest.raises(ValueError, match="hierarchical_inference must be one of"):
-        build_model(ModelArguments(model_name_or_path=str(saved), model_overrides='{"hierarchical_inference": "bogus"}'), counts)
-    with pytest.raises(ValueError, match="hierarchical_inference must be one of"):  # the model checks too
+        build_model(
+            ModelArguments(
+                model_name_or_path=str(saved), model_overrides='{"hierarchical_inference": "bogus"}'
+            ),
+            counts,
+        )
+    with pytest.raises(
+        ValueError, match="hierarchical_inference must be one of"
+    ):  # the model checks too
         ResNet1D_MoE.from_pretrained(saved, hierarchical_inference="bogus")
 
     subset = tmp_path / "subset"
-    tiny_model(num_labels=10, hierarchical_inference="none", loss_preset="cross_entropy").save_pretrained(subset)
+    tiny_model(
+        num_labels=10, hierarchical_inference="none", loss_preset="cross_entropy"
+    ).save_pretrained(subset)
     with pytest.raises(ValueError, match="predicts 10 labels, not the 230 space groups"):
         build_model(ModelArguments(model_name_or_path=str(subset)), counts)
 
@@ -309,9 +445,19 @@ def test_train_on_a_stream_of_generated_crystals(tmp_path, capsys):
     every checkpoint and evaluates on held-out generated crystals that the stream never yields."""
     out = tmp_path / "stream"
     stream_settings = dict(
-        stream_seed=1, stream_max_atoms=16, stream_validation_size=12, stream_test_size=12,
-        patterns_per_crystal=2, stream_crystals_per_block=4, max_steps=4, eval_strategy="steps",
-        eval_steps=2, save_strategy="steps", save_steps=2, dataloader_num_workers=1, plots=False,
+        stream_seed=1,
+        stream_max_atoms=16,
+        stream_validation_size=12,
+        stream_test_size=12,
+        patterns_per_crystal=2,
+        stream_crystals_per_block=4,
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        dataloader_num_workers=1,
+        plots=False,
         bootstrap_samples=10,
     )
     config = write_config(tmp_path / "stream.yaml", "stream", out, **stream_settings)
@@ -387,7 +533,9 @@ def test_evaluate_max_samples_limits_every_split(small_dataset, tmp_path):
         arguments = ["evaluate", str(saved), "--dataset", str(data), "--split", split]
         assert main([*arguments, "--max-samples", "5", "--output", str(output)]) == 0
         assert json.loads(output.read_text())[f"{split}_num_samples"] == 5, split
-    limited, _ = load_data(DataArguments(dataset=str(data), max_train_samples=4, max_eval_samples=3))
+    limited, _ = load_data(
+        DataArguments(dataset=str(data), max_train_samples=4, max_eval_samples=3)
+    )
     assert len(limited["train"]) == 4 and len(limited["test"]) == 3
     assert sorted(path.name for path in data.rglob("*")) == files
 
@@ -396,7 +544,9 @@ def test_the_balanced_experts_preset_gets_the_training_prior():
     from physmoe.workflow import ModelArguments, build_model
 
     counts = np.arange(1, 231, dtype=float)
-    model = build_model(ModelArguments(model_overrides='{"loss_preset": "balanced_experts"}'), counts)
+    model = build_model(
+        ModelArguments(model_overrides='{"loss_preset": "balanced_experts"}'), counts
+    )
     assert model.config.class_prior == pytest.approx(list(counts / counts.sum()))
     labels = torch.tensor([0, 5, 229, 61])
     out = model(torch.rand(4, model.config.num_points), labels=labels)
@@ -404,7 +554,9 @@ def test_the_balanced_experts_preset_gets_the_training_prior():
 
 
 @pytest.mark.parametrize(("extra", "expected"), [([], True), (["--disable_tqdm", "false"], False)])
-def test_train_logs_instead_of_drawing_a_progress_bar_into_a_file(tmp_path, monkeypatch, extra, expected):
+def test_train_logs_instead_of_drawing_a_progress_bar_into_a_file(
+    tmp_path, monkeypatch, extra, expected
+):
     """Under pytest stderr is no terminal, as in a log file: no bar unless asked for."""
     import physmoe.workflow
 
@@ -432,23 +584,36 @@ def test_predict_prior_weight_for_balanced_experts_models(tmp_path, capsys):
 
     counts = np.arange(1, 231, dtype=float) ** 2  # a strongly skewed training prior
     saved = tmp_path / "balanced"
-    model = tiny_model(seed=2, loss_preset="balanced_experts", class_prior=counts.tolist(), hierarchical_inference="none")
+    model = tiny_model(
+        seed=2,
+        loss_preset="balanced_experts",
+        class_prior=counts.tolist(),
+        hierarchical_inference="none",
+    )
     model.save_pretrained(saved)
     XRDFeatureExtractor.from_config(model.config).save_pretrained(saved)
     cif = str(EXAMPLES / "NaCl_rocksalt.cif")
 
     def probabilities(extra):
         assert main(["predict", str(saved), cif, "--json", "--top-k", "230", *extra]) == 0
-        return {row["space_group"]: row["probability"] for row in json.loads(capsys.readouterr().out)[0]["candidates"]}
+        return {
+            row["space_group"]: row["probability"]
+            for row in json.loads(capsys.readouterr().out)[0]["candidates"]
+        }
 
     balanced, weighted = probabilities([]), probabilities(["--prior-weight", "1"])
     # The oracle: the predictor with the config field set by hand.
     predictor = SpaceGroupPredictor.from_pretrained(saved)
     predictor.model.config.inference_prior_weight = 1.0
-    expected = {c.space_group: c.probability for c in predictor.predict_file(cif, top_k=230).candidates}
+    expected = {
+        c.space_group: c.probability for c in predictor.predict_file(cif, top_k=230).candidates
+    }
     assert weighted == pytest.approx(expected, abs=1e-6)
     # The prior grows with the space-group number: it moves probability towards high numbers.
-    mean_number = {name: sum(sg * p for sg, p in probs.items()) for name, probs in (("w0", balanced), ("w1", weighted))}
+    mean_number = {
+        name: sum(sg * p for sg, p in probs.items())
+        for name, probs in (("w0", balanced), ("w1", weighted))
+    }
     assert mean_number["w1"] > mean_number["w0"] + 1
 
     assert main(["predict", str(saved), cif, "--prior-weight", "1.5"]) == 1

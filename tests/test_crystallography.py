@@ -36,13 +36,31 @@ def test_point_groups_laue_classes_and_centrings():
     table = cryst.space_group_table()
     assert len({info.point_group for info in table}) == 32
     assert len({info.laue_class for info in table}) == 11
-    assert Counter(info.centring for info in table) == {"P": 149, "I": 38, "C": 16, "F": 16, "A": 4, "R": 7}
+    assert Counter(info.centring for info in table) == {
+        "P": 149,
+        "I": 38,
+        "C": 16,
+        "F": 16,
+        "A": 4,
+        "R": 7,
+    }
 
 
 @pytest.mark.parametrize(
     ("number", "symbol"),
-    [(1, "P1"), (2, "P-1"), (14, "P2_1/c"), (19, "P2_12_12_1"), (62, "Pnma"), (113, "P-42_1m"),
-     (166, "R-3m"), (178, "P6_122"), (225, "Fm-3m"), (227, "Fd-3m"), (230, "Ia-3d")],
+    [
+        (1, "P1"),
+        (2, "P-1"),
+        (14, "P2_1/c"),
+        (19, "P2_12_12_1"),
+        (62, "Pnma"),
+        (113, "P-42_1m"),
+        (166, "R-3m"),
+        (178, "P6_122"),
+        (225, "Fm-3m"),
+        (227, "Fd-3m"),
+        (230, "Ia-3d"),
+    ],
 )
 def test_symbols(number, symbol):
     assert cryst.space_group_symbol(number) == symbol
@@ -61,7 +79,9 @@ def test_symbols_agree_with_pymatgen_and_gemmi_for_all_groups():
         assert info.symbol == reference, info.number
         gemmi_short = gemmi.find_spacegroup_by_number(info.number).short_name()
         gemmi_short = gemmi_short.replace("H", "R", 1) if info.centring == "R" else gemmi_short
-        assert old_e_glide.get(info.number, info.symbol).replace("_", "") == gemmi_short, info.number
+        assert old_e_glide.get(info.number, info.symbol).replace("_", "") == gemmi_short, (
+            info.number
+        )
 
 
 def _point_group_spellings(symbol: str) -> set[str]:
@@ -106,7 +126,18 @@ def test_rule_matrix_properties():
 
 @pytest.mark.parametrize(
     "pair",
-    [(3, 5), (16, 21), (16, 22), (16, 23), (21, 22), (22, 23), (221, 225), (221, 229), (225, 229), (75, 79)],
+    [
+        (3, 5),
+        (16, 21),
+        (16, 22),
+        (16, 23),
+        (21, 22),
+        (22, 23),
+        (221, 225),
+        (221, 229),
+        (225, 229),
+        (75, 79),
+    ],
 )
 def test_centring_variants_stay_below_the_positive_threshold(pair):
     a, b = pair
@@ -137,7 +168,10 @@ def test_extinction_term_against_hand_counted_absences():
 
 
 def test_absence_table_matches_textbook_conditions():
-    hkl = np.array([[1, 0, 0], [2, 0, 0], [1, 1, 0], [1, 1, 1], [2, 0, 1], [0, 1, 0], [0, 2, 0]], dtype=np.int32)
+    hkl = np.array(
+        [[1, 0, 0], [2, 0, 0], [1, 1, 0], [1, 1, 1], [2, 0, 1], [0, 1, 0], [0, 2, 0]],
+        dtype=np.int32,
+    )
     absent = cryst.systematic_absence_table(hkl)
     # Fm-3m: h, k, l all even or all odd.
     assert absent[224].tolist() == [True, False, True, False, True, True, False]
@@ -148,7 +182,9 @@ def test_absence_table_matches_textbook_conditions():
 def test_shipped_matrix_matches_the_generator_script():
     result = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "build_rule_matrix.py"), "--check"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     computed = cryst.compute_rule_similarity_matrix()
@@ -158,8 +194,17 @@ def test_shipped_matrix_matches_the_generator_script():
 # -- groups a powder pattern cannot tell apart --------------------------------------------------
 
 ENANTIOMORPHIC_PAIRS = [
-    (76, 78), (91, 95), (92, 96), (144, 145), (151, 153), (152, 154), (169, 170),
-    (171, 172), (178, 179), (180, 181), (212, 213),
+    (76, 78),
+    (91, 95),
+    (92, 96),
+    (144, 145),
+    (151, 153),
+    (152, 154),
+    (169, 170),
+    (171, 172),
+    (178, 179),
+    (180, 181),
+    (212, 213),
 ]
 
 
@@ -208,7 +253,9 @@ def test_powder_classes_against_textbook_extinction_symbols():
 
 def test_members_share_family_and_laue_class():
     table = cryst.space_group_table()
-    family = {name: i for i, name in enumerate(("triclinic", "monoclinic", "orthorhombic", "tetragonal"))}
+    family = {
+        name: i for i, name in enumerate(("triclinic", "monoclinic", "orthorhombic", "tetragonal"))
+    }
     family.update(trigonal=4, hexagonal=4, cubic=5)
     for merge in (False, True):
         for c in cryst.powder_equivalence_classes(merge):
@@ -228,9 +275,17 @@ def test_powder_classes_match_a_recomputation_from_raw_absences():
     keys: dict[tuple, list[int]] = {}
     for info in cryst.space_group_table():
         ops = gemmi.find_spacegroup_by_number(info.number).operations()
-        perms = itertools.permutations(range(3)) if info.crystal_system == "orthorhombic" else [(0, 1, 2)]
+        perms = (
+            itertools.permutations(range(3))
+            if info.crystal_system == "orthorhombic"
+            else [(0, 1, 2)]
+        )
         fingerprint = min(
-            tuple(np.flatnonzero(ops.systematic_absences(np.ascontiguousarray(hkl[:, list(p)], dtype=np.int32))))
+            tuple(
+                np.flatnonzero(
+                    ops.systematic_absences(np.ascontiguousarray(hkl[:, list(p)], dtype=np.int32))
+                )
+            )
             for p in perms
         )
         family = {"trigonal": "hexagonal"}.get(info.crystal_system, info.crystal_system)

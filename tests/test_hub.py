@@ -51,8 +51,14 @@ from physmoe.models.resnet1d_moe import ResNet1D_MoE, ResNet1DMoEConfig
 from physmoe.training import PhysMoETrainer
 
 NUM_POINTS = 128
-MODEL_FILES = {"config.json", "model.safetensors", "preprocessor_config.json",
-               "configuration_resnet1d_moe.py", "modeling_resnet1d_moe.py", "fast_path_resnet1d_moe.py"}
+MODEL_FILES = {
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "configuration_resnet1d_moe.py",
+    "modeling_resnet1d_moe.py",
+    "fast_path_resnet1d_moe.py",
+}
 EXPECTED_PUSH = MODEL_FILES | {".gitattributes", "README.md"}
 
 
@@ -60,9 +66,18 @@ def tiny_model(seed: int = 0) -> ResNet1D_MoE:
     """A ResNet1D_MoE small enough for milliseconds, with non-trivial miner state."""
     torch.manual_seed(seed)
     config = ResNet1DMoEConfig.from_preset(
-        "small", num_points=NUM_POINTS, stem_channels=8, stem_kernel_size=5, stem_stride=4,
-        hidden_sizes=(8, 16), pool_types=("max", "avg"), pool_paddings=(0, 0),
-        dropout_blocks=(), feature_dim=16, num_experts=4, tail_expert_ids=(2, 3),
+        "small",
+        num_points=NUM_POINTS,
+        stem_channels=8,
+        stem_kernel_size=5,
+        stem_stride=4,
+        hidden_sizes=(8, 16),
+        pool_types=("max", "avg"),
+        pool_paddings=(0, 0),
+        dropout_blocks=(),
+        feature_dim=16,
+        num_experts=4,
+        tail_expert_ids=(2, 3),
         projection_dim=8,
     )
     model = ResNet1D_MoE(config).eval()
@@ -112,7 +127,8 @@ def test_loopback_hub_speaks_the_hub_protocol(hub_server, tmp_path):
 
     content = b'{"answer": 42}\n'
     commit = api.create_commit(
-        repo_url.repo_id, operations=[CommitOperationAdd("data/answer.json", content)],
+        repo_url.repo_id,
+        operations=[CommitOperationAdd("data/answer.json", content)],
         commit_message="add answer",
     )
     info = api.model_info(repo_url.repo_id)
@@ -201,8 +217,11 @@ def test_push_checkpoint_updates_branches_and_skips_unchanged_files(hub_server, 
     push_checkpoint(folder, "versions", revision="card-update", include_training_state=True)
     assert hub_server.history(repo_id)[0].oid == first.oid  # main untouched
     branch = hub_server.files(repo_id, revision="card-update")
-    assert set(branch) == EXPECTED_PUSH | {"optimizer.pt", "trainer_state.json",
-                                           "training_args.bin"}
+    assert set(branch) == EXPECTED_PUSH | {
+        "optimizer.pt",
+        "trainer_state.json",
+        "training_args.bin",
+    }
     card = ModelCard(branch["README.md"].decode())
     assert [result.metric_value for result in card.data.eval_results] == [0.75]
 
@@ -224,7 +243,10 @@ def test_model_push_to_hub_then_from_pretrained(hub_server):
     model.push_to_hub("lab/tiny-direct", commit_message="weights")
     feature_extractor.push_to_hub("lab/tiny-direct", commit_message="grid")
     assert [c.summary for c in hub_server.history("lab/tiny-direct")] == [
-        "grid", "weights", "initial commit"]
+        "grid",
+        "weights",
+        "initial commit",
+    ]
     assert set(hub_server.files("lab/tiny-direct")) == EXPECTED_PUSH
     assert_same_model(ResNet1D_MoE.from_pretrained("lab/tiny-direct"), model)
     loaded_extractor = XRDFeatureExtractor.from_pretrained("lab/tiny-direct")
@@ -240,9 +262,18 @@ def test_trainer_push_to_hub_then_from_pretrained(hub_server, tmp_path):
         for i in range(8)
     ]
     args = TrainingArguments(
-        output_dir=str(tmp_path / "run"), push_to_hub=True, hub_model_id="tiny-trainer",
-        max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2, save_strategy="no",
-        report_to="none", use_cpu=True, disable_tqdm=True, logging_strategy="no", seed=0,
+        output_dir=str(tmp_path / "run"),
+        push_to_hub=True,
+        hub_model_id="tiny-trainer",
+        max_steps=2,
+        per_device_train_batch_size=4,
+        learning_rate=1e-2,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_strategy="no",
+        seed=0,
     )
     trainer = PhysMoETrainer(model=model, args=args, train_dataset=train_set)
     initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
@@ -254,12 +285,16 @@ def test_trainer_push_to_hub_then_from_pretrained(hub_server, tmp_path):
     assert hub_server.history(repo_id)[0].summary == "End of training"
     assert MODEL_FILES <= set(hub_server.files(repo_id))
     trained = trainer.model.eval()
-    assert any(not torch.equal(initial[name], tensor) for name, tensor in
-               trained.state_dict().items())  # the pushed weights are the trained ones
+    assert any(
+        not torch.equal(initial[name], tensor) for name, tensor in trained.state_dict().items()
+    )  # the pushed weights are the trained ones
     assert_same_model(ResNet1D_MoE.from_pretrained(repo_id), trained)
     # physmoe's card and the feature extractor travel with the push.
     assert ModelCard.load(hf_hub_download(repo_id, "README.md")).data.library_name == "physmoe"
-    assert XRDFeatureExtractor.from_pretrained(repo_id).to_dict() == XRDFeatureExtractor.from_config(model.config).to_dict()
+    assert (
+        XRDFeatureExtractor.from_pretrained(repo_id).to_dict()
+        == XRDFeatureExtractor.from_config(model.config).to_dict()
+    )
     assert hub_server.unhandled == []
 
 
@@ -287,7 +322,9 @@ def test_write_model_card_has_model_index_with_the_test_metrics(tmp_path):
     XRDFeatureExtractor.from_config(model.config).save_pretrained(folder)
 
     path = write_model_card(
-        folder, metrics=METRICS, longtail_table=LONGTAIL,
+        folder,
+        metrics=METRICS,
+        longtail_table=LONGTAIL,
         training_data={"dataset_name": "Synthetic PXRD patterns", "structures": 12000},
         conditions={"crystallite size (nm)": (10, 100), "Kα2": "on"},
         base_model="lab/base-model",
@@ -298,13 +335,21 @@ def test_write_model_card_has_model_index_with_the_test_metrics(tmp_path):
     assert card.data.license == "apache-2.0"
     assert card.data.base_model == "lab/base-model"
     scores = {  # model-index holds scores only: no counts, no None, no Trainer bookkeeping
-        "accuracy": 0.612, "top5_accuracy": 0.874, "balanced_accuracy": 0.433, "f1": 0.401,
-        "crystal_system_accuracy": 0.83, "ece": 0.031,
+        "accuracy": 0.612,
+        "top5_accuracy": 0.874,
+        "balanced_accuracy": 0.433,
+        "f1": 0.401,
+        "crystal_system_accuracy": 0.83,
+        "ece": 0.031,
     }
     results = card.data.eval_results
     assert {r.metric_type: r.metric_value for r in results} == scores
-    assert all(r.dataset_split == "test" and r.task_name == "Space-group classification"
-               and r.dataset_name == "Synthetic PXRD patterns" for r in results)
+    assert all(
+        r.dataset_split == "test"
+        and r.task_name == "Space-group classification"
+        and r.dataset_name == "Synthetic PXRD patterns"
+        for r in results
+    )
     assert card.data.model_name == "tiny-card"
     assert [r.metric_config for r in results if r.metric_type == "f1"] == ["macro"]
 
@@ -420,8 +465,14 @@ def test_checkpoint_files_selects_what_users_need(tmp_path):
     (folder / "rng_state.pth").write_bytes(b"rng")
     (folder / "notes.txt").write_text("private notes")
     (folder / "pytorch_model.bin").write_bytes(b"pickled weights")
-    model_files = ["config.json", "configuration_resnet1d_moe.py", "fast_path_resnet1d_moe.py",
-                   "model.safetensors", "modeling_resnet1d_moe.py", "preprocessor_config.json"]
+    model_files = [
+        "config.json",
+        "configuration_resnet1d_moe.py",
+        "fast_path_resnet1d_moe.py",
+        "model.safetensors",
+        "modeling_resnet1d_moe.py",
+        "preprocessor_config.json",
+    ]
     assert checkpoint_files(folder) == model_files
     assert checkpoint_files(folder, include_training_state=True) == sorted(
         model_files + ["optimizer.pt", "rng_state.pth", "trainer_state.json", "training_args.bin"]
@@ -454,13 +505,22 @@ def test_physmoe_push_cli_publishes_a_checkpoint(hub_server, tmp_path):
     model = tiny_model(seed=7)
     folder = save_checkpoint(model, tmp_path / "cli-checkpoint")
     env = {
-        **os.environ, "HF_ENDPOINT": hub_server.url, "HF_TOKEN": hub_server.token,
-        "HF_HOME": str(tmp_path / "cli-hf-home"), "HF_HUB_OFFLINE": "0",
+        **os.environ,
+        "HF_ENDPOINT": hub_server.url,
+        "HF_TOKEN": hub_server.token,
+        "HF_HOME": str(tmp_path / "cli-hf-home"),
+        "HF_HUB_OFFLINE": "0",
         "HF_HUB_DISABLE_TELEMETRY": "1",
     }
     env.pop("TRANSFORMERS_OFFLINE", None)
-    command = [sys.executable, "-c", "import sys; from physmoe.cli import main; "
-               "sys.argv[0] = 'physmoe'; sys.exit(main())", "push", str(folder), "cli-model"]
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from physmoe.cli import main; sys.argv[0] = 'physmoe'; sys.exit(main())",
+        "push",
+        str(folder),
+        "cli-model",
+    ]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 

@@ -37,11 +37,15 @@ def test_predictions_are_the_calibrated_top_k_of_the_model(saved_model):
     two_theta = np.linspace(5, 90, 500)
     intensity = rng.random(500)
     result = predictor.predict(two_theta, intensity, top_k=7)[0]
-    inputs = XRDFeatureExtractor.from_pretrained(saved_model)(two_theta, intensity, return_tensors="pt")["input_values"]
+    inputs = XRDFeatureExtractor.from_pretrained(saved_model)(
+        two_theta, intensity, return_tensors="pt"
+    )["input_values"]
     expected = reference_probabilities(saved_model, inputs, 2.5)[0]
     top = expected.topk(7)
     assert [c.space_group for c in result.candidates] == (top.indices + 1).tolist()
-    np.testing.assert_allclose([c.probability for c in result.candidates], top.values.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(
+        [c.probability for c in result.candidates], top.values.numpy(), rtol=1e-5
+    )
     assert [c.rank for c in result.candidates] == list(range(1, 8))
     first = result.best
     assert first.symbol == space_group_symbol(first.space_group)
@@ -65,14 +69,21 @@ def test_pattern_files_at_another_wavelength(saved_model, tmp_path):
     predictor = SpaceGroupPredictor.from_pretrained(saved_model, autocast_dtype=torch.float32)
     # Silicon lines measured with Co K-alpha: the file states no wavelength, the caller does.
     cobalt = 1.78897
-    peaks = simulate_peaks(EXAMPLES / "NaCl_rocksalt.cif", wavelength=cobalt, two_theta_range=(5, 120))
+    peaks = simulate_peaks(
+        EXAMPLES / "NaCl_rocksalt.cif", wavelength=cobalt, two_theta_range=(5, 120)
+    )
     two_theta = np.linspace(5, 120, 2000)
-    intensity = sum(h * np.exp(-0.5 * ((two_theta - p) / 0.2) ** 2) for p, h in zip(peaks.two_theta, peaks.intensity, strict=True))
+    intensity = sum(
+        h * np.exp(-0.5 * ((two_theta - p) / 0.2) ** 2)
+        for p, h in zip(peaks.two_theta, peaks.intensity, strict=True)
+    )
     path = tmp_path / "scan.xy"
     np.savetxt(path, np.column_stack([two_theta, intensity]))
     from_file = predictor.predict_file(path, wavelength=cobalt, top_k=4)
     direct = predictor.predict(two_theta, intensity, wavelength=cobalt, top_k=4)[0]
-    assert [c.space_group for c in from_file.candidates] == [c.space_group for c in direct.candidates]
+    assert [c.space_group for c in from_file.candidates] == [
+        c.space_group for c in direct.candidates
+    ]
     assert from_file.source == "scan.xy"
     table = format_predictions([from_file])
     assert "scan.xy" in table and from_file.best.symbol in table and "probability" in table
@@ -88,8 +99,12 @@ def test_bad_inputs_are_refused(saved_model):
         SpaceGroupPredictor(predictor.model, temperature=0.0)
     with pytest.raises(ValueError, match="1 sources for 3 patterns"):
         predictor.predict_input_values(torch.rand(3, 64), sources=["a.xy"])
-    assert [p.source for p in predictor.predict_input_values(torch.rand(2, 64), sources=["a", "b"])] == ["a", "b"]
-    anonymous = ResNet1D_MoE(tiny_config(num_labels=10, hierarchical_inference="none", loss_preset="cross_entropy"))
+    assert [
+        p.source for p in predictor.predict_input_values(torch.rand(2, 64), sources=["a", "b"])
+    ] == ["a", "b"]
+    anonymous = ResNet1D_MoE(
+        tiny_config(num_labels=10, hierarchical_inference="none", loss_preset="cross_entropy")
+    )
     with pytest.raises(ValueError, match="10 labels are not known space groups"):
         SpaceGroupPredictor(anonymous)
 
@@ -160,8 +175,12 @@ def test_what_cannot_be_a_pattern_is_refused_with_the_reason(saved_model):
 def test_predictions_of_a_model_over_a_subset_of_groups_name_those_groups():
     torch.manual_seed(1)
     numbers = [14, 62, 225]  # labels 0, 1, 2
-    model = ResNet1D_MoE(tiny_config(num_labels=3, label_space_groups=numbers, loss_preset="cross_entropy"))
-    result = SpaceGroupPredictor(model, autocast_dtype=torch.float32).predict_input_values(torch.rand(1, 64), top_k=3)[0]
+    model = ResNet1D_MoE(
+        tiny_config(num_labels=3, label_space_groups=numbers, loss_preset="cross_entropy")
+    )
+    result = SpaceGroupPredictor(model, autocast_dtype=torch.float32).predict_input_values(
+        torch.rand(1, 64), top_k=3
+    )[0]
     assert sorted(c.space_group for c in result.candidates) == numbers
     assert {c.symbol for c in result.candidates} == {"P2_1/c", "Pnma", "Fm-3m"}
 
@@ -177,7 +196,9 @@ def test_abstention_threshold(saved_model):
     # Strictly below the threshold is uncertain; the candidates are listed all the same.
     assert [p.uncertain for p in flagged] == (best < threshold).tolist()
     assert sum(p.uncertain for p in flagged) == 1
-    assert [[c.space_group for c in p.candidates] for p in flagged] == [[c.space_group for c in p.candidates] for p in plain]
+    assert [[c.space_group for c in p.candidates] for p in flagged] == [
+        [c.space_group for c in p.candidates] for p in plain
+    ]
     assert all(p.uncertain for p in predictor.predict_input_values(patterns, min_confidence=1.0))
     assert not any(p.uncertain for p in predictor.predict_input_values(patterns, min_confidence=0))
     table = format_predictions(flagged)
@@ -241,7 +262,9 @@ def test_cli_predict_min_confidence_and_json(saved_model, capsys):
     assert record["uncertain"] is True and record["min_confidence"] == 1.0
     best = record["candidates"][0]["space_group"]
     assert record["indistinguishable_space_groups"] == list(indistinguishable_groups(best))
-    assert record["indistinguishable"] == [space_group_symbol(n) for n in indistinguishable_groups(best)]
+    assert record["indistinguishable"] == [
+        space_group_symbol(n) for n in indistinguishable_groups(best)
+    ]
     assert record["indistinguishable_probability"] >= record["candidates"][0]["probability"]
     assert main(["predict", str(saved_model), cif, "--min-confidence", "0.0"]) == 0
     printed = capsys.readouterr().out
@@ -317,7 +340,10 @@ def test_a_corrupt_or_mismatched_preprocessor_config_is_refused(saved_model, tmp
     other_grid = tmp_path / "other_grid"
     shutil.copytree(saved_model, other_grid)
     XRDFeatureExtractor(num_points=128).save_pretrained(other_grid)
-    with pytest.raises(ValueError, match=r"grid \(preprocessor_config\.json\) .*num_points=128.* differs .*num_points=64"):
+    with pytest.raises(
+        ValueError,
+        match=r"grid \(preprocessor_config\.json\) .*num_points=128.* differs .*num_points=64",
+    ):
         SpaceGroupPredictor.from_pretrained(other_grid)
     missing = tmp_path / "missing"
     shutil.copytree(saved_model, missing)

@@ -46,9 +46,14 @@ def test_predict_without_a_model_uses_the_shipped_checkpoint(tiny_folder, monkey
     monkeypatch.setattr("physmoe.inference._SHIPPED_CHECKPOINT", tiny_folder)
     assert main(["predict", NACL, str(EXAMPLES / "TiO2_rutile.cif"), "--json"]) == 0
     shipped = json.loads(capsys.readouterr().out)
-    assert main(["predict", str(tiny_folder), NACL, str(EXAMPLES / "TiO2_rutile.cif"), "--json"]) == 0
+    assert (
+        main(["predict", str(tiny_folder), NACL, str(EXAMPLES / "TiO2_rutile.cif"), "--json"]) == 0
+    )
     named = json.loads(capsys.readouterr().out)
-    assert shipped == named and [r["source"] for r in shipped] == ["NaCl_rocksalt.cif", "TiO2_rutile.cif"]
+    assert shipped == named and [r["source"] for r in shipped] == [
+        "NaCl_rocksalt.cif",
+        "TiO2_rutile.cif",
+    ]
     assert main(["predict", "--model", str(tiny_folder), NACL, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == named[:1]
 
@@ -62,7 +67,9 @@ def test_predict_without_a_model_uses_the_shipped_checkpoint(tiny_folder, monkey
         (["user/model", "a.xy", "b.xy"], "user/model", ["a.xy", "b.xy"]),  # a Hub id
     ],
 )
-def test_which_argument_is_the_model(inputs, expected_model, expected_files, tiny_folder, monkeypatch):
+def test_which_argument_is_the_model(
+    inputs, expected_model, expected_files, tiny_folder, monkeypatch
+):
     monkeypatch.setattr("physmoe.inference._SHIPPED_CHECKPOINT", tiny_folder)
     monkeypatch.chdir(ROOT)
     model, files = _predict_model_and_files(None, inputs)
@@ -91,8 +98,14 @@ def test_the_shipped_checkpoint_scores_what_its_card_reports():
     recorded = json.loads((folder / "real_benchmark.json").read_text())["clean"]
     measured = run_real_benchmark(model, conditions="clean")
     assert measured["num_samples"] == recorded["num_samples"] >= 300
-    for key in ("top1_accuracy", "top5_accuracy", "crystal_system_accuracy"):  # one structure of slack
-        assert measured[key] == pytest.approx(recorded[key], abs=1.01 / recorded["num_samples"]), key
+    for key in (
+        "top1_accuracy",
+        "top5_accuracy",
+        "crystal_system_accuracy",
+    ):  # one structure of slack
+        assert measured[key] == pytest.approx(recorded[key], abs=1.01 / recorded["num_samples"]), (
+            key
+        )
         assert f"{recorded[key]:.3f}" in (folder / "README.md").read_text(), key
     # Far above the frequency baselines (real-structure top-1 0.038, crystal system 0.184).
     assert measured["top1_accuracy"] > 3 * measured["baseline_prior_top1_accuracy"]
@@ -101,10 +114,15 @@ def test_the_shipped_checkpoint_scores_what_its_card_reports():
 
 def test_the_shipped_checkpoint_through_the_predictor():
     predictor = SpaceGroupPredictor.from_pretrained(default_checkpoint())
-    assert predictor.temperature == ResNet1D_MoE.from_pretrained(default_checkpoint()).config.calibration_temperature
+    assert (
+        predictor.temperature
+        == ResNet1D_MoE.from_pretrained(default_checkpoint()).config.calibration_temperature
+    )
     (result,) = [predictor.predict_file(NACL, top_k=5)]
     probabilities = [candidate.probability for candidate in result.candidates]
-    assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+    assert (
+        probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1 + 1e-6
+    )
     assert result.candidates[0].crystal_system == "cubic"  # rock salt
 
 
@@ -117,8 +135,20 @@ def test_the_wheel_carries_the_checkpoint_and_predicts_from_any_folder(tmp_path,
     physmoe itself only from the wheel) and predict from another folder with no model named."""
     dist = tmp_path / "dist"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(dist),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
     )
     (wheel,) = dist.glob("physmoe-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -135,20 +165,37 @@ def test_the_wheel_carries_the_checkpoint_and_predicts_from_any_folder(tmp_path,
     # .pth files (so an editable physmoe there stays invisible).
     Path(purelib, "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     subprocess.run(
-        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)],
-        check=True, capture_output=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(python),
+            "install",
+            "-q",
+            "--no-deps",
+            str(wheel),
+        ],
+        check=True,
+        capture_output=True,
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     where = subprocess.check_output(
         [str(python), "-c", "import physmoe.inference as i; print(i.default_checkpoint())"],
-        cwd=elsewhere, env=environment, text=True,
+        cwd=elsewhere,
+        env=environment,
+        text=True,
     ).strip()
     assert where.startswith(purelib), where
     answer = subprocess.run(
         [str(env / "bin" / "physmoe"), "predict", NACL, "--json"],
-        cwd=elsewhere, env=environment, text=True, capture_output=True, check=True,
+        cwd=elsewhere,
+        env=environment,
+        text=True,
+        capture_output=True,
+        check=True,
     )
     assert main(["predict", NACL, "--json"]) == 0
     assert json.loads(answer.stdout) == json.loads(capsys.readouterr().out)

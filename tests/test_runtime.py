@@ -24,7 +24,9 @@ def test_recommended_precision(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
     assert recommended_autocast_dtype("cuda") is None
     with recommended_autocast("cpu", dtype=torch.bfloat16):
-        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert (
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        )
     with recommended_autocast("cpu", dtype=None):
         assert not torch.is_autocast_enabled("cpu")
 
@@ -57,7 +59,9 @@ MALLOC_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc")
 def test_configure_malloc_stops_page_faults_on_reallocation():
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    result = subprocess.run([sys.executable, "-c", MALLOC_SCRIPT], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", MALLOC_SCRIPT], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["method"] == "mallopt"

@@ -27,7 +27,9 @@ def peak_rows(count: int, seed: int = 0, num_classes: int = 5) -> Dataset:
     for i in range(count):
         label = int(rng.integers(0, num_classes)) * 40  # a few well-separated groups
         n = 6 + label // 40
-        positions = np.sort(10 + 70 * rng.random(n)) if i % 2 else np.linspace(10 + label / 8, 80, n)
+        positions = (
+            np.sort(10 + 70 * rng.random(n)) if i % 2 else np.linspace(10 + label / 8, 80, n)
+        )
         rows["peak_two_theta"].append(positions.astype(np.float32).tolist())
         rows["peak_intensity"].append((100 * rng.random(n)).astype(np.float32).tolist())
         rows["space_group"].append(label)
@@ -65,7 +67,9 @@ def freeze_batch_norm(model: nn.Module) -> None:
     mean over independent samples (batch statistics would couple them)."""
     for module in model.modules():
         if isinstance(module, nn.BatchNorm1d):
-            module.train = types.MethodType(lambda self, mode=True: nn.Module.train(self, False), module)
+            module.train = types.MethodType(
+                lambda self, mode=True: nn.Module.train(self, False), module
+            )
             module.eval()
 
 
@@ -81,13 +85,17 @@ def test_trainer_surfaces_the_physmoe_loss_and_logs_averaged_components(tmp_path
         return output
 
     model.forward = recording_forward
-    trainer = PhysMoETrainer(model, arguments(tmp_path, logging_steps=2, max_steps=4), train_dataset=peak_rows(16))
+    trainer = PhysMoETrainer(
+        model, arguments(tmp_path, logging_steps=2, max_steps=4), train_dataset=peak_rows(16)
+    )
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss_dol" in entry]
     assert len(logs) == 2
     for log, steps in zip(logs, (recorded[0:2], recorded[2:4]), strict=True):
         for name in ("loss_scl", "loss_dol", "loss_col", "loss_sys", "loss_sg", "loss_reg"):
-            assert log[name] == pytest.approx(np.mean([step[name] for step in steps]), rel=1e-4, abs=1e-6)
+            assert log[name] == pytest.approx(
+                np.mean([step[name] for step in steps]), rel=1e-4, abs=1e-6
+            )
 
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
@@ -99,23 +107,43 @@ def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
         model = tiny_model(loss_preset="cross_entropy")
         freeze_batch_norm(model)
         args = arguments(
-            tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
-            max_steps=1, optim="sgd", learning_rate=0.5, lr_scheduler_type="constant", max_grad_norm=0.0,
+            tmp_path,
+            per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation,
+            max_steps=1,
+            optim="sgd",
+            learning_rate=0.5,
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,
         )
-        trainer = PhysMoETrainer(model, args, train_dataset=data, data_collator=PXRDCollator(TwoThetaGrid.from_config(model.config)))
+        trainer = PhysMoETrainer(
+            model,
+            args,
+            train_dataset=data,
+            data_collator=PXRDCollator(TwoThetaGrid.from_config(model.config)),
+        )
         trainer.train()
         finals.append(model)
     start = tiny_model(loss_preset="cross_entropy").state_dict()
     one, two = (m.state_dict() for m in finals)
-    moved = [name for name in one if one[name].is_floating_point() and not torch.equal(one[name], start[name])]
+    moved = [
+        name
+        for name in one
+        if one[name].is_floating_point() and not torch.equal(one[name], start[name])
+    ]
     assert moved, "training changed nothing"
     for name in moved:
         torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
     # The miner saw the whole accumulated batch once: identical state either way.
     for buffer in ("prototypes", "confusion_matrix"):
-        assert torch.equal(getattr(finals[0].hard_negative_miner, buffer), getattr(finals[1].hard_negative_miner, buffer))
+        assert torch.equal(
+            getattr(finals[0].hard_negative_miner, buffer),
+            getattr(finals[1].hard_negative_miner, buffer),
+        )
     # 8 samples counted once, then the end-of-epoch decay.
-    assert float(finals[0].hard_negative_miner.confusion_matrix.sum()) == pytest.approx(8 * (1 - 0.9))
+    assert float(finals[0].hard_negative_miner.confusion_matrix.sum()) == pytest.approx(
+        8 * (1 - 0.9)
+    )
 
 
 def test_miner_counts_every_training_sample_and_decays_once_per_epoch(tmp_path):
@@ -126,7 +154,9 @@ def test_miner_counts_every_training_sample_and_decays_once_per_epoch(tmp_path):
     momentum = model.config.hnm_momentum
     # Epoch 1 adds 16 and decays, epoch 2 adds 16 and decays.
     expected = (16 * (1 - momentum) + 16) * (1 - momentum)
-    assert float(model.hard_negative_miner.confusion_matrix.sum()) == pytest.approx(expected, rel=1e-6)
+    assert float(model.hard_negative_miner.confusion_matrix.sum()) == pytest.approx(
+        expected, rel=1e-6
+    )
     seen = torch.zeros(230, dtype=torch.bool)
     seen[torch.tensor(data["space_group"])] = True
     has_prototype = model.hard_negative_miner.prototypes.abs().sum(1) > 0
@@ -136,9 +166,23 @@ def test_miner_counts_every_training_sample_and_decays_once_per_epoch(tmp_path):
 def test_plain_training_arguments_keep_the_peak_columns(tmp_path, caplog):
     from transformers import TrainingArguments
 
-    plain = TrainingArguments(**{k: v for k, v in vars(arguments(tmp_path, max_steps=2)).items()
-                                 if k in ("output_dir", "per_device_train_batch_size", "max_steps", "report_to",
-                                          "use_cpu", "seed", "disable_tqdm", "save_strategy")})
+    plain = TrainingArguments(
+        **{
+            k: v
+            for k, v in vars(arguments(tmp_path, max_steps=2)).items()
+            if k
+            in (
+                "output_dir",
+                "per_device_train_batch_size",
+                "max_steps",
+                "report_to",
+                "use_cpu",
+                "seed",
+                "disable_tqdm",
+                "save_strategy",
+            )
+        }
+    )
     assert plain.remove_unused_columns
     model = tiny_model()
     trainer = PhysMoETrainer(model, plain, train_dataset=peak_rows(8))
@@ -189,8 +233,12 @@ def test_training_with_the_validating_collator_has_no_host_sync_per_step(tmp_pat
             self.seen.append((model._skip_value_checks, model.hard_negative_miner.validate))
 
     model, record = tiny_model(), Record()
-    trainer = PhysMoETrainer(model, arguments(tmp_path, max_steps=2), train_dataset=peak_rows(8), callbacks=[record])
-    assert _host_reads_in_compute_loss(trainer) == []  # PXRDCollator checked the batches on the host
+    trainer = PhysMoETrainer(
+        model, arguments(tmp_path, max_steps=2), train_dataset=peak_rows(8), callbacks=[record]
+    )
+    assert (
+        _host_reads_in_compute_loss(trainer) == []
+    )  # PXRDCollator checked the batches on the host
     assert record.seen == [(True, False)] * 2
     assert (model._skip_value_checks, model.hard_negative_miner.validate) == (False, True)
 
@@ -204,7 +252,11 @@ def test_training_with_the_validating_collator_has_no_host_sync_per_step(tmp_pat
         }
 
     trainer = PhysMoETrainer(
-        model, arguments(tmp_path, max_steps=2), data_collator=plain, train_dataset=stored_rows(8), callbacks=[record]
+        model,
+        arguments(tmp_path, max_steps=2),
+        data_collator=plain,
+        train_dataset=stored_rows(8),
+        callbacks=[record],
     )
     assert "__bool__" in _host_reads_in_compute_loss(trainer)
     assert record.seen == [(False, True)] * 2
@@ -213,7 +265,9 @@ def test_training_with_the_validating_collator_has_no_host_sync_per_step(tmp_pat
 def test_evaluation_uses_clean_patterns_and_whole_split_metrics(tmp_path):
     model = tiny_model()
     train, validation = peak_rows(16, seed=0), peak_rows(10, seed=1)
-    trainer = PhysMoETrainer(model, arguments(tmp_path, max_steps=1), train_dataset=train, eval_dataset=validation)
+    trainer = PhysMoETrainer(
+        model, arguments(tmp_path, max_steps=1), train_dataset=train, eval_dataset=validation
+    )
     first, second = trainer.evaluate(), trainer.evaluate()
     assert first["eval_top1_accuracy"] == second["eval_top1_accuracy"]
     assert first["eval_loss"] == pytest.approx(second["eval_loss"], rel=1e-6)
@@ -226,10 +280,17 @@ def test_evaluation_uses_clean_patterns_and_whole_split_metrics(tmp_path):
     assert first["eval_top1_accuracy"] == pytest.approx(accuracy, abs=1e-6)
     # Per-expert accuracy from the experts' arg-max, gathered instead of their [N, K, C] logits.
     for k in range(model.config.num_experts):
-        expert_accuracy = float((outputs.expert_logits[:, k].argmax(1) == clean["labels"]).float().mean())
+        expert_accuracy = float(
+            (outputs.expert_logits[:, k].argmax(1) == clean["labels"]).float().mean()
+        )
         assert first[f"eval_expert_{k}_top1_accuracy"] == pytest.approx(expert_accuracy, abs=1e-6)
     predicted = trainer.predict(validation).predictions
-    assert [tuple(part.shape) for part in predicted] == [(10, 230), (10, 230), (10, 7), (10, model.config.num_experts)]
+    assert [tuple(part.shape) for part in predicted] == [
+        (10, 230),
+        (10, 230),
+        (10, 7),
+        (10, model.config.num_experts),
+    ]
     assert "eval_few_shot_accuracy" in first and "eval_balanced_accuracy" in first
     assert trainer.train_class_counts.sum() == 16
 
@@ -250,7 +311,11 @@ def test_resume_from_a_mid_training_checkpoint_matches_an_uninterrupted_run(tmp_
     def run(output_dir, resume=None, max_steps=None):
         model = tiny_model(hidden_dropout_prob=0.2)
         args = arguments(
-            tmp_path, output_dir=str(output_dir), num_train_epochs=2, save_strategy="steps", save_steps=4,
+            tmp_path,
+            output_dir=str(output_dir),
+            num_train_epochs=2,
+            save_strategy="steps",
+            save_steps=4,
             logging_steps=3,
         )
         trainer = PhysMoETrainer(model, args, train_dataset=data)
@@ -290,7 +355,9 @@ def test_metrics_callable_and_class_counts():
     system_logits = np.zeros((4, 7), dtype=np.float32)
     from transformers import EvalPrediction
 
-    metrics = SpaceGroupMetrics(class_counts([0, 0, 1]))(EvalPrediction((logits, logits, system_logits), np.array([0, 1, 2, 3])))
+    metrics = SpaceGroupMetrics(class_counts([0, 0, 1]))(
+        EvalPrediction((logits, logits, system_logits), np.array([0, 1, 2, 3]))
+    )
     assert metrics["top1_accuracy"] == pytest.approx(0.75)
     assert metrics["few_shot_accuracy"] == pytest.approx(0.75)
     with pytest.raises(ValueError, match="0..229"):
@@ -301,14 +368,22 @@ def test_metrics_callable_and_class_counts():
 
 # What Trainer._save_checkpoint writes, in the order it writes it (trainer_state.json last).
 _CHECKPOINT_FILES = (
-    "modeling_resnet1d_moe.py", "configuration_resnet1d_moe.py", "fast_path_resnet1d_moe.py",
-    "config.json", "model.safetensors",
-    "preprocessor_config.json", "training_args.bin", "optimizer.pt", "scheduler.pt",
-    "rng_state.pth", "trainer_state.json",
+    "modeling_resnet1d_moe.py",
+    "configuration_resnet1d_moe.py",
+    "fast_path_resnet1d_moe.py",
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "training_args.bin",
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "trainer_state.json",
 )
 # The files resuming reads: a missing or truncated one makes the checkpoint incomplete.
 _RESUME_FILES = tuple(
-    name for name in _CHECKPOINT_FILES
+    name
+    for name in _CHECKPOINT_FILES
     if not name.endswith(".py") and name != "preprocessor_config.json"
 )
 
@@ -341,7 +416,7 @@ def _truncate(path):
 def _kill_while_saving(folder, index: int) -> None:
     """As if the process died while writing file ``index`` of the save: earlier files whole, this
     one half written, later ones never written."""
-    for later in _CHECKPOINT_FILES[index + 1:]:
+    for later in _CHECKPOINT_FILES[index + 1 :]:
         (folder / later).unlink()
     _truncate(folder / _CHECKPOINT_FILES[index])
 

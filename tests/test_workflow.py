@@ -24,8 +24,14 @@ def real_checkpoint(output_dir: Path, steps: int = 2) -> Path:
         "space_group": [1, 14, 62, 225] * 2,
     }
     args = PhysMoETrainingArguments(
-        output_dir=str(output_dir), per_device_train_batch_size=4, max_steps=steps,
-        save_strategy="steps", save_steps=steps, report_to=[], use_cpu=True, disable_tqdm=True,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        max_steps=steps,
+        save_strategy="steps",
+        save_steps=steps,
+        report_to=[],
+        use_cpu=True,
+        disable_tqdm=True,
     )
     PhysMoETrainer(tiny_model(), args, train_dataset=Dataset.from_dict(rows)).train()
     return output_dir / f"checkpoint-{steps}"
@@ -42,7 +48,8 @@ def finished_run(out: Path, tag: str) -> None:
 
 def contents(folder: Path) -> dict[str, str]:
     return {
-        str(path.relative_to(folder)): path.read_text() for path in folder.rglob("*")
+        str(path.relative_to(folder)): path.read_text()
+        for path in folder.rglob("*")
         if path.is_file() and path.parent.name != "checkpoint-2"
     }
 
@@ -75,8 +82,12 @@ def test_replacing_a_finished_model_trains_beside_it_and_swaps_at_the_end(tmp_pa
     _replace_outputs(new, out)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
     assert contents(out) == {
-        "notes.txt": "mine", "model.safetensors": "new", "config.json": "new", "README.md": "new",
-        "all_results.json": "new", "example_top5.png": "new",
+        "notes.txt": "mine",
+        "model.safetensors": "new",
+        "config.json": "new",
+        "README.md": "new",
+        "all_results.json": "new",
+        "example_top5.png": "new",
     }
     assert (out / "checkpoint-2" / "trainer_state.json").is_file()
     assert not (out / "checkpoint-10").exists()

@@ -52,7 +52,9 @@ def _setup_logging(verbose: bool) -> None:
     import transformers
 
     level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     logging.getLogger("physmoe").setLevel(logging.INFO)
     transformers.utils.logging.set_verbosity(level)
 
@@ -60,17 +62,21 @@ def _setup_logging(verbose: bool) -> None:
 def _metrics_table(metrics: dict, prefix: str, title: str) -> str:
     from .evaluation import format_metrics_table
 
-    plain = {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+    plain = {k[len(prefix) :]: v for k, v in metrics.items() if k.startswith(prefix)}
     # The summary, then the rest (reference buckets, per-expert ...) in a stable order.
     ordered = {k: plain[k] for k in _SUMMARY if k in plain}
     skipped = ("runtime", "samples_per_second", "steps_per_second")
-    ordered.update({k: v for k, v in sorted(plain.items()) if k not in ordered and k not in skipped})
+    ordered.update(
+        {k: v for k, v in sorted(plain.items()) if k not in ordered and k not in skipped}
+    )
     return format_metrics_table(ordered, title=title)
 
 
 def _confused_pairs_table(pairs: list[dict]) -> str:
-    lines = ["hard-negative miner: most-confused pairs (decayed training counts)",
-             f"{'true space group':<22}{'predicted as':<22}{'count':>8}"]
+    lines = [
+        "hard-negative miner: most-confused pairs (decayed training counts)",
+        f"{'true space group':<22}{'predicted as':<22}{'count':>8}",
+    ]
     lines += [f"{pair['true']:<22}{pair['predicted']:<22}{pair['count']:>8.1f}" for pair in pairs]
     return "\n".join(lines)
 
@@ -82,8 +88,14 @@ def _simulate(args: argparse.Namespace) -> int:
     from .data.generate import generate_dataset
 
     dataset = generate_dataset(
-        args.out_dir, args.num_structures, seed=args.seed, prior=args.prior, num_proc=args.num_proc,
-        shard_size=args.shard_size, max_atoms=args.max_atoms, overwrite=args.overwrite,
+        args.out_dir,
+        args.num_structures,
+        seed=args.seed,
+        prior=args.prior,
+        num_proc=args.num_proc,
+        shard_size=args.shard_size,
+        max_atoms=args.max_atoms,
+        overwrite=args.overwrite,
         generator=args.generator,
     )
     print(f"dataset written to {Path(args.out_dir) / 'dataset'}")
@@ -104,13 +116,18 @@ def _train(argv: Sequence[str]) -> int:
     from .training import PhysMoETrainingArguments
     from .workflow import DataArguments, ModelArguments, RunArguments, train_and_evaluate
 
-    parser = HfArgumentParser((ModelArguments, DataArguments, RunArguments, PhysMoETrainingArguments))
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, RunArguments, PhysMoETrainingArguments)
+    )
     parser.prog = "physmoe train CONFIG.yaml"
     if argv[:1] in (["-h"], ["--help"]):
         parser.print_help()
         return 0
     if not argv or argv[0].startswith("-"):
-        print("usage: physmoe train CONFIG.yaml [--field value ...]  (physmoe train --help lists the fields)", file=sys.stderr)
+        print(
+            "usage: physmoe train CONFIG.yaml [--field value ...]  (physmoe train --help lists the fields)",
+            file=sys.stderr,
+        )
         return 2
     config_path, overrides = Path(argv[0]), list(argv[1:])
     if config_path.is_dir():
@@ -134,7 +151,9 @@ def _train(argv: Sequence[str]) -> int:
         print(f"error: {config_path} is not UTF-8 text: {error}", file=sys.stderr)
         return 2
     if not isinstance(settings, dict):
-        print(f"error: {config_path} must hold a mapping of argument names to values", file=sys.stderr)
+        print(
+            f"error: {config_path} must hold a mapping of argument names to values", file=sys.stderr
+        )
         return 2
     if isinstance(settings.get("model_overrides"), dict):
         settings["model_overrides"] = json.dumps(settings["model_overrides"])
@@ -151,7 +170,9 @@ def _train(argv: Sequence[str]) -> int:
         # A progress bar redrawn into a log file is one line per step: log summaries instead
         # (every logging_steps), as the Trainer does when its bar is off.
         parser.set_defaults(disable_tqdm=True)
-    model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(args=overrides)
+    model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(
+        args=overrides
+    )
     chose_precision = any(key in settings for key in ("bf16", "fp16")) or any(
         argument.split("=")[0] in ("--bf16", "--fp16") for argument in overrides
     )
@@ -180,15 +201,23 @@ def _train(argv: Sequence[str]) -> int:
     results = train_and_evaluate(model_args, data_args, run_args, training_args)
     if training_args.process_index == 0:
         print(_metrics_table(results, "test_", f"test split ({training_args.output_dir})"))
-        print(f"calibration temperature (fitted on validation): {results['calibration_temperature']:.3f}")
+        print(
+            f"calibration temperature (fitted on validation): {results['calibration_temperature']:.3f}"
+        )
         if results.get("hnm_most_confused_pairs"):
             print(_confused_pairs_table(results["hnm_most_confused_pairs"]))
         print(f"model, card, metrics and plots saved in {training_args.output_dir}")
         if run_args.predict_files:
             from .inference import SpaceGroupPredictor, format_predictions
 
-            predictor = SpaceGroupPredictor.from_pretrained(training_args.output_dir)  # reload from disk
-            print(format_predictions([predictor.predict_file(path) for path in run_args.predict_files]))
+            predictor = SpaceGroupPredictor.from_pretrained(
+                training_args.output_dir
+            )  # reload from disk
+            print(
+                format_predictions(
+                    [predictor.predict_file(path) for path in run_args.predict_files]
+                )
+            )
     return 0
 
 
@@ -204,8 +233,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         from .evaluation.real import evaluate_real_checkpoint, format_real_benchmark
 
         metrics = evaluate_real_checkpoint(
-            args.checkpoint, conditions=args.conditions or "clean", batch_size=args.batch_size,
-            max_samples=args.max_samples, seed=args.seed,
+            args.checkpoint,
+            conditions=args.conditions or "clean",
+            batch_size=args.batch_size,
+            max_samples=args.max_samples,
+            seed=args.seed,
         )
         print(format_real_benchmark(metrics, title=f"real-structure benchmark ({args.checkpoint})"))
         if args.output:
@@ -216,10 +248,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise ValueError("--conditions applies to the real-structure benchmark only: add --real")
     from .workflow import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, split=args.split, batch_size=args.batch_size, max_samples=args.max_samples)
-    print(_metrics_table(metrics, f"{args.split}_", f"{args.split} split of {args.dataset} ({args.checkpoint})"))
+    metrics = evaluate_checkpoint(
+        args.checkpoint,
+        dataset=args.dataset,
+        split=args.split,
+        batch_size=args.batch_size,
+        max_samples=args.max_samples,
+    )
+    print(
+        _metrics_table(
+            metrics, f"{args.split}_", f"{args.split} split of {args.dataset} ({args.checkpoint})"
+        )
+    )
     if args.output:
-        Path(args.output).write_text(json.dumps(metrics, indent=2, allow_nan=False), encoding="utf-8")
+        Path(args.output).write_text(
+            json.dumps(metrics, indent=2, allow_nan=False), encoding="utf-8"
+        )
     return 0
 
 
@@ -281,19 +325,30 @@ def _push(args: argparse.Namespace) -> int:
     from .hub import push_checkpoint
 
     url = push_checkpoint(
-        args.checkpoint, args.repo_id, private=args.private, revision=args.revision, commit_message=args.commit_message,
-        token=args.token, include_training_state=args.include_training_state,
+        args.checkpoint,
+        args.repo_id,
+        private=args.private,
+        revision=args.revision,
+        commit_message=args.commit_message,
+        token=args.token,
+        include_training_state=args.include_training_state,
     )
     print(url)
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="physmoe", description="Space-group classification from PXRD patterns.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) to stderr")
+    parser = argparse.ArgumentParser(
+        prog="physmoe", description="Space-group classification from PXRD patterns."
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log progress (INFO) to stderr"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    simulate = commands.add_parser("simulate", help="generate a long-tailed dataset of random crystals")
+    simulate = commands.add_parser(
+        "simulate", help="generate a long-tailed dataset of random crystals"
+    )
     simulate.add_argument("out_dir")
     simulate.add_argument("--num-structures", type=int, default=10_000)
     simulate.add_argument("--seed", type=int, default=0)
@@ -302,16 +357,25 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--shard-size", type=int, default=500)
     simulate.add_argument("--max-atoms", type=int, default=64)
     simulate.add_argument(
-        "--generator", choices=("pyxtal", "fast"), default="pyxtal",
+        "--generator",
+        choices=("pyxtal", "fast"),
+        default="pyxtal",
         help="pyxtal (needs physmoe[sim]) or fast (RandomCrystalGenerator, ~25x faster)",
     )
-    simulate.add_argument("--overwrite", action="store_true", help="reuse a non-empty out_dir of another run")
+    simulate.add_argument(
+        "--overwrite", action="store_true", help="reuse a non-empty out_dir of another run"
+    )
 
-    commands.add_parser("train", help="train, calibrate and test a model from a YAML config", add_help=False)
+    commands.add_parser(
+        "train", help="train, calibrate and test a model from a YAML config", add_help=False
+    )
 
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
     evaluate.add_argument(
-        "checkpoint", nargs="?", default=None, help="model folder or Hub id (default: the shipped one)"
+        "checkpoint",
+        nargs="?",
+        default=None,
+        help="model folder or Hub id (default: the shipped one)",
     )
     evaluate.add_argument("--dataset", default="default", help="DatasetDict path or 'default'")
     evaluate.add_argument("--split", default="test")
@@ -319,11 +383,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-samples", type=int, default=None)
     evaluate.add_argument("--output", help="also write the metrics as JSON here")
     evaluate.add_argument(
-        "--real", action="store_true",
+        "--real",
+        action="store_true",
         help="the real-structure benchmark (419 structures shipped with physmoe; a test set only)",
     )
     evaluate.add_argument(
-        "--conditions", choices=("clean", "lab"), default=None,
+        "--conditions",
+        choices=("clean", "lab"),
+        default=None,
         help="with --real: clean patterns (default) or fixed-seed laboratory realism",
     )
     evaluate.add_argument(
@@ -338,18 +405,29 @@ def build_parser() -> argparse.ArgumentParser:
         description="MODEL (a saved folder or a Hub id; or --model) is optional: without it the "
         "pretrained checkpoint shipped with the package is used.",
     )
-    predict.add_argument("inputs", nargs="+", metavar="[MODEL] FILE", help="optional model, then files")
+    predict.add_argument(
+        "inputs", nargs="+", metavar="[MODEL] FILE", help="optional model, then files"
+    )
     predict.add_argument("--model", default=None, help="model folder or Hub id (default: shipped)")
     predict.add_argument("--top-k", type=int, default=5)
-    predict.add_argument("--wavelength", type=float, default=None, help="Angstrom, for pattern files that do not state it")
+    predict.add_argument(
+        "--wavelength",
+        type=float,
+        default=None,
+        help="Angstrom, for pattern files that do not state it",
+    )
     predict.add_argument("--device", default=None)
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument(
-        "--min-confidence", type=float, default=None,
+        "--min-confidence",
+        type=float,
+        default=None,
         help="mark a prediction 'uncertain' when its best probability is below this (0-1)",
     )
     predict.add_argument(
-        "--prior-weight", type=float, default=None,
+        "--prior-weight",
+        type=float,
+        default=None,
         help="balanced_experts models: weight of the training frequencies, 0 (balanced, the default) to 1",
     )
 
@@ -379,7 +457,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _train(argv[1:])
         args = parser.parse_args(argv)
         _setup_logging(verbose)
-        handlers = {"simulate": _simulate, "evaluate": _evaluate, "predict": _predict, "push": _push}
+        handlers = {
+            "simulate": _simulate,
+            "evaluate": _evaluate,
+            "predict": _predict,
+            "push": _push,
+        }
         return handlers[args.command](args)
     except (ValueError, TypeError, OSError) as error:
         if verbose:  # -v: the whole traceback

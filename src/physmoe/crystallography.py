@@ -156,13 +156,17 @@ def crystal_system_index(number: int) -> int:
     return space_group_info(number).crystal_system_index
 
 
-ID2LABEL: dict[int, str] = {info.label: f"{info.symbol} ({info.number})" for info in space_group_table()}
+ID2LABEL: dict[int, str] = {
+    info.label: f"{info.symbol} ({info.number})" for info in space_group_table()
+}
 LABEL2ID: dict[str, int] = {name: label for label, name in ID2LABEL.items()}
 
 
 def sg_to_sys_map() -> torch.Tensor:
     """Crystal-system index of every class label, LongTensor ``[230]`` (a fresh copy each call)."""
-    return torch.tensor([info.crystal_system_index for info in space_group_table()], dtype=torch.long)
+    return torch.tensor(
+        [info.crystal_system_index for info in space_group_table()], dtype=torch.long
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +196,9 @@ def systematic_absence_table(hkl: np.ndarray | None = None) -> np.ndarray:
     hkl = _hkl_grid() if hkl is None else np.ascontiguousarray(hkl, dtype=np.int32)
     return np.stack(
         [
-            np.asarray(gemmi.find_spacegroup_by_number(n).operations().systematic_absences(hkl), dtype=bool)
+            np.asarray(
+                gemmi.find_spacegroup_by_number(n).operations().systematic_absences(hkl), dtype=bool
+            )
             for n in range(1, NUM_SPACE_GROUPS + 1)
         ]
     )
@@ -257,7 +263,11 @@ def compute_rule_similarity_matrix() -> np.ndarray:
     info = space_group_table()
     system = np.array([g.crystal_system_index for g in info])
     family = np.array([_CRYSTAL_FAMILY[s] for s in system])
-    s_sys = np.where(system[:, None] == system[None, :], 1.0, np.where(family[:, None] == family[None, :], 0.5, 0.0))
+    s_sys = np.where(
+        system[:, None] == system[None, :],
+        1.0,
+        np.where(family[:, None] == family[None, :], 0.5, 0.0),
+    )
 
     s_pg = _cosine(_point_group_type_counts())
 

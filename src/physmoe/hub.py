@@ -90,12 +90,18 @@ TASK_NAME = "Space-group classification"
 
 # Trainer.evaluate() adds these to its metrics; they describe the run, not the model.
 _BOOKKEEPING_KEYS = {
-    "runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time",
+    "runtime",
+    "samples_per_second",
+    "steps_per_second",
+    "epoch",
+    "model_preparation_time",
     "jit_compilation_time",
 }
 # Counts, parameters and per-expert diagnostics of physmoe.evaluation.compute_metrics: shown in
 # the table, not model-index scores.
-_NOT_A_SCORE = re.compile(r"num_\w+|\w+_num_classes|reference_bucket_scale|\w+_ci_(low|high)|loss|expert_\d+_\w+")
+_NOT_A_SCORE = re.compile(
+    r"num_\w+|\w+_num_classes|reference_bucket_scale|\w+_ci_(low|high)|loss|expert_\d+_\w+"
+)
 # model-index metric types with an established Hub id; every other key is its own type.
 _MODEL_INDEX_TYPES = {"top1_accuracy": "accuracy", "macro_f1": "f1"}
 # Config fields worth a row in the card's architecture table, when the config has them.
@@ -168,9 +174,15 @@ def write_model_card(
     if card_path.exists() and not overwrite:
         raise FileExistsError(f"{card_path} exists; pass overwrite=True to replace it")
     card = _render_model_card(
-        save_directory, metrics=metrics, longtail_table=longtail_table,
-        training_data=training_data, conditions=conditions, base_model=base_model,
-        template_path=template_path, model_name=model_name, repo_id=repo_id,
+        save_directory,
+        metrics=metrics,
+        longtail_table=longtail_table,
+        training_data=training_data,
+        conditions=conditions,
+        base_model=base_model,
+        template_path=template_path,
+        model_name=model_name,
+        repo_id=repo_id,
         extra_sections=extra_sections,
     )
     _write_text_atomic(card_path, card)
@@ -396,7 +408,12 @@ def push_checkpoint(
     api = HfApi(token=token, library_name="physmoe", library_version=__version__)
     try:
         return _push_files(
-            api, checkpoint_dir, files, repo_id, private=private, revision=revision,
+            api,
+            checkpoint_dir,
+            files,
+            repo_id,
+            private=private,
+            revision=revision,
             commit_message=commit_message,
         )
     except Exception as error:
@@ -440,12 +457,19 @@ def _push_files(
         logger.warning(
             "%s has no %s: pushing a model card without evaluation results; write one with "
             "physmoe.hub.write_model_card(..., metrics=...) to publish test metrics",
-            checkpoint_dir, MODEL_CARD_NAME,
+            checkpoint_dir,
+            MODEL_CARD_NAME,
         )
         card = _render_model_card(
-            checkpoint_dir, metrics=None, longtail_table=None, training_data=None,
-            conditions=None, base_model=None, template_path=None,
-            model_name=repo_id.split("/")[-1], repo_id=repo_id,
+            checkpoint_dir,
+            metrics=None,
+            longtail_table=None,
+            training_data=None,
+            conditions=None,
+            base_model=None,
+            template_path=None,
+            model_name=repo_id.split("/")[-1],
+            repo_id=repo_id,
         )
         operations.append(
             CommitOperationAdd(path_in_repo=MODEL_CARD_NAME, path_or_fileobj=card.encode())
@@ -453,8 +477,13 @@ def _push_files(
     commit = api.create_commit(
         repo_id, operations=operations, commit_message=commit_message, revision=revision
     )
-    logger.info("pushed %d files of %s to %s: %s", len(operations), checkpoint_dir, repo_id,
-                commit.commit_url)
+    logger.info(
+        "pushed %d files of %s to %s: %s",
+        len(operations),
+        checkpoint_dir,
+        repo_id,
+        commit.commit_url,
+    )
     return commit.commit_url
 
 
@@ -498,8 +527,10 @@ def _checked_mapping(value, name: str) -> Mapping[str, object]:
 def _format_value(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
-    if isinstance(value, tuple) and len(value) == 2 and all(
-        isinstance(v, numbers.Real) for v in value
+    if (
+        isinstance(value, tuple)
+        and len(value) == 2
+        and all(isinstance(v, numbers.Real) for v in value)
     ):  # a (min, max) range, as MeasurementConditions stores them
         return f"{_format_value(value[0])}–{_format_value(value[1])}"
     if isinstance(value, (list, tuple)):
@@ -528,7 +559,9 @@ def _check_config_json(path: Path) -> None:
     except (ValueError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(config, dict):
-        raise ValueError(f"{path} must hold a JSON object (the model settings), got a JSON {type(config).__name__}")
+        raise ValueError(
+            f"{path} must hold a JSON object (the model settings), got a JSON {type(config).__name__}"
+        )
 
 
 def _check_safetensors(path: Path) -> None:
@@ -551,8 +584,11 @@ def _architecture_rows(config: dict | None, save_directory: Path) -> list[tuple[
     id2label = config.get("id2label")
     if id2label:
         rows.append(("Classes", str(len(id2label))))
-    rows += [(label, _format_value(config[key])) for key, label in _ARCHITECTURE_FIELDS
-             if config.get(key) is not None]
+    rows += [
+        (label, _format_value(config[key]))
+        for key, label in _ARCHITECTURE_FIELDS
+        if config.get(key) is not None
+    ]
     weights = save_directory / SAFE_WEIGHTS_NAME
     if weights.is_file():
         from safetensors import safe_open

@@ -71,7 +71,10 @@ def default_checkpoint() -> Path:
 
     Raises ``FileNotFoundError`` when this installation carries no weights (a build without
     package data)."""
-    if not (_SHIPPED_CHECKPOINT / "config.json").is_file() or not (_SHIPPED_CHECKPOINT / "model.safetensors").is_file():
+    if (
+        not (_SHIPPED_CHECKPOINT / "config.json").is_file()
+        or not (_SHIPPED_CHECKPOINT / "model.safetensors").is_file()
+    ):
         raise FileNotFoundError(
             f"no pretrained checkpoint in {_SHIPPED_CHECKPOINT} (config.json and model.safetensors "
             "expected): this installation was built without the package data; reinstall physmoe "
@@ -174,7 +177,9 @@ def _same_grid(first: TwoThetaGrid, second: TwoThetaGrid) -> bool:
 
 def check_top_k(top_k: int) -> int:
     """``top_k`` as an int >= 1 (an integral float is accepted); a TypeError/ValueError otherwise."""
-    integral = isinstance(top_k, numbers.Integral) or (isinstance(top_k, float) and top_k.is_integer())
+    integral = isinstance(top_k, numbers.Integral) or (
+        isinstance(top_k, float) and top_k.is_integer()
+    )
     if isinstance(top_k, bool) or not integral:
         raise TypeError(f"top_k must be an integer >= 1, got {top_k!r}")
     if top_k < 1:
@@ -241,7 +246,9 @@ class SpaceGroupPredictor:
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
-        self.autocast_dtype = recommended_autocast_dtype(self.device) if autocast_dtype is None else autocast_dtype
+        self.autocast_dtype = (
+            recommended_autocast_dtype(self.device) if autocast_dtype is None else autocast_dtype
+        )
         numbers = model.config.space_group_numbers
         if numbers is None:
             raise ValueError(
@@ -254,7 +261,9 @@ class SpaceGroupPredictor:
         self._label_powder_class = torch.from_numpy(label_class)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: torch.device | str | None = None, **kwargs) -> SpaceGroupPredictor:
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: torch.device | str | None = None, **kwargs
+    ) -> SpaceGroupPredictor:
         """Load the model and its feature extractor from a checkpoint folder or Hub repository."""
         from .hub import check_checkpoint_location
         from .models.resnet1d_moe import ResNet1D_MoE
@@ -266,17 +275,23 @@ class SpaceGroupPredictor:
         preprocessor = Path(path) / FEATURE_EXTRACTOR_NAME
         extractor = None
         if Path(path).is_dir() and not preprocessor.is_file():
-            logger.warning("no %s in %s: using the model config's grid", FEATURE_EXTRACTOR_NAME, path)
+            logger.warning(
+                "no %s in %s: using the model config's grid", FEATURE_EXTRACTOR_NAME, path
+            )
         elif Path(path).is_dir():
             try:
                 extractor = XRDFeatureExtractor.from_pretrained(path)
             except (OSError, TypeError, ValueError) as error:  # a corrupt file is no missing one
-                raise ValueError(f"{preprocessor} is not a valid feature-extractor config: {error}") from error
+                raise ValueError(
+                    f"{preprocessor} is not a valid feature-extractor config: {error}"
+                ) from error
         else:
             try:
                 extractor = XRDFeatureExtractor.from_pretrained(path)
             except OSError:  # a Hub repository without the file
-                logger.warning("no %s in %s: using the model config's grid", FEATURE_EXTRACTOR_NAME, path)
+                logger.warning(
+                    "no %s in %s: using the model config's grid", FEATURE_EXTRACTOR_NAME, path
+                )
         return cls(model, extractor, device=device, **kwargs)
 
     # -- core -----------------------------------------------------------------------------------
@@ -308,7 +323,9 @@ class SpaceGroupPredictor:
             raise ValueError(f"{len(sources)} sources for {len(input_values)} patterns")
         with recommended_autocast(self.device, self.autocast_dtype):
             output = self.model(input_values)
-        probabilities = torch.softmax(apply_temperature(output.logits.float(), self.temperature), dim=-1)
+        probabilities = torch.softmax(
+            apply_temperature(output.logits.float(), self.temperature), dim=-1
+        )
         system_probabilities = torch.softmax(output.crystal_system_logits.float(), dim=-1)
         top_probabilities, top_labels = probabilities.topk(top_k, dim=-1)
         # Summed probability of every powder-equivalence set, then the best label's set.
@@ -324,7 +341,9 @@ class SpaceGroupPredictor:
         predictions = []
         for row, source in enumerate(sources):
             candidates = []
-            for rank, (label, probability) in enumerate(zip(top_labels[row], top_probabilities[row], strict=True), 1):
+            for rank, (label, probability) in enumerate(
+                zip(top_labels[row], top_probabilities[row], strict=True), 1
+            ):
                 number = int(self.label_space_groups[label])
                 candidates.append(
                     SpaceGroupCandidate(
@@ -335,7 +354,10 @@ class SpaceGroupPredictor:
                         probability=float(probability),
                     )
                 )
-            systems = {name: float(p) for name, p in zip(CRYSTAL_SYSTEMS, system_probabilities[row], strict=True)}
+            systems = {
+                name: float(p)
+                for name, p in zip(CRYSTAL_SYSTEMS, system_probabilities[row], strict=True)
+            }
             members = powder_equivalence_classes()[int(best_class[row])]
             best = candidates[0].probability
             predictions.append(
@@ -373,7 +395,9 @@ class SpaceGroupPredictor:
         try:
             values = torch.as_tensor(input_values)
         except (TypeError, ValueError, RuntimeError) as error:  # e.g. a list holding strings
-            raise TypeError(f"input_values must be a tensor or array of intensities: {error}") from error
+            raise TypeError(
+                f"input_values must be a tensor or array of intensities: {error}"
+            ) from error
         if values.dim() == 1:
             values = values[None]
         num_points = self.grid.num_points
@@ -410,7 +434,9 @@ class SpaceGroupPredictor:
         if bool(rescaled.any()):
             logger.info(
                 "%d of %d patterns rescaled to maximum 1 (their maxima start %s)",
-                int(rescaled.sum()), len(values), [round(float(v), 4) for v in peak[rescaled][:3]],
+                int(rescaled.sum()),
+                len(values),
+                [round(float(v), 4) for v in peak[rescaled][:3]],
             )
         return (values.clamp_min(0.0) / peak[:, None]).to(torch.float32)
 
@@ -430,17 +456,27 @@ class SpaceGroupPredictor:
         through d-spacing by the feature extractor. ``min_confidence`` (in [0, 1]): mark a
         prediction ``uncertain`` when its best probability is below it."""
         min_confidence = check_min_confidence(min_confidence)
-        features = self.feature_extractor(two_theta, intensity, wavelength=wavelength, return_tensors="pt")
+        features = self.feature_extractor(
+            two_theta, intensity, wavelength=wavelength, return_tensors="pt"
+        )
         return self.predict_input_values(
             features["input_values"], top_k=top_k, sources=sources, min_confidence=min_confidence
         )
 
     def pattern_from_cif(self, path: str | os.PathLike) -> torch.Tensor:
         """The clean pattern ``[num_points]`` of a CIF's structure on the model grid."""
-        peaks = simulate_peaks(path, wavelength=self.grid.wavelength, two_theta_range=(self.grid.two_theta_min, self.grid.two_theta_max))
+        peaks = simulate_peaks(
+            path,
+            wavelength=self.grid.wavelength,
+            two_theta_range=(self.grid.two_theta_min, self.grid.two_theta_max),
+        )
         if len(peaks.two_theta) == 0:
-            raise ValueError(f"{path}: the structure has no reflection between {self.grid.two_theta_min} and {self.grid.two_theta_max} deg")
-        return render_patterns([peaks], self.grid, MeasurementConditions.clean(), peaks_wavelength=self.grid.wavelength)[0]
+            raise ValueError(
+                f"{path}: the structure has no reflection between {self.grid.two_theta_min} and {self.grid.two_theta_max} deg"
+            )
+        return render_patterns(
+            [peaks], self.grid, MeasurementConditions.clean(), peaks_wavelength=self.grid.wavelength
+        )[0]
 
     def predict_file(
         self,
@@ -464,13 +500,19 @@ class SpaceGroupPredictor:
         used_wavelength = pattern.wavelength if pattern.wavelength is not None else wavelength
         note = None
         if used_wavelength is None:
-            logger.warning("%s states no wavelength: assuming the model's (%.5f A)", path, self.grid.wavelength)
+            logger.warning(
+                "%s states no wavelength: assuming the model's (%.5f A)", path, self.grid.wavelength
+            )
             note = f"not stated: assumed the model's {self.grid.wavelength:g} A; pass --wavelength"
         elif wavelength is None:
             note = f"{used_wavelength:g} A stated in the file; pass --wavelength to override"
         prediction = self.predict(
-            pattern.two_theta, pattern.intensity, wavelength=used_wavelength, top_k=top_k,
-            sources=[path.name], min_confidence=min_confidence,
+            pattern.two_theta,
+            pattern.intensity,
+            wavelength=used_wavelength,
+            top_k=top_k,
+            sources=[path.name],
+            min_confidence=min_confidence,
         )[0]
         prediction.wavelength = float(used_wavelength or self.grid.wavelength)
         prediction.wavelength_note = note
@@ -483,11 +525,15 @@ def format_predictions(predictions: Sequence[SpaceGroupPrediction]) -> str:
     An uncertain prediction is flagged ``uncertain`` on its title line; below the candidates,
     the best group's powder-indistinguishable set and its summed probability."""
     lines = []
-    header = f"{'rank':>4}  {'space group':<18} {'no.':>4}  {'crystal system':<14} {'probability':>11}"
+    header = (
+        f"{'rank':>4}  {'space group':<18} {'no.':>4}  {'crystal system':<14} {'probability':>11}"
+    )
     for prediction in predictions:
         title = prediction.source
         if prediction.crystal_system_probabilities:
-            system, system_p = max(prediction.crystal_system_probabilities.items(), key=lambda item: item[1])
+            system, system_p = max(
+                prediction.crystal_system_probabilities.items(), key=lambda item: item[1]
+            )
             title += f"  (crystal-system head: {system} {system_p:.3f})"
         if prediction.uncertain:
             title += (
@@ -500,7 +546,9 @@ def format_predictions(predictions: Sequence[SpaceGroupPrediction]) -> str:
         lines.append(header)
         lines.append("-" * len(header))
         for c in prediction.candidates:
-            lines.append(f"{c.rank:>4}  {c.symbol:<18} {c.space_group:>4}  {c.crystal_system:<14} {c.probability:>11.3f}")
+            lines.append(
+                f"{c.rank:>4}  {c.symbol:<18} {c.space_group:>4}  {c.crystal_system:<14} {c.probability:>11.3f}"
+            )
         if prediction.indistinguishable:
             line = f"indistinguishable by powder: {', '.join(prediction.indistinguishable)}"
             if prediction.indistinguishable_probability is not None:

@@ -85,11 +85,15 @@ class PhysMoETrainingArguments(TrainingArguments):
     )
 
 
-def class_counts(labels: Sequence[int] | np.ndarray | torch.Tensor, num_classes: int = NUM_SPACE_GROUPS) -> np.ndarray:
+def class_counts(
+    labels: Sequence[int] | np.ndarray | torch.Tensor, num_classes: int = NUM_SPACE_GROUPS
+) -> np.ndarray:
     """Samples per class, int64 ``[num_classes]`` (the training counts the shot buckets use)."""
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}")
+        raise ValueError(
+            f"labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}"
+        )
     return np.bincount(labels, minlength=num_classes)
 
 
@@ -106,8 +110,12 @@ class SpaceGroupMetrics:
         temperature: divide the logits by this before computing probability metrics (ECE, NLL).
     """
 
-    def __init__(self, train_class_counts: Sequence[int] | np.ndarray | None = None, temperature: float = 1.0):
-        self.train_class_counts = None if train_class_counts is None else np.asarray(train_class_counts)
+    def __init__(
+        self, train_class_counts: Sequence[int] | np.ndarray | None = None, temperature: float = 1.0
+    ):
+        self.train_class_counts = (
+            None if train_class_counts is None else np.asarray(train_class_counts)
+        )
         self.temperature = float(temperature)
 
     def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
@@ -138,7 +146,9 @@ class PhysMoECallback(TrainerCallback):
             collator.set_epoch(int(state.epoch or 0))
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
-        if getattr(args, "update_hard_negative_miner", True) and hasattr(model, "apply_epoch_momentum"):
+        if getattr(args, "update_hard_negative_miner", True) and hasattr(
+            model, "apply_epoch_momentum"
+        ):
             model.apply_epoch_momentum()
 
 
@@ -280,7 +290,8 @@ def last_complete_checkpoint(
             return str(folder)
         logger.warning(
             "skipping incomplete checkpoint %s (%s): a run was killed while saving it",
-            folder, problem,
+            folder,
+            problem,
         )
     return None
 
@@ -338,7 +349,9 @@ class PhysMoETrainer(Trainer):
         if data_collator is None and model is not None:
             seed = getattr(args, "augmentation_seed", None)
             data_collator = PXRDCollator(
-                TwoThetaGrid.from_config(model.config), train=True, seed=args.seed if seed is None else seed,
+                TwoThetaGrid.from_config(model.config),
+                train=True,
+                seed=args.seed if seed is None else seed,
                 num_labels=model.config.num_labels,
             )
         if eval_data_collator is None and isinstance(data_collator, PXRDCollator):
@@ -350,11 +363,17 @@ class PhysMoETrainer(Trainer):
                 )
             if train_class_counts is None:
                 patterns = (
-                    args.max_steps * args.per_device_train_batch_size
-                    * args.gradient_accumulation_steps * args.world_size
+                    args.max_steps
+                    * args.per_device_train_batch_size
+                    * args.gradient_accumulation_steps
+                    * args.world_size
                 )
                 train_class_counts = train_dataset.expected_class_counts(patterns)
-        if train_class_counts is None and train_dataset is not None and "space_group" in getattr(train_dataset, "column_names", ()):
+        if (
+            train_class_counts is None
+            and train_dataset is not None
+            and "space_group" in getattr(train_dataset, "column_names", ())
+        ):
             train_class_counts = class_counts(train_dataset["space_group"], model.config.num_labels)
         if compute_metrics is None:
             compute_metrics = SpaceGroupMetrics(train_class_counts)
@@ -434,7 +453,10 @@ class PhysMoETrainer(Trainer):
         fewer = max(1, (cpus or 1) - workers)
         logger.info(
             "%d stream workers on %d CPUs: training with %d torch threads instead of %d",
-            workers, cpus, fewer, threads,
+            workers,
+            cpus,
+            fewer,
+            threads,
         )
         torch.set_num_threads(fewer)
         try:
@@ -448,8 +470,10 @@ class PhysMoETrainer(Trainer):
 
     def _configure_stream(self) -> StreamingCrystalDataset:
         return self.train_dataset.configure(
-            batch_size=self._train_batch_size, num_workers=self.args.dataloader_num_workers,
-            rank=self.args.process_index, world_size=self.args.world_size,
+            batch_size=self._train_batch_size,
+            num_workers=self.args.dataloader_num_workers,
+            rank=self.args.process_index,
+            world_size=self.args.world_size,
         )
 
     def _checked_resume(self, resume_from_checkpoint):
@@ -488,7 +512,9 @@ class PhysMoETrainer(Trainer):
             steps = json.loads(trainer_state.read_text()).get("global_step", 0)
         logger.warning(
             "%s has no %s: assuming the stream was read with the current layout for %d steps",
-            folder, STREAM_STATE_FILE, steps,
+            folder,
+            STREAM_STATE_FILE,
+            steps,
         )
         stream.load_state_dict(stream.state_dict(batches_per_rank=self.stream_batches(steps)))
 
@@ -498,7 +524,11 @@ class PhysMoETrainer(Trainer):
         # A last training batch of one sample breaks BatchNorm; dropping the remainder of a
         # shuffled epoch loses nothing systematic. Evaluation never drops samples.
         args = replace_args(self.args, dataloader_drop_last=True)
-        if args.dataloader_persistent_workers and args.dataloader_num_workers > 0 and hasattr(self.data_collator, "set_epoch"):
+        if (
+            args.dataloader_persistent_workers
+            and args.dataloader_num_workers > 0
+            and hasattr(self.data_collator, "set_epoch")
+        ):
             logger.warning(
                 "dataloader_persistent_workers keeps each worker's copy of the collator from the first epoch: "
                 "training batches get the same measurement conditions every epoch"
@@ -530,8 +560,13 @@ class PhysMoETrainer(Trainer):
             timeout=stream.worker_timeout if workers > 0 else 0,
         )
         return prepare_data_loader(
-            loader, self.args.device, num_processes=1, process_index=0, put_on_device=True,
-            dispatch_batches=False, non_blocking=self.accelerator.non_blocking,
+            loader,
+            self.args.device,
+            num_processes=1,
+            process_index=0,
+            put_on_device=True,
+            dispatch_batches=False,
+            non_blocking=self.accelerator.non_blocking,
         )
 
     def get_eval_dataloader(self, eval_dataset=None):
@@ -556,7 +591,9 @@ class PhysMoETrainer(Trainer):
     def _accumulate_components(self, components: dict[str, torch.Tensor] | None) -> None:
         for name, value in (components or {}).items():
             value = value.detach().float()
-            self._component_sums[name] = self._component_sums[name] + value if name in self._component_sums else value
+            self._component_sums[name] = (
+                self._component_sums[name] + value if name in self._component_sums else value
+            )
         # One increment per micro-batch; the Trainer's own loss is averaged per optimizer step and
         # so is this (sum over micro-batches / their number).
         self._component_steps += 1
@@ -565,15 +602,23 @@ class PhysMoETrainer(Trainer):
         # What the miner sees: trunk features and the gated ensemble's prediction (the experts'
         # raw confusion among all classes, not narrowed by hierarchical inference).
         self._miner_batches.append(
-            (outputs.features.detach().float(), outputs.ensemble_logits.detach().argmax(dim=-1), labels.detach())
+            (
+                outputs.features.detach().float(),
+                outputs.ensemble_logits.detach().argmax(dim=-1),
+                labels.detach(),
+            )
         )
         if not self.accelerator.sync_gradients:
             return  # wait for the last micro-batch of this optimizer step
-        features, predictions, labels = (torch.cat(parts) for parts in zip(*self._miner_batches, strict=True))
+        features, predictions, labels = (
+            torch.cat(parts) for parts in zip(*self._miner_batches, strict=True)
+        )
         self._miner_batches.clear()
         if self.accelerator.num_processes > 1:  # every process gets the global batch
             features, predictions, labels = self.accelerator.gather((features, predictions, labels))
-        self.accelerator.unwrap_model(model).update_hard_negative_miner(features, predictions, labels)
+        self.accelerator.unwrap_model(model).update_hard_negative_miner(
+            features, predictions, labels
+        )
 
     # -- evaluation -----------------------------------------------------------------------------
 
@@ -589,12 +634,16 @@ class PhysMoETrainer(Trainer):
         if ignore_keys is None:
             ignored = getattr(self.model.config, "keys_to_ignore_at_inference", [])
             ignore_keys = [key for key in ignored if key != "expert_logits"]
-        loss, outputs, labels = super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        loss, outputs, labels = super().prediction_step(
+            model, inputs, prediction_loss_only, ignore_keys=ignore_keys
+        )
         if isinstance(outputs, tuple):  # the experts' logits are the only 3-D output
             outputs = tuple(value.argmax(dim=-1) if value.ndim == 3 else value for value in outputs)
         return loss, outputs, labels
 
-    def create_model_card(self, model_name: str | None = None, finetuned_from: str | None = None, **kwargs) -> None:
+    def create_model_card(
+        self, model_name: str | None = None, finetuned_from: str | None = None, **kwargs
+    ) -> None:
         """physmoe's card (``physmoe.hub.write_model_card``) instead of transformers' generic one:
         the test metrics come from ``output_dir/all_results.json`` when ``physmoe train`` wrote
         it (the card's model-index reports the test split only, so none otherwise)."""
@@ -607,14 +656,20 @@ class PhysMoETrainer(Trainer):
         results = json.loads(results_file.read_text()) if results_file.is_file() else {}
         test_metrics = {key: value for key, value in results.items() if key.startswith("test_")}
         write_model_card(
-            output_dir, metrics=test_metrics or None, model_name=model_name, base_model=finetuned_from,
-            repo_id=self.hub_model_id, overwrite=True,
+            output_dir,
+            metrics=test_metrics or None,
+            model_name=model_name,
+            base_model=finetuned_from,
+            repo_id=self.hub_model_id,
+            overwrite=True,
         )
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._component_steps:
             names = sorted(self._component_sums)
-            stacked = torch.stack([self._component_sums[name] for name in names]) / self._component_steps
+            stacked = (
+                torch.stack([self._component_sums[name] for name in names]) / self._component_steps
+            )
             if self.accelerator.num_processes > 1:
                 stacked = self.accelerator.reduce(stacked, reduction="mean")
             for name, value in zip(names, stacked.tolist(), strict=True):  # one sync per log

@@ -37,9 +37,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
+def atomic_open(
+    path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"
+) -> Iterator[IO]:
     """``open`` for writing, atomically (see :func:`atomic_path`)."""
-    with atomic_path(path) as temporary, open(temporary, mode, encoding=None if "b" in mode else encoding) as handle:
+    with (
+        atomic_path(path) as temporary,
+        open(temporary, mode, encoding=None if "b" in mode else encoding) as handle,
+    ):
         yield handle
 
 

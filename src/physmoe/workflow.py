@@ -83,9 +83,15 @@ class ModelArguments:
             ``'{"loss_preset": "scheme2", "hierarchical_inference": "none"}'``.
     """
 
-    preset: str = field(default="small", metadata={"help": "Config preset: small, base or reference."})
-    model_name_or_path: str | None = field(default=None, metadata={"help": "Checkpoint to fine-tune."})
-    model_overrides: str = field(default="", metadata={"help": "JSON object of config fields to change."})
+    preset: str = field(
+        default="small", metadata={"help": "Config preset: small, base or reference."}
+    )
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Checkpoint to fine-tune."}
+    )
+    model_overrides: str = field(
+        default="", metadata={"help": "JSON object of config fields to change."}
+    )
 
 
 @dataclass
@@ -115,8 +121,12 @@ class DataArguments:
         default="default", metadata={"help": "DatasetDict path, 'default' or 'stream'."}
     )
     augmentation: str = field(default="default", metadata={"help": "'default' or 'clean'."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many training rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use at most this many validation/test rows."})
+    max_train_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many training rows."}
+    )
+    max_eval_samples: int | None = field(
+        default=None, metadata={"help": "Use at most this many validation/test rows."}
+    )
     stream_prior: str = field(
         default="icsd", metadata={"help": "Stream prior: icsd, cod, ccdc or uniform."}
     )
@@ -151,10 +161,16 @@ class RunArguments:
     """
 
     calibrate: bool = field(default=True, metadata={"help": "Fit a temperature on validation."})
-    overwrite_output: bool = field(default=False, metadata={"help": "Replace a finished model in output_dir."})
+    overwrite_output: bool = field(
+        default=False, metadata={"help": "Replace a finished model in output_dir."}
+    )
     plots: bool = field(default=True, metadata={"help": "Save plots (needs matplotlib)."})
-    predict_files: list[str] = field(default_factory=list, metadata={"help": "Files to predict after training."})
-    bootstrap_samples: int = field(default=1000, metadata={"help": "Bootstrap replicates for intervals."})
+    predict_files: list[str] = field(
+        default_factory=list, metadata={"help": "Files to predict after training."}
+    )
+    bootstrap_samples: int = field(
+        default=1000, metadata={"help": "Bootstrap replicates for intervals."}
+    )
 
 
 def load_data(data_args: DataArguments, seed: int = 0) -> tuple[DatasetDict, dict]:
@@ -166,18 +182,29 @@ def load_data(data_args: DataArguments, seed: int = 0) -> tuple[DatasetDict, dic
         return _held_out_splits(data_args), {"name": name, "peak_wavelength": PEAK_WAVELENGTH}
     if data_args.dataset == "default":
         dataset = default_dataset()
-        metadata = {"name": "physmoe embedded default (12,000 pyxtal structures)", "peak_wavelength": PEAK_WAVELENGTH}
+        metadata = {
+            "name": "physmoe embedded default (12,000 pyxtal structures)",
+            "peak_wavelength": PEAK_WAVELENGTH,
+        }
     else:
         dataset = load_dataset_dict(data_args.dataset)
         metadata = dict(dataset_metadata(data_args.dataset))
         metadata.setdefault("name", Path(data_args.dataset).name)
     for split in ("train", "validation", "test"):
         if split not in dataset:
-            raise ValueError(f"dataset {data_args.dataset!r} has no {split!r} split (it has {sorted(dataset)})")
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples}
+            raise ValueError(
+                f"dataset {data_args.dataset!r} has no {split!r} split (it has {sorted(dataset)})"
+            )
+    limits = {
+        "train": data_args.max_train_samples,
+        "validation": data_args.max_eval_samples,
+        "test": data_args.max_eval_samples,
+    }
     for split, limit in limits.items():
         if limit is not None and limit < 1:
-            raise ValueError(f"max_{'train' if split == 'train' else 'eval'}_samples must be >= 1, got {limit}")
+            raise ValueError(
+                f"max_{'train' if split == 'train' else 'eval'}_samples must be >= 1, got {limit}"
+            )
         if limit is not None and limit < len(dataset[split]):
             dataset[split] = _subsample(dataset[split], limit, seed)
     return dataset, metadata
@@ -201,8 +228,10 @@ def _held_out_splits(data_args: DataArguments) -> DatasetDict:
             sizes[split] = min(size, data_args.max_eval_samples)
     logger.info("generating %d validation and %d test crystals", sizes["validation"], sizes["test"])
     settings = {
-        "prior": data_args.stream_prior, "seed": data_args.stream_seed,
-        "max_atoms": data_args.stream_max_atoms, "prior_floor": data_args.stream_prior_floor,
+        "prior": data_args.stream_prior,
+        "seed": data_args.stream_seed,
+        "max_atoms": data_args.stream_max_atoms,
+        "prior_floor": data_args.stream_prior_floor,
     }
     return DatasetDict(
         {split: held_out_dataset(split, size, **settings) for split, size in sizes.items()}
@@ -238,9 +267,13 @@ def build_model(model_args: ModelArguments, train_class_counts: np.ndarray) -> R
         try:
             overrides = json.loads(overrides)
         except ValueError as error:
-            raise ValueError(f"model_overrides must be a JSON object: {error} in {overrides!r}") from error
+            raise ValueError(
+                f"model_overrides must be a JSON object: {error} in {overrides!r}"
+            ) from error
     if not isinstance(overrides, dict):
-        raise ValueError(f"model_overrides must be a JSON object, got {model_args.model_overrides!r}")
+        raise ValueError(
+            f"model_overrides must be a JSON object, got {model_args.model_overrides!r}"
+        )
     import difflib
     import inspect
 
@@ -276,7 +309,9 @@ def build_model(model_args: ModelArguments, train_class_counts: np.ndarray) -> R
     if model_args.model_name_or_path:
         # Architecture overrides re-initialise the layers they change (logged by transformers);
         # without overrides a checkpoint whose weights do not fit is an error.
-        return ResNet1D_MoE.from_pretrained(model_args.model_name_or_path, config=config, ignore_mismatched_sizes=bool(overrides))
+        return ResNet1D_MoE.from_pretrained(
+            model_args.model_name_or_path, config=config, ignore_mismatched_sizes=bool(overrides)
+        )
     return ResNet1D_MoE(config)
 
 
@@ -305,9 +340,18 @@ def longtail_markdown_table(metrics: dict, prefix: str = "test_") -> str:
 _PLOT_FILES = ("per_class_accuracy.png", "crystal_system_confusion.png", "example_top5.png")
 # What a finished run writes into its output_dir (replaced by --overwrite_output true).
 _RUN_OUTPUTS = (
-    "model*.safetensors", "model.safetensors.index.json", "config.json", "preprocessor_config.json", "README.md",
-    "all_results.json", "log_history.json", "training_args.bin", "configuration_resnet1d_moe.py",
-    "modeling_resnet1d_moe.py", "fast_path_resnet1d_moe.py", *_PLOT_FILES,
+    "model*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "preprocessor_config.json",
+    "README.md",
+    "all_results.json",
+    "log_history.json",
+    "training_args.bin",
+    "configuration_resnet1d_moe.py",
+    "modeling_resnet1d_moe.py",
+    "fast_path_resnet1d_moe.py",
+    *_PLOT_FILES,
 )
 
 
@@ -362,7 +406,8 @@ def _check_output_dir(
     if (new / _READY).is_file():
         logger.warning(
             "%s holds a finished replacement of %s that was not moved in: moving it now",
-            new, output_dir,
+            new,
+            output_dir,
         )
         _replace_outputs(new, output_dir)
     finished = (output_dir / "model.safetensors").exists()
@@ -376,13 +421,16 @@ def _check_output_dir(
         last = last_complete_checkpoint(new, require_training_state)
         logger.info(
             "training into %s%s; the model in %s is replaced only once the new one is saved",
-            new, f" (resuming from {last})" if last else "", output_dir,
+            new,
+            f" (resuming from {last})" if last else "",
+            output_dir,
         )
         return _OutputPlan(output_dir, new, last, replaces=True)
     if new.is_dir():
         logger.warning(
             "%s holds no finished model: ignoring the unfinished replacement run in %s",
-            output_dir, new,
+            output_dir,
+            new,
         )
     last = last_complete_checkpoint(output_dir, require_training_state)
     if last is not None:
@@ -400,7 +448,7 @@ def _retarget_checkpoints(new: Path, output_dir: Path) -> None:
             continue
         best = state.get("best_model_checkpoint") if isinstance(state, dict) else None
         if isinstance(best, str) and best.startswith(prefix):
-            state["best_model_checkpoint"] = target + best[len(prefix):]
+            state["best_model_checkpoint"] = target + best[len(prefix) :]
             with atomic_open(state_file) as handle:  # as TrainerState.save_to_json writes it
                 handle.write(json.dumps(state, indent=2, sort_keys=True) + "\n")
 
@@ -416,7 +464,8 @@ def _move_merging(source: Path, target: Path) -> None:
     else:
         logger.warning(
             "%s exists and is not a run output: kept (the new run's %s is dropped)",
-            target, source.name,
+            target,
+            source.name,
         )
 
 
@@ -447,13 +496,25 @@ def _replace_outputs(new: Path, output_dir: Path) -> None:
 
 #: What SpaceGroupMetrics can report (physmoe.evaluation.compute_metrics) plus the Trainer's loss;
 #: expert_<k>_top1_accuracy is matched separately.
-_METRIC_NAMES = frozenset({
-    "loss", "num_samples", "num_classes_present", "top1_accuracy", "top5_accuracy",
-    "balanced_accuracy", "macro_f1", "nll", "ece", "crystal_system_accuracy",
-    "crystal_system_accuracy_head", "crystal_system_accuracy_from_sg",
-    "sg_accuracy_given_correct_system", "reference_bucket_scale",
-    *(f"{bucket}_{kind}" for bucket in _BUCKETS for kind in ("accuracy", "num_classes")),
-})
+_METRIC_NAMES = frozenset(
+    {
+        "loss",
+        "num_samples",
+        "num_classes_present",
+        "top1_accuracy",
+        "top5_accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "nll",
+        "ece",
+        "crystal_system_accuracy",
+        "crystal_system_accuracy_head",
+        "crystal_system_accuracy_from_sg",
+        "sg_accuracy_given_correct_system",
+        "reference_bucket_scale",
+        *(f"{bucket}_{kind}" for bucket in _BUCKETS for kind in ("accuracy", "num_classes")),
+    }
+)
 
 
 def _check_metric_name(name: str | None) -> None:
@@ -517,8 +578,10 @@ def train_and_evaluate(
         # Training counts: the expected crystals per class over the run (label prior x patterns /
         # patterns_per_crystal, float64) for logit adjustment and the shot buckets.
         patterns = (
-            training_args.max_steps * training_args.per_device_train_batch_size
-            * training_args.gradient_accumulation_steps * training_args.world_size
+            training_args.max_steps
+            * training_args.per_device_train_batch_size
+            * training_args.gradient_accumulation_steps
+            * training_args.world_size
         )
         train_counts = train_dataset.expected_class_counts(patterns)
         model = build_model(model_args, train_counts)
@@ -528,11 +591,23 @@ def train_and_evaluate(
         model = build_model(model_args, train_counts)
     grid = TwoThetaGrid.from_config(model.config)
     if data_args.augmentation not in ("default", "clean"):
-        raise ValueError(f"augmentation must be 'default' or 'clean', got {data_args.augmentation!r}")
-    conditions = MeasurementConditions.default() if data_args.augmentation == "default" else MeasurementConditions.clean()
-    seed = training_args.augmentation_seed if training_args.augmentation_seed is not None else training_args.seed
+        raise ValueError(
+            f"augmentation must be 'default' or 'clean', got {data_args.augmentation!r}"
+        )
+    conditions = (
+        MeasurementConditions.default()
+        if data_args.augmentation == "default"
+        else MeasurementConditions.clean()
+    )
+    seed = (
+        training_args.augmentation_seed
+        if training_args.augmentation_seed is not None
+        else training_args.seed
+    )
     peaks_wavelength = float(metadata.get("peak_wavelength", PEAK_WAVELENGTH))
-    collator = PXRDCollator(grid, conditions=conditions, train=True, seed=seed, peaks_wavelength=peaks_wavelength)
+    collator = PXRDCollator(
+        grid, conditions=conditions, train=True, seed=seed, peaks_wavelength=peaks_wavelength
+    )
     trainer = PhysMoETrainer(
         model,
         training_args,
@@ -543,7 +618,8 @@ def train_and_evaluate(
     )
     logger.info(
         "training %s (%.2f M parameters) on %s structures, validating on %d",
-        model_args.model_name_or_path or model_args.preset, model.num_parameters() / 1e6,
+        model_args.model_name_or_path or model_args.preset,
+        model.num_parameters() / 1e6,
         "streamed" if data_args.dataset == "stream" else len(train_dataset),
         len(dataset["validation"]),
     )
@@ -557,15 +633,29 @@ def train_and_evaluate(
     model.config.calibration_temperature = float(temperature)
     trainer.compute_metrics.temperature = float(temperature)
     test = trainer.predict(dataset["test"], metric_key_prefix="test")
-    results = {**_prefixed(validation.metrics, "validation_"), **_prefixed(test.metrics, "test_"), "calibration_temperature": temperature}
+    results = {
+        **_prefixed(validation.metrics, "validation_"),
+        **_prefixed(test.metrics, "test_"),
+        "calibration_temperature": temperature,
+    }
     test_logits = apply_temperature(test.predictions[0], temperature)
     interval = bucket_accuracy_ci(
-        test_logits, test.label_ids, train_counts, "few_shot", n_boot=run_args.bootstrap_samples, seed=training_args.seed
+        test_logits,
+        test.label_ids,
+        train_counts,
+        "few_shot",
+        n_boot=run_args.bootstrap_samples,
+        seed=training_args.seed,
     )
     if interval is not None:
-        results["test_few_shot_accuracy_ci_low"], results["test_few_shot_accuracy_ci_high"] = interval.low, interval.high
+        results["test_few_shot_accuracy_ci_low"], results["test_few_shot_accuracy_ci_high"] = (
+            interval.low,
+            interval.high,
+        )
     miner = getattr(trainer.accelerator.unwrap_model(model), "hard_negative_miner", None)
-    if miner is not None:  # what the miner learned to treat as hard negatives (decayed training counts)
+    if (
+        miner is not None
+    ):  # what the miner learned to treat as hard negatives (decayed training counts)
         pairs = hnm_most_confused_pairs(miner.confusion_matrix, top=10, id2label=ID2LABEL)
         results["hnm_most_confused_pairs"] = [pair._asdict() for pair in pairs]
 
@@ -614,8 +704,12 @@ def _save_outputs(trainer, output_dir: Path, run: _FinishedRun, run_args: RunArg
         "calibration temperature (fitted on validation)": round(float(run.temperature), 4),
     }
     write_model_card(
-        output_dir, metrics=test_metrics, longtail_table=longtail_markdown_table(run.results),
-        training_data=training_data, conditions=_condition_summary(run.conditions), overwrite=True,
+        output_dir,
+        metrics=test_metrics,
+        longtail_table=longtail_markdown_table(run.results),
+        training_data=training_data,
+        conditions=_condition_summary(run.conditions),
+        overwrite=True,
     )
     if run_args.plots:
         _save_plots(output_dir, run, trainer)
@@ -626,15 +720,22 @@ def _push_outputs(trainer, output_dir: Path) -> None:
 
     repo_id = getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id or output_dir.name
     url = push_checkpoint(
-        output_dir, repo_id, private=bool(trainer.args.hub_private_repo),
-        token=trainer.args.hub_token, revision=trainer.args.hub_revision,
+        output_dir,
+        repo_id,
+        private=bool(trainer.args.hub_private_repo),
+        token=trainer.args.hub_token,
+        revision=trainer.args.hub_revision,
         commit_message="physmoe train: final model, card and metrics",
     )
     logger.info("pushed %s to the Hub: %s", output_dir, url)
 
 
 def _condition_summary(conditions: MeasurementConditions) -> dict:
-    return {name: value for name, value in dataclasses.asdict(conditions).items() if not isinstance(value, (list, dict))}
+    return {
+        name: value
+        for name, value in dataclasses.asdict(conditions).items()
+        if not isinstance(value, (list, dict))
+    }
 
 
 def _save_plots(output_dir: Path, run: _FinishedRun, trainer) -> None:
@@ -648,20 +749,32 @@ def _save_plots(output_dir: Path, run: _FinishedRun, trainer) -> None:
     accuracy, test_counts = per_class_accuracy(logits, labels, num_classes=logits.shape[1])
     accuracy = np.where(test_counts > 0, accuracy, np.nan)
     plot_per_class_accuracy(
-        accuracy, run.train_counts, output_dir / _PLOT_FILES[0], test_counts=test_counts, overwrite=True
+        accuracy,
+        run.train_counts,
+        output_dir / _PLOT_FILES[0],
+        test_counts=test_counts,
+        overwrite=True,
     )
     system_of = sg_to_sys_map()
     system_logits = torch.as_tensor(run.test.predictions[2])
     plot_crystal_system_confusion(
-        system_of[labels].numpy(), system_logits.argmax(1).numpy(), output_dir / _PLOT_FILES[1], overwrite=True
+        system_of[labels].numpy(),
+        system_logits.argmax(1).numpy(),
+        output_dir / _PLOT_FILES[1],
+        overwrite=True,
     )
     example = trainer.eval_data_collator([run.dataset["test"][0]])["input_values"][0].numpy()
     probabilities = torch.softmax(logits[0], dim=0)
     top = probabilities.topk(5)
     grid = TwoThetaGrid.from_config(trainer.model.config)
     plot_pattern_top5(
-        grid.values(), example, top.indices.tolist(), top.values.tolist(), output_dir / _PLOT_FILES[2],
-        title=f"test pattern 0, true {ID2LABEL[int(labels[0])]}", overwrite=True,
+        grid.values(),
+        example,
+        top.indices.tolist(),
+        top.values.tolist(),
+        output_dir / _PLOT_FILES[2],
+        title=f"test pattern 0, true {ID2LABEL[int(labels[0])]}",
+        overwrite=True,
     )
 
 
@@ -692,16 +805,38 @@ def evaluate_checkpoint(
         # load_data limits validation/test only; train keeps its size for the shot buckets.
         evaluated = _subsample(evaluated, max_samples, seed=0)
     model = ResNet1D_MoE.from_pretrained(checkpoint)
-    use_bf16 = recommended_autocast_dtype("cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16 if bf16 is None else bf16
+    use_bf16 = (
+        recommended_autocast_dtype("cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16
+        if bf16 is None
+        else bf16
+    )
     grid = TwoThetaGrid.from_config(model.config)
-    collator = PXRDCollator(grid, train=False, peaks_wavelength=float(metadata.get("peak_wavelength", PEAK_WAVELENGTH)))
-    with tempfile.TemporaryDirectory(prefix="physmoe-eval-") as scratch:  # the Trainer needs an output_dir
+    collator = PXRDCollator(
+        grid, train=False, peaks_wavelength=float(metadata.get("peak_wavelength", PEAK_WAVELENGTH))
+    )
+    with tempfile.TemporaryDirectory(
+        prefix="physmoe-eval-"
+    ) as scratch:  # the Trainer needs an output_dir
         args = PhysMoETrainingArguments(
-            output_dir=scratch, per_device_eval_batch_size=batch_size, report_to=[],
-            bf16=use_bf16, use_cpu=not torch.cuda.is_available(), disable_tqdm=False,
+            output_dir=scratch,
+            per_device_eval_batch_size=batch_size,
+            report_to=[],
+            bf16=use_bf16,
+            use_cpu=not torch.cuda.is_available(),
+            disable_tqdm=False,
         )
-        trainer = PhysMoETrainer(model, args, data_collator=collator, train_class_counts=class_counts(data["train"]["space_group"]))
-        trainer.compute_metrics.temperature = float(getattr(model.config, "calibration_temperature", 1.0) or 1.0)
+        trainer = PhysMoETrainer(
+            model,
+            args,
+            data_collator=collator,
+            train_class_counts=class_counts(data["train"]["space_group"]),
+        )
+        trainer.compute_metrics.temperature = float(
+            getattr(model.config, "calibration_temperature", 1.0) or 1.0
+        )
         output = trainer.predict(evaluated, metric_key_prefix=split)
-    return {key: value for key, value in output.metrics.items() if not key.endswith(("_runtime", "_per_second"))}
-
+    return {
+        key: value
+        for key, value in output.metrics.items()
+        if not key.endswith(("_runtime", "_per_second"))
+    }

@@ -24,8 +24,38 @@ SPACE_GROUPS_BY_SYSTEM = {
     "cubic": (195, 198, 205, 216, 221, 225, 227, 230),
 }
 
-ELEMENTS = ("Li", "C", "N", "O", "F", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "K", "Ca", "Ti", "Mn",
-            "Fe", "Ni", "Cu", "Zn", "Se", "Sr", "Zr", "Ag", "Sn", "Ba", "La", "W", "Pb", "Bi")
+ELEMENTS = (
+    "Li",
+    "C",
+    "N",
+    "O",
+    "F",
+    "Na",
+    "Mg",
+    "Al",
+    "Si",
+    "P",
+    "S",
+    "Cl",
+    "K",
+    "Ca",
+    "Ti",
+    "Mn",
+    "Fe",
+    "Ni",
+    "Cu",
+    "Zn",
+    "Se",
+    "Sr",
+    "Zr",
+    "Ag",
+    "Sn",
+    "Ba",
+    "La",
+    "W",
+    "Pb",
+    "Bi",
+)
 
 # NIST SRM 640e silicon: certified lattice parameter (Angstrom) and relative intensities of the
 # first six lines (111, 220, 311, 400, 331, 422) for Cu K-alpha1 with B = 0.47 Angstrom^2.
@@ -88,10 +118,14 @@ def build_test_structures(seed: int = 640) -> list[ReferenceStructure]:
                 species[0] = {elements[0]: 0.6, elements[-1]: 0.4}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                structure = Structure.from_spacegroup(number, _lattice(system, rng), species, coords)
+                structure = Structure.from_spacegroup(
+                    number, _lattice(system, rng), species, coords
+                )
             b_iso = {e: float(rng.uniform(0.2, 1.5)) for e in elements}
             structures.append(
-                ReferenceStructure(f"{system}-{number}-{i}", structure, number, crystal_system_index(number), b_iso)
+                ReferenceStructure(
+                    f"{system}-{number}-{i}", structure, number, crystal_system_index(number), b_iso
+                )
             )
     return structures
 
@@ -110,4 +144,6 @@ def silicon():
     base = np.array([[0, 0, 0], [0.25, 0.25, 0.25]])
     centring = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
     coords = (base[:, None, :] + centring[None, :, :]).reshape(-1, 3) % 1.0
-    return Crystal.from_parameters((SI_640E_LATTICE,) * 3 + (90.0,) * 3, ["Si"] * 8, coords, space_group=227)
+    return Crystal.from_parameters(
+        (SI_640E_LATTICE,) * 3 + (90.0,) * 3, ["Si"] * 8, coords, space_group=227
+    )

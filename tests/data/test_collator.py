@@ -78,7 +78,9 @@ def test_train_with_ids_is_a_function_of_seed_epoch_and_structures():
     # Call history does not matter (a resumed run renders what an uninterrupted one did) ...
     collator(rows(3, seed=9))
     assert torch.equal(collator(features)["input_values"], first)
-    assert torch.equal(PXRDCollator(SMALL_GRID, train=True, seed=123)(features)["input_values"], first)
+    assert torch.equal(
+        PXRDCollator(SMALL_GRID, train=True, seed=123)(features)["input_values"], first
+    )
     # ... while the epoch, the seed and the batch's structures do.
     collator.set_epoch(1)
     assert not torch.allclose(collator(features)["input_values"], first, atol=1e-2)
@@ -149,8 +151,12 @@ def test_stored_patterns_pass_through_and_mix_with_peaks():
         PXRDCollator(SMALL_GRID)([{"input_values": np.zeros(10), "labels": 1}])
     for label in (3.7, "P2_1/c", [1, 2]):
         with pytest.raises(ValueError, match="feature 1 has label .*integers"):
-            PXRDCollator(SMALL_GRID)([stored[0], {"input_values": stored[0]["input_values"], "labels": label}])
-    assert PXRDCollator(SMALL_GRID)([{**stored[0], "labels": np.float32(7.0)}])["labels"].tolist() == [7]
+            PXRDCollator(SMALL_GRID)(
+                [stored[0], {"input_values": stored[0]["input_values"], "labels": label}]
+            )
+    assert PXRDCollator(SMALL_GRID)([{**stored[0], "labels": np.float32(7.0)}])[
+        "labels"
+    ].tolist() == [7]
     broken = np.zeros(SMALL_GRID.num_points, dtype=np.float32)
     broken[5] = np.nan
     with pytest.raises(ValueError, match=r"feature 1: input_values\[5\] is nan"):
@@ -182,7 +188,9 @@ class _Rows(torch.utils.data.Dataset):
 
 
 def _epochs(collator: PXRDCollator, num_epochs: int) -> list[list[torch.Tensor]]:
-    loader = DataLoader(_Rows(_without_ids(rows(1))[0], 8), batch_size=2, num_workers=2, collate_fn=collator)
+    loader = DataLoader(
+        _Rows(_without_ids(rows(1))[0], 8), batch_size=2, num_workers=2, collate_fn=collator
+    )
     return [[batch["input_values"] for batch in loader] for _ in range(num_epochs)]
 
 
@@ -254,7 +262,10 @@ def test_a_row_without_peaks_is_refused():
             PXRDCollator(SMALL_GRID, train=train, seed=0)(batch)
 
 
-@pytest.mark.parametrize(("key", "value"), [("peak_two_theta", "10 20"), ("peak_intensity", ["a", "b"]), ("peak_two_theta", [10.0, None])])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("peak_two_theta", "10 20"), ("peak_intensity", ["a", "b"]), ("peak_two_theta", [10.0, None])],
+)
 def test_peaks_that_are_not_numbers_name_the_field(key, value):
     batch = rows(2)
     batch[1]["peak_two_theta"], batch[1]["peak_intensity"] = [10.0, 20.0], [50.0, 100.0]

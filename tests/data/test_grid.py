@@ -29,7 +29,9 @@ def test_bragg_law_against_silicon_and_round_trip():
     d_111 = 5.431144 / np.sqrt(3)
     assert bragg_two_theta(d_111, CU_KA1) == pytest.approx(28.442, abs=2e-3)
     angles = np.linspace(1.0, 179.0, 50)
-    np.testing.assert_allclose(bragg_two_theta(bragg_d_spacing(angles, CU_KA1), CU_KA1), angles, atol=1e-9)
+    np.testing.assert_allclose(
+        bragg_two_theta(bragg_d_spacing(angles, CU_KA1), CU_KA1), angles, atol=1e-9
+    )
     # d < λ/2 cannot diffract: NaN, not an error.
     assert np.isnan(bragg_two_theta(CU_KA1 / 2.5, CU_KA1))
 

@@ -101,8 +101,10 @@ def test_real_bruker_raw4():
     np.testing.assert_allclose(np.diff(pattern.two_theta), 0.010520299896597862, rtol=1e-9)
     assert pattern.wavelength == pytest.approx(1.5406, abs=1e-7)
     # The scrambled intensities (float32, every other one of the 8-byte records).
-    np.testing.assert_allclose(pattern.intensity[:4], [283.7691955566406, -164.5344696044922,
-                                                       -164.5344696044922, 3158.152099609375])
+    np.testing.assert_allclose(
+        pattern.intensity[:4],
+        [283.7691955566406, -164.5344696044922, -164.5344696044922, 3158.152099609375],
+    )
     x, y = geddes_read(RAW4)
     np.testing.assert_allclose(pattern.two_theta, x, atol=1e-9)
     np.testing.assert_array_equal(pattern.intensity, y)
@@ -162,30 +164,46 @@ XRDML_NAMESPACES = {
     "2.1": "http://www.xrdml.com/XRDMeasurement/2.1",
     "none": None,
 }
-KALPHA = ('<usedWavelength intended="K-Alpha 1"><kAlpha1 unit="Angstrom">1.5405980</kAlpha1>'
-          '<kAlpha2 unit="Angstrom">1.5444260</kAlpha2><kBeta unit="Angstrom">1.3922500</kBeta>'
-          "<ratioKAlpha2KAlpha1>0.5000</ratioKAlpha2KAlpha1></usedWavelength>")
-TUBE = ('<incidentBeamPath><xRayTube name="tube"><anodeMaterial>{}</anodeMaterial></xRayTube>'
-        "</incidentBeamPath>")
+KALPHA = (
+    '<usedWavelength intended="K-Alpha 1"><kAlpha1 unit="Angstrom">1.5405980</kAlpha1>'
+    '<kAlpha2 unit="Angstrom">1.5444260</kAlpha2><kBeta unit="Angstrom">1.3922500</kBeta>'
+    "<ratioKAlpha2KAlpha1>0.5000</ratioKAlpha2KAlpha1></usedWavelength>"
+)
+TUBE = (
+    '<incidentBeamPath><xRayTube name="tube"><anodeMaterial>{}</anodeMaterial></xRayTube>'
+    "</incidentBeamPath>"
+)
 
 
 def start_end(start: float, end: float) -> str:
-    return (f'<positions axis="2Theta" unit="deg"><startPosition>{start}</startPosition>'
-            f"<endPosition>{end}</endPosition></positions>"
-            '<positions axis="Omega" unit="deg"><startPosition>5</startPosition>'
-            "<endPosition>40</endPosition></positions>")
+    return (
+        f'<positions axis="2Theta" unit="deg"><startPosition>{start}</startPosition>'
+        f"<endPosition>{end}</endPosition></positions>"
+        '<positions axis="Omega" unit="deg"><startPosition>5</startPosition>'
+        "<endPosition>40</endPosition></positions>"
+    )
 
 
-def xrdml(points: str, *, namespace: str | None = XRDML_NAMESPACES["2.1"], used: str = KALPHA,
-          anode: str = "Cu", scans: int = 1) -> bytes:
+def xrdml(
+    points: str,
+    *,
+    namespace: str | None = XRDML_NAMESPACES["2.1"],
+    used: str = KALPHA,
+    anode: str = "Cu",
+    scans: int = 1,
+) -> bytes:
     """An XRDML document with ``scans`` copies of one scan of ``points`` (dataPoints XML)."""
     xmlns = f' xmlns="{namespace}"' if namespace else ""
-    scan = (f'<scan appendNumber="0" mode="Continuous" scanAxis="Gonio" status="Completed">'
-            f"<dataPoints>{points}</dataPoints></scan>")
+    scan = (
+        f'<scan appendNumber="0" mode="Continuous" scanAxis="Gonio" status="Completed">'
+        f"<dataPoints>{points}</dataPoints></scan>"
+    )
     tube = TUBE.format(anode) if anode else ""
-    return (f'<?xml version="1.0" encoding="UTF-8"?><xrdMeasurements{xmlns} status="Completed">'
-            f'<xrdMeasurement measurementType="Scan">{used}{tube}{scan * scans}</xrdMeasurement>'
-            "</xrdMeasurements>").encode()
+    return (
+        f'<?xml version="1.0" encoding="UTF-8"?><xrdMeasurements{xmlns} status="Completed">'
+        f'<xrdMeasurement measurementType="Scan">{used}{tube}{scan * scans}</xrdMeasurement>'
+        "</xrdMeasurements>"
+    ).encode()
 
 
 def write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -196,33 +214,41 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 @pytest.mark.parametrize("version", list(XRDML_NAMESPACES))
 def test_xrdml_schema_versions_and_counts_per_second(tmp_path, version):
-    points = (start_end(10, 50) + "<beamAttenuationFactors>1 1 10 1 1</beamAttenuationFactors>"
-              '<commonCountingTime unit="seconds">2.0</commonCountingTime>'
-              '<counts unit="counts">4 8 12 16 20</counts>')
-    pattern = read_xrdml(write(tmp_path, "scan.xrdml",
-                               xrdml(points, namespace=XRDML_NAMESPACES[version])))
+    points = (
+        start_end(10, 50) + "<beamAttenuationFactors>1 1 10 1 1</beamAttenuationFactors>"
+        '<commonCountingTime unit="seconds">2.0</commonCountingTime>'
+        '<counts unit="counts">4 8 12 16 20</counts>'
+    )
+    pattern = read_xrdml(
+        write(tmp_path, "scan.xrdml", xrdml(points, namespace=XRDML_NAMESPACES[version]))
+    )
     np.testing.assert_array_equal(pattern.two_theta, [10, 20, 30, 40, 50])
     np.testing.assert_array_equal(pattern.intensity, [2, 4, 60, 8, 10])
     assert pattern.wavelength == 1.540598
 
 
 def test_xrdml_list_positions_per_point_times_and_descending_scans(tmp_path):
-    points = ('<positions axis="2Theta" unit="deg"><listPositions>30 20.5 10</listPositions>'
-              "</positions><commonBeamAttenuationFactor>3</commonBeamAttenuationFactor>"
-              '<countingTimes unit="seconds">1 2 4</countingTimes>'
-              '<counts unit="counts">10 20 40</counts>')
+    points = (
+        '<positions axis="2Theta" unit="deg"><listPositions>30 20.5 10</listPositions>'
+        "</positions><commonBeamAttenuationFactor>3</commonBeamAttenuationFactor>"
+        '<countingTimes unit="seconds">1 2 4</countingTimes>'
+        '<counts unit="counts">10 20 40</counts>'
+    )
     pattern = read_xrdml(write(tmp_path, "scan.xrdml", xrdml(points)))
     np.testing.assert_array_equal(pattern.two_theta, [10, 20.5, 30])  # made ascending
     np.testing.assert_array_equal(pattern.intensity, [30, 30, 30])
 
 
-@pytest.mark.parametrize(("unit", "expected"), [("counts", [100, 200, 300]),
-                                              ("counts/s", [50, 100, 150])])
+@pytest.mark.parametrize(
+    ("unit", "expected"), [("counts", [100, 200, 300]), ("counts/s", [50, 100, 150])]
+)
 def test_xrdml_intensities_are_not_multiplied_again(tmp_path, unit, expected):
     """``<intensities>`` already include the attenuation; a rate is not divided again."""
-    points = (start_end(10, 12) + "<beamAttenuationFactors>5 5 5</beamAttenuationFactors>"
-              '<commonCountingTime unit="seconds">0.5</commonCountingTime>'
-              f'<intensities unit="{unit}">50 100 150</intensities>')
+    points = (
+        start_end(10, 12) + "<beamAttenuationFactors>5 5 5</beamAttenuationFactors>"
+        '<commonCountingTime unit="seconds">0.5</commonCountingTime>'
+        f'<intensities unit="{unit}">50 100 150</intensities>'
+    )
     pattern = read_xrdml(write(tmp_path, "scan.xrdml", xrdml(points)))
     np.testing.assert_array_equal(pattern.intensity, expected)
 
@@ -262,24 +288,37 @@ BRML_VIEWS = """<DataViews>
     <Recording LogicName="ScanCounter1"><Unit Base="Counts"/></Recording>
   </RawDataView>
 </DataViews>"""
-BRML_TUBE = ('<FixedInformation><Instrument><Tube><WaveLengthAlpha1 Unit="Å" Value="1.78897"/>'
-             '<WaveLengthAlpha2 Unit="Å" Value="1.79285"/><TubeMaterial>Co</TubeMaterial></Tube>'
-             "</Instrument></FixedInformation>")
+BRML_TUBE = (
+    '<FixedInformation><Instrument><Tube><WaveLengthAlpha1 Unit="Å" Value="1.78897"/>'
+    '<WaveLengthAlpha2 Unit="Å" Value="1.79285"/><TubeMaterial>Co</TubeMaterial></Tube>'
+    "</Instrument></FixedInformation>"
+)
 
 
-def raw_data_xml(rows: list[str], *, views: str = BRML_VIEWS, fixed: str = BRML_TUBE,
-                 axes: tuple[str, ...] = ("TwoTheta", "Theta"), steps: int | None = None) -> str:
+def raw_data_xml(
+    rows: list[str],
+    *,
+    views: str = BRML_VIEWS,
+    fixed: str = BRML_TUBE,
+    axes: tuple[str, ...] = ("TwoTheta", "Theta"),
+    steps: int | None = None,
+) -> str:
     """A ``RawData0.xml`` shaped like the real one: rows, sub-scan, axes, views, instrument."""
-    axis_xml = "".join(f'<ScanAxisInfo AxisId="{a}"><Start>10</Start><Stop>10.06</Stop>'
-                       f"<Increment>0.02</Increment></ScanAxisInfo>" for a in axes)
+    axis_xml = "".join(
+        f'<ScanAxisInfo AxisId="{a}"><Start>10</Start><Stop>10.06</Stop>'
+        f"<Increment>0.02</Increment></ScanAxisInfo>"
+        for a in axes
+    )
     measured = len(rows) if steps is None else steps
-    return ('<?xml version="1.0"?><RawData xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
-            '<DataRoutes><DataRoute RouteFlag="Measured"><ScanInformation ScanName="Coupled">'
-            f"<MeasurementPoints>{len(rows)}</MeasurementPoints><ScanAxes>{axis_xml}</ScanAxes>"
-            f'</ScanInformation><SubScans><SubScanInfo Steps="{measured}" '
-            f'MeasuredSteps="{measured}" StartStepNo="0"/></SubScans>'
-            + "".join(f"<Datum>{row}</Datum>" for row in rows)
-            + f"{views}</DataRoute></DataRoutes>{fixed}</RawData>")
+    return (
+        '<?xml version="1.0"?><RawData xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">'
+        '<DataRoutes><DataRoute RouteFlag="Measured"><ScanInformation ScanName="Coupled">'
+        f"<MeasurementPoints>{len(rows)}</MeasurementPoints><ScanAxes>{axis_xml}</ScanAxes>"
+        f'</ScanInformation><SubScans><SubScanInfo Steps="{measured}" '
+        f'MeasuredSteps="{measured}" StartStepNo="0"/></SubScans>'
+        + "".join(f"<Datum>{row}</Datum>" for row in rows)
+        + f"{views}</DataRoute></DataRoutes>{fixed}</RawData>"
+    )
 
 
 BRML_ROWS = ["2,1,5,10,8", "2,1,5.01,10.02,20", "2,1,5.02,10.04,6"]  # time, -, θ, 2θ, counts
@@ -293,8 +332,11 @@ def brml(members: dict[str, str | bytes], *, listed: list[str] | None = None) ->
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         names = "".join(f"<string>{name}</string>" for name in listed)
-        archive.writestr("Experiment0/DataContainer.xml", '<?xml version="1.0"?><DataContainer>'
-                         f"<RawDataReferenceList>{names}</RawDataReferenceList></DataContainer>")
+        archive.writestr(
+            "Experiment0/DataContainer.xml",
+            '<?xml version="1.0"?><DataContainer>'
+            f"<RawDataReferenceList>{names}</RawDataReferenceList></DataContainer>",
+        )
         for name, content in members.items():
             archive.writestr(name, content)
     return buffer.getvalue()
@@ -320,11 +362,18 @@ def test_brml_without_data_views_uses_the_scan_axis_and_the_last_column(tmp_path
 def test_brml_reads_the_first_listed_scan_and_the_container_wavelength(tmp_path, caplog):
     second = raw_data_xml(["1,1,1,30,1", "1,1,1,31,1"], fixed="")
     first = raw_data_xml(BRML_ROWS, fixed="")
-    container = ("<MeasurementContainer><Tube><WaveLengthAlpha1 Value=\"0.70930\"/></Tube>"
-                 "</MeasurementContainer>")
-    data = brml({"Experiment0/RawData1.xml": second, "Experiment0/RawData0.xml": first,
-                 "Experiment0/MeasurementContainer.xml": container},
-                listed=["Experiment0/RawData0.xml", "Experiment0/RawData1.xml"])
+    container = (
+        '<MeasurementContainer><Tube><WaveLengthAlpha1 Value="0.70930"/></Tube>'
+        "</MeasurementContainer>"
+    )
+    data = brml(
+        {
+            "Experiment0/RawData1.xml": second,
+            "Experiment0/RawData0.xml": first,
+            "Experiment0/MeasurementContainer.xml": container,
+        },
+        listed=["Experiment0/RawData0.xml", "Experiment0/RawData1.xml"],
+    )
     with caplog.at_level("WARNING", logger=LOGGER):
         pattern = read_brml(write(tmp_path, "scan.brml", data))
     np.testing.assert_array_equal(pattern.two_theta, [10, 10.02, 10.04])
@@ -344,7 +393,7 @@ def raw_v3(ranges: list[tuple], *, alpha1: float = 1.54056, anode: bytes = b"Cu"
     header = bytearray(712)
     header[:7] = b"RAW1.01"
     struct.pack_into("<2I", header, 8, 1, len(ranges))
-    header[608:608 + len(anode)] = anode
+    header[608 : 608 + len(anode)] = anode
     struct.pack_into("<5d", header, 616, 1.54184, alpha1, 1.54439, 1.39222, 0.5)
     out = bytes(header)
     for start, step, counts, *options in ranges:
@@ -367,7 +416,7 @@ def blob(length: int, fields: dict[int, bytes]) -> bytes:
     """``length`` zero bytes with ``fields`` placed at their offsets."""
     data = bytearray(length)
     for offset, value in fields.items():
-        data[offset:offset + len(value)] = value
+        data[offset : offset + len(value)] = value
     return bytes(data)
 
 
@@ -381,15 +430,22 @@ def raw_v4(ranges: list[tuple], *, alpha1: float = 1.78897, anode: bytes = b"Co"
     head = bytearray(61)
     head[:7], head[12:22], head[24:32] = b"RAW4.00", b"01/02/2024", b"12:00:00"
     out = bytes(head) + segment(10, 48, {12: b"SAMPLEID", 36: b"quartz"})
-    out += segment(30, 136, {72: struct.pack("<5d", 1.79, alpha1, 1.79285, 1.62, 0.5),
-                             116: anode})
+    out += segment(30, 136, {72: struct.pack("<5d", 1.79, alpha1, 1.79285, 1.62, 0.5), 116: anode})
     for scan_type, start, step, counts, record, drives in ranges:
-        drive_bytes = b"".join(segment(50, 92, {12: name, 56: struct.pack("<d", value)})
-                               for name, value in drives.items())
-        range_head = blob(160, {0: struct.pack("<3I", 0, len(counts), len(counts)),
-                                32: scan_type, 72: struct.pack("<2dI", start, step, len(counts)),
-                                112: struct.pack("<d", alpha1),
-                                136: struct.pack("<2I", record, len(drive_bytes))})
+        drive_bytes = b"".join(
+            segment(50, 92, {12: name, 56: struct.pack("<d", value)})
+            for name, value in drives.items()
+        )
+        range_head = blob(
+            160,
+            {
+                0: struct.pack("<3I", 0, len(counts), len(counts)),
+                32: scan_type,
+                72: struct.pack("<2dI", start, step, len(counts)),
+                112: struct.pack("<d", alpha1),
+                136: struct.pack("<2I", record, len(drive_bytes)),
+            },
+        )
         records = np.full((len(counts), record // 4), 3.0, dtype="<f4")
         records[:, 0] = counts
         out += range_head + drive_bytes + records.tobytes()
@@ -432,19 +488,38 @@ def test_raw_v4_unknown_scan_type_with_a_2theta_drive_at_the_start(tmp_path):
 # ----------------------------------------------------------------------- RAS written here
 
 
-def ras_file(*, rows: str = "10.00 100 1.0\r\n10.02 200 2.5\r\n10.04 50 1.0\r\n",
-             header: dict[str, str] | None = None, scans: int = 1,
-             comment: bytes = "アルミナ 標準試料".encode("cp932")) -> bytes:
+def ras_file(
+    *,
+    rows: str = "10.00 100 1.0\r\n10.02 200 2.5\r\n10.04 50 1.0\r\n",
+    header: dict[str, str] | None = None,
+    scans: int = 1,
+    comment: bytes = "アルミナ 標準試料".encode("cp932"),
+) -> bytes:
     """A Rigaku RAS file: CRLF lines, a Shift-JIS (cp932) comment, ``scans`` copies."""
-    values = {"MEAS_SCAN_AXIS_X": "TwoThetaTheta", "MEAS_SCAN_UNIT_X": "deg",
-              "MEAS_SCAN_START": "10.0000", "MEAS_SCAN_STEP": "0.0200", "MEAS_DATA_COUNT": "3",
-              "HW_XG_TARGET_NAME": "Cu", "HW_XG_WAVE_LENGTH_ALPHA1": "1.540593",
-              "HW_XG_WAVE_LENGTH_ALPHA2": "1.544414", "HW_XG_WAVE_LENGTH_UNIT": "Angstrom"}
+    values = {
+        "MEAS_SCAN_AXIS_X": "TwoThetaTheta",
+        "MEAS_SCAN_UNIT_X": "deg",
+        "MEAS_SCAN_START": "10.0000",
+        "MEAS_SCAN_STEP": "0.0200",
+        "MEAS_DATA_COUNT": "3",
+        "HW_XG_TARGET_NAME": "Cu",
+        "HW_XG_WAVE_LENGTH_ALPHA1": "1.540593",
+        "HW_XG_WAVE_LENGTH_ALPHA2": "1.544414",
+        "HW_XG_WAVE_LENGTH_UNIT": "Angstrom",
+    }
     values.update(header or {})
-    lines = b"".join(f'*{key} "{value}"\r\n'.encode() for key, value in values.items()
-                     if value is not None)
-    block = (b"*RAS_HEADER_START\r\n*FILE_COMMENT \"" + comment + b"\"\r\n" + lines
-             + b"*RAS_HEADER_END\r\n*RAS_INT_START\r\n" + rows.encode() + b"*RAS_INT_END\r\n")
+    lines = b"".join(
+        f'*{key} "{value}"\r\n'.encode() for key, value in values.items() if value is not None
+    )
+    block = (
+        b'*RAS_HEADER_START\r\n*FILE_COMMENT "'
+        + comment
+        + b'"\r\n'
+        + lines
+        + b"*RAS_HEADER_END\r\n*RAS_INT_START\r\n"
+        + rows.encode()
+        + b"*RAS_INT_END\r\n"
+    )
     return b"*RAS_DATA_START\r\n" + block * scans + b"*RAS_DATA_END\r\n"
 
 
@@ -462,8 +537,7 @@ def test_ras_with_shift_jis_comments_and_attenuation_factors(tmp_path, caplog):
     ("header", "comment", "expected"),
     [
         ({"HW_XG_WAVE_LENGTH_ALPHA1": None, "HW_XG_TARGET_NAME": "Mo"}, b"caf\xe9", 0.7093),
-        ({"HW_XG_WAVE_LENGTH_ALPHA1": "0.1540593", "HW_XG_WAVE_LENGTH_UNIT": "nm"}, b"",
-         1.540593),
+        ({"HW_XG_WAVE_LENGTH_ALPHA1": "0.1540593", "HW_XG_WAVE_LENGTH_UNIT": "nm"}, b"", 1.540593),
         ({"HW_XG_WAVE_LENGTH_ALPHA1": None, "HW_XG_TARGET_NAME": None}, b"\xff\xfe", None),
     ],
 )
@@ -484,8 +558,14 @@ def test_ras_wavelength_sources_and_other_encodings(tmp_path, header, comment, e
         ("v3.raw", raw_v3([(20.0, 0.05, [5, 6, 7, 8], 1, 40), (60.0, 0.1, [1, 2])]), 1),
         ("v4.raw", raw_v4([(b"Locked Coupled", 30.0, 0.5, [9, 8, 7], 8, {b"2Theta": 30.0})]), 1),
         ("scan.ras", ras_file(rows="10.00 100 1\r\n10.02 200 1\r\n10.04 50 1\r\n"), 1),
-        ("scan.xrdml", xrdml(start_end(10, 50) + "<commonCountingTime>2</commonCountingTime>"
-                             '<counts unit="counts">4 8 12 16 20</counts>'), 2),
+        (
+            "scan.xrdml",
+            xrdml(
+                start_end(10, 50) + "<commonCountingTime>2</commonCountingTime>"
+                '<counts unit="counts">4 8 12 16 20</counts>'
+            ),
+            2,
+        ),
         ("scan.brml", brml({"Experiment0/RawData0.xml": raw_data_xml(BRML_ROWS)}), 2),
     ],
 )
@@ -521,55 +601,114 @@ BAD_FILES = [
     ("bad.xrdml", b"<html><body/></html>", "not an XRDML file: its root element is <html>"),
     ("bad.xrdml", xrdml(GOOD_POINTS, scans=0), r"no <xrdMeasurement>/<scan>"),
     ("bad.xrdml", xrdml('<counts unit="counts">1 2</counts>'), "no 2theta axis"),
-    ("bad.xrdml", xrdml('<positions axis="2Theta"><commonPosition>30</commonPosition>'
-                        '</positions><counts unit="counts">1 2</counts>'), "2Theta is fixed at 30"),
-    ("bad.xrdml", xrdml('<positions axis="2Theta"><listPositions>1 2 3</listPositions>'
-                        '</positions><counts unit="counts">1 2</counts>'),
-     "listPositions> has 3 values for 2 intensities"),
-    ("bad.xrdml", xrdml(start_end(10, 20) + '<countingTimes>1 1 1</countingTimes>'
-                        '<counts unit="counts">1 2</counts>'),
-     "countingTimes> has 3 values for 2 intensities"),
-    ("bad.xrdml", xrdml(start_end(10, 20) + '<commonCountingTime>0</commonCountingTime>'
-                        '<counts unit="counts">1 2</counts>'), "non-positive counting time 0"),
-    ("bad.xrdml", xrdml(start_end(10, 20) + '<counts unit="counts">1 abc</counts>'),
-     "<counts> holds 'abc', not a number"),
-    ("bad.xrdml", xrdml(start_end(10, 20) + '<counts unit="counts">1 NaN</counts>'),
-     "non-finite intensity nan at point 2 of 2"),
+    (
+        "bad.xrdml",
+        xrdml(
+            '<positions axis="2Theta"><commonPosition>30</commonPosition>'
+            '</positions><counts unit="counts">1 2</counts>'
+        ),
+        "2Theta is fixed at 30",
+    ),
+    (
+        "bad.xrdml",
+        xrdml(
+            '<positions axis="2Theta"><listPositions>1 2 3</listPositions>'
+            '</positions><counts unit="counts">1 2</counts>'
+        ),
+        "listPositions> has 3 values for 2 intensities",
+    ),
+    (
+        "bad.xrdml",
+        xrdml(
+            start_end(10, 20) + "<countingTimes>1 1 1</countingTimes>"
+            '<counts unit="counts">1 2</counts>'
+        ),
+        "countingTimes> has 3 values for 2 intensities",
+    ),
+    (
+        "bad.xrdml",
+        xrdml(
+            start_end(10, 20) + "<commonCountingTime>0</commonCountingTime>"
+            '<counts unit="counts">1 2</counts>'
+        ),
+        "non-positive counting time 0",
+    ),
+    (
+        "bad.xrdml",
+        xrdml(start_end(10, 20) + '<counts unit="counts">1 abc</counts>'),
+        "<counts> holds 'abc', not a number",
+    ),
+    (
+        "bad.xrdml",
+        xrdml(start_end(10, 20) + '<counts unit="counts">1 NaN</counts>'),
+        "non-finite intensity nan at point 2 of 2",
+    ),
     ("bad.xrdml", xrdml(start_end(10, 20)), "neither <counts> nor <intensities>"),
-    ("bad.xrdml", xrdml('<positions axis="2Theta" unit="rad"><startPosition>0.1</startPosition>'
-                        '<endPosition>0.2</endPosition></positions><counts>1 2</counts>'),
-     "in 'rad', not degrees"),
+    (
+        "bad.xrdml",
+        xrdml(
+            '<positions axis="2Theta" unit="rad"><startPosition>0.1</startPosition>'
+            "<endPosition>0.2</endPosition></positions><counts>1 2</counts>"
+        ),
+        "in 'rad', not degrees",
+    ),
     # BRML
     ("bad.brml", b"<RawData/>", "not a readable zip archive"),
-    ("bad.brml", brml({"Experiment0/RawData0.xml": raw_data_xml(BRML_ROWS)})[:200],
-     "not a readable zip archive"),
-    ("bad.brml", brml({"readme.txt": "hello"}),
-     r"no Experiment\*/RawData\*.xml in the archive \(members: .*readme.txt\)"),
+    (
+        "bad.brml",
+        brml({"Experiment0/RawData0.xml": raw_data_xml(BRML_ROWS)})[:200],
+        "not a readable zip archive",
+    ),
+    (
+        "bad.brml",
+        brml({"readme.txt": "hello"}),
+        r"no Experiment\*/RawData\*.xml in the archive \(members: .*readme.txt\)",
+    ),
     ("bad.brml", corrupt_member(), "cannot read member Experiment0/RawData0.xml"),
     ("bad.brml", brml({"Experiment0/RawData0.xml": "<RawData><Datum>"}), "not well-formed XML"),
     ("bad.brml", brml({"Experiment0/RawData0.xml": raw_data_xml([])}), r"no <Datum> rows"),
-    ("bad.brml", brml({"Experiment0/RawData0.xml": raw_data_xml(["2,1,5,10,8", "2,1,5"])}),
-     "row 2 has 3 values, row 1 has 5"),
-    ("bad.brml", brml({"Experiment0/RawData0.xml": raw_data_xml(["2,1,5,10,8", "2,x,5,11,1"])}),
-     "row 2 .* is not numbers"),
-    ("bad.brml", brml({"Experiment0/RawData0.xml": raw_data_xml(BRML_ROWS, steps=5)}),
-     "3 <Datum> rows but the scan announces 5 measured steps"),
-    ("bad.brml", brml({"Experiment0/RawData0.xml": raw_data_xml(BRML_ROWS, views="",
-                                                                axes=("Theta",))}),
-     r"no 2theta axis: .* \(scan axes: Theta\)"),
-    ("bad.brml", brml({"Experiment0/RawData0.xml": raw_data_xml(["2,1,5,10,8", "2,1,5,11,inf"])}),
-     "non-finite intensity inf at point 2"),
+    (
+        "bad.brml",
+        brml({"Experiment0/RawData0.xml": raw_data_xml(["2,1,5,10,8", "2,1,5"])}),
+        "row 2 has 3 values, row 1 has 5",
+    ),
+    (
+        "bad.brml",
+        brml({"Experiment0/RawData0.xml": raw_data_xml(["2,1,5,10,8", "2,x,5,11,1"])}),
+        "row 2 .* is not numbers",
+    ),
+    (
+        "bad.brml",
+        brml({"Experiment0/RawData0.xml": raw_data_xml(BRML_ROWS, steps=5)}),
+        "3 <Datum> rows but the scan announces 5 measured steps",
+    ),
+    (
+        "bad.brml",
+        brml({"Experiment0/RawData0.xml": raw_data_xml(BRML_ROWS, views="", axes=("Theta",))}),
+        r"no 2theta axis: .* \(scan axes: Theta\)",
+    ),
+    (
+        "bad.brml",
+        brml({"Experiment0/RawData0.xml": raw_data_xml(["2,1,5,10,8", "2,1,5,11,inf"])}),
+        "non-finite intensity inf at point 2",
+    ),
     # Bruker RAW
     ("bad.raw", GOOD_RAW3[:300], r"truncated: the RAW1.01 file header at byte 0 needs 712"),
     ("bad.raw", GOOD_RAW3[:-3], "truncated: range 1 of 1 announces 4 points of 4 bytes"),
-    ("bad.raw", GOOD_RAW3[:712] + struct.pack("<2I", 100, 4) + bytes(300),
-     "range 1 of 1 header is 100 bytes, less than the 260"),
-    ("bad.raw", GOOD_RAW4[:RAW4_SEGMENT_END - 10], "truncated: segment of type 30 at byte 109"),
+    (
+        "bad.raw",
+        GOOD_RAW3[:712] + struct.pack("<2I", 100, 4) + bytes(300),
+        "range 1 of 1 header is 100 bytes, less than the 260",
+    ),
+    ("bad.raw", GOOD_RAW4[: RAW4_SEGMENT_END - 10], "truncated: segment of type 30 at byte 109"),
     ("bad.raw", GOOD_RAW4[:RAW4_SEGMENT_END], "truncated: .* no range"),
-    ("bad.raw", GOOD_RAW4[:RAW4_SEGMENT_END + 100], "truncated: range 1 header at byte 245"),
+    ("bad.raw", GOOD_RAW4[: RAW4_SEGMENT_END + 100], "truncated: range 1 header at byte 245"),
     ("bad.raw", GOOD_RAW4[:61] + struct.pack("<2I", 10, 0), "length 0 < 8: corrupt"),
-    ("bad.raw", raw_v4([(b"Rocking Curve", 10.0, 0.01, [1, 2], 4, {b"2Theta": 40.0})]),
-     "no 2theta range \\(ranges: 'Rocking Curve'\\)"),
+    (
+        "bad.raw",
+        raw_v4([(b"Rocking Curve", 10.0, 0.01, [1, 2], 4, {b"2Theta": 40.0})]),
+        "no 2theta range \\(ranges: 'Rocking Curve'\\)",
+    ),
     ("bad.raw", raw_v3([(20.0, 0.05, [5, np.nan])]), "non-finite intensity nan at point 2"),
     ("bad.raw", raw_v3([(20.0, 0.0, [5, 6])]), r"2theta is constant \(20 deg\)"),
     ("bad.raw", b"RAW2" + bytes(500), r"version 2 \(DIFFRAC-AT\) is not supported"),
@@ -580,8 +719,11 @@ BAD_FILES = [
     ("bad.ras", ras_file().split(b"*RAS_INT_END")[0], "no \\*RAS_INT_END: truncated file"),
     ("bad.ras", ras_file(rows="10 1 1\n10.02 2\n10.04 3 1\n"), r"bad.ras:\d+: expected 2 or 3"),
     ("bad.ras", ras_file(rows="10 1 1 1\n10.02 2 1 1\n10.04 3 1 1\n"), "expected 2 or 3 columns"),
-    ("bad.ras", ras_file(rows="10 1 1\n10.02 x 1\n10.04 3 1\n"),
-     r"bad.ras:\d+: cannot parse '10.02 x 1' as numbers"),
+    (
+        "bad.ras",
+        ras_file(rows="10 1 1\n10.02 x 1\n10.04 3 1\n"),
+        r"bad.ras:\d+: cannot parse '10.02 x 1' as numbers",
+    ),
     ("bad.ras", ras_file(rows="10 1 1\n10.02 2 1\n"), "2 data rows but MEAS_DATA_COUNT says 3"),
     ("bad.ras", ras_file(header={"MEAS_SCAN_AXIS_X": "Omega"}), "axis is 'Omega'"),
     ("bad.ras", ras_file(header={"MEAS_SCAN_UNIT_X": "rad"}), "in 'rad'"),
@@ -590,8 +732,11 @@ BAD_FILES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "data", "message"), BAD_FILES,
-                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BAD_FILES)])
+@pytest.mark.parametrize(
+    ("name", "data", "message"),
+    BAD_FILES,
+    ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(BAD_FILES)],
+)
 def test_bad_files_name_the_file_and_the_problem(tmp_path, name, data, message):
     path = write(tmp_path, name, data)
     with pytest.raises(ValueError, match=message) as raised:
@@ -621,11 +766,15 @@ def test_an_xrdml_file_goes_through_predict_file_and_the_cli(saved_model, capsys
     predictor = SpaceGroupPredictor.from_pretrained(saved_model, autocast_dtype=torch.float32)
     result = predictor.predict_file(POWDER_XRDML, top_k=4)
     pattern = read_xrdml(POWDER_XRDML)
-    direct = predictor.predict(pattern.two_theta, pattern.intensity, wavelength=1.540598,
-                               top_k=4)[0]
+    direct = predictor.predict(pattern.two_theta, pattern.intensity, wavelength=1.540598, top_k=4)[
+        0
+    ]
     assert [c.space_group for c in result.candidates] == [c.space_group for c in direct.candidates]
-    np.testing.assert_allclose([c.probability for c in result.candidates],
-                               [c.probability for c in direct.candidates], rtol=1e-5)
+    np.testing.assert_allclose(
+        [c.probability for c in result.candidates],
+        [c.probability for c in direct.candidates],
+        rtol=1e-5,
+    )
     assert result.source == POWDER_XRDML.name and result.wavelength == 1.540598
     assert "stated in the file" in result.wavelength_note
     assert main(["predict", str(saved_model), str(POWDER_XRDML), str(RAW4), "--json"]) == 0
@@ -640,4 +789,7 @@ def test_readers_are_exported_from_physmoe_data():
     from physmoe.data import instruments
 
     for name in instruments.__all__:
-        assert getattr(physmoe.data, name) is getattr(instruments, name) and name in physmoe.data.__all__
+        assert (
+            getattr(physmoe.data, name) is getattr(instruments, name)
+            and name in physmoe.data.__all__
+        )

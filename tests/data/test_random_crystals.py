@@ -55,7 +55,9 @@ def test_same_seed_same_crystals_in_any_order_and_any_number_of_processes():
     assert [c.index for c in stream] == list(range(12))
     assert generator.position == 12
     shuffled = RandomCrystalGenerator(seed=7).generate([11, 3, 0])
-    assert all(_same(a, b) for a, b in zip(shuffled, [stream[11], stream[3], stream[0]], strict=True))
+    assert all(
+        _same(a, b) for a, b in zip(shuffled, [stream[11], stream[3], stream[0]], strict=True)
+    )
     with ProcessPoolExecutor(2, mp_context=get_context("fork")) as pool:
         halves = list(pool.map(_generate_in_worker, [range(0, 12, 2), range(1, 12, 2)]))
     from_workers = sorted(halves[0] + halves[1], key=lambda c: c.index)
@@ -95,7 +97,9 @@ def test_crystals_obey_their_crystal_system_and_keep_atoms_apart():
             assert np.allclose([a, b], c)
         structure = pymatgen.Structure(crystal.lattice, crystal.species, crystal.frac_coords)
         distances = structure.distance_matrix
-        limits = np.array([[_contact_distance(p, q) for q in crystal.species] for p in crystal.species])
+        limits = np.array(
+            [[_contact_distance(p, q) for q in crystal.species] for p in crystal.species]
+        )
         np.fill_diagonal(distances, np.inf)
         assert (distances >= 0.8 * limits - 1e-9).all()
         shortest = _shortest_translation(crystal.lattice)
@@ -147,7 +151,10 @@ def test_priors_floor_and_requested_group():
         ({"prior": np.r_[np.ones(229), -1.0]}, "non-negative"),
         ({"prior": np.r_[np.ones(229), np.nan]}, "finite"),
         ({"prior": "martian"}, "unknown prior"),
-        ({"max_atoms": 8, "prior": "uniform"}, r"max_atoms=8 .* space groups \[.*220: 12.*230: 16\]"),
+        (
+            {"max_atoms": 8, "prior": "uniform"},
+            r"max_atoms=8 .* space groups \[.*220: 12.*230: 16\]",
+        ),
         ({"max_atoms": 0}, "max_atoms"),
         ({"seed": -1}, "seed"),
         ({"prior_floor": 1.5}, "prior_floor"),
@@ -177,7 +184,10 @@ def test_bad_requests_are_refused_by_name():
 @pytest.mark.parametrize("indices", [5, np.int64(5), "5"])
 def test_generate_needs_a_sequence_of_indices(indices):
     generator = RandomCrystalGenerator(max_atoms=8, prior=np.r_[1.0, np.zeros(229)])
-    message = r"indices must be a sequence of ints \(e\.g\. \[5\] or range\(5\)\), got " + re.escape(repr(indices))
+    message = (
+        r"indices must be a sequence of ints \(e\.g\. \[5\] or range\(5\)\), got "
+        + re.escape(repr(indices))
+    )
     with pytest.raises(TypeError, match=message):
         generator.generate(indices)
     assert len(generator.generate(np.array([5]))) == 1

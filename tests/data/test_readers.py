@@ -238,7 +238,9 @@ def test_pattern_to_wavelength_goes_through_d_spacing():
     pattern = Pattern(np.array([20.0, 40.0, 170.0]), np.array([1.0, 2.0, 3.0]), wavelength=1.78897)
     d = 1.78897 / (2 * math.sin(math.radians(10.0)))
     converted = pattern.to_wavelength(1.54056)
-    assert converted.two_theta[0] == pytest.approx(math.degrees(2 * math.asin(1.54056 / (2 * d))), abs=1e-12)
+    assert converted.two_theta[0] == pytest.approx(
+        math.degrees(2 * math.asin(1.54056 / (2 * d))), abs=1e-12
+    )
     assert len(converted) == 3  # 170 deg at Co: d = 0.898 A, Cu / (2 d) = 0.858 still diffracts
     to_long = pattern.to_wavelength(2.5)  # 2.5 / (2 * 0.898) > 1: that point is dropped
     assert len(to_long) == 2 and to_long.wavelength == 2.5
@@ -329,7 +331,12 @@ def _write_row(path, **values):
     import ase.db
     from ase import Atoms
 
-    defaults = {"latt_dis": "[3.0, 2.0, 1.5]", "intensity": "[10, 100, 50]", "tager": "[225, 1, 'F']", "chem_form": "X"}
+    defaults = {
+        "latt_dis": "[3.0, 2.0, 1.5]",
+        "intensity": "[10, 100, 50]",
+        "tager": "[225, 1, 'F']",
+        "chem_form": "X",
+    }
     defaults.update(values)
     with ase.db.connect(str(path)) as database:
         database.write(Atoms("Na"), **defaults)
@@ -339,7 +346,9 @@ def test_simxrd_numpy_printed_lists_are_parsed(tmp_path):
     pytest.importorskip("ase.db")
     path = tmp_path / "np.db"
     _write_row(path, latt_dis="[3. 2. 1.5]", intensity="[ 10. 100.  50.]", tager="[221, 1]")
-    _write_row(path, latt_dis=str(list(np.array([3.0, 2.0, 1.5]))), tager="[221, 1]")  # "np.float64(3.0)"
+    _write_row(
+        path, latt_dis=str(list(np.array([3.0, 2.0, 1.5]))), tager="[221, 1]"
+    )  # "np.float64(3.0)"
     for record in read_simxrd(path):
         np.testing.assert_allclose(record.d_spacing, [3.0, 2.0, 1.5])  # 2θ ascending, d descending
         np.testing.assert_allclose(record.intensity, [10.0, 100.0, 50.0])
@@ -350,7 +359,10 @@ def test_simxrd_numpy_printed_lists_are_parsed(tmp_path):
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"tager": "[225, 3, 'F']"}, r"row 1: tager says crystal system 3 \(trigonal\) but space group 225 is cubic"),
+        (
+            {"tager": "[225, 3, 'F']"},
+            r"row 1: tager says crystal system 3 \(trigonal\) but space group 225 is cubic",
+        ),
         ({"tager": "[231, 1, 'F']"}, r"row 1: space group 231 is outside 1..230"),
         ({"tager": "[225]"}, r"row 1: 'tager' must be"),
         ({"latt_dis": "[3.0, oops, 1.5]"}, r"row 1: cannot parse 'latt_dis'"),
@@ -420,7 +432,9 @@ def test_reference_pickled_dict_needs_opt_in(tmp_path):
     intensity, labels = reference_arrays()
     path = tmp_path / "train.npy"
     np.save(path, {"intensitys": intensity, "labels230": labels, "labels7": labels % 7})
-    with pytest.raises(ValueError, match=r"train\.npy holds pickled Python objects.*allow_pickle=True"):
+    with pytest.raises(
+        ValueError, match=r"train\.npy holds pickled Python objects.*allow_pickle=True"
+    ):
         read_reference_npy(path)
     data = read_reference_npy(path, allow_pickle=True)
     np.testing.assert_array_equal(data.intensity, intensity)
@@ -443,11 +457,20 @@ def test_reference_features_key_and_npz(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ({"intensitys": np.zeros((2, 8500)), "labels230": np.array([0, 230])}, r"labels in 0..229, got range 0..230"),
+        (
+            {"intensitys": np.zeros((2, 8500)), "labels230": np.array([0, 230])},
+            r"labels in 0..229, got range 0..230",
+        ),
         ({"intensitys": np.zeros((2, 8500)), "labels230": np.array([0.5, 3])}, "must be integers"),
         ({"intensitys": np.zeros((2, 100)), "labels230": np.array([0, 1])}, r"must be \[N, 8500\]"),
-        ({"intensitys": np.zeros((2, 8500)), "labels230": np.array([0, 1, 2])}, "3 labels for 2 patterns"),
-        ({"patterns": np.zeros((2, 8500)), "labels": np.array([0, 1])}, r"found \['labels', 'patterns'\]"),
+        (
+            {"intensitys": np.zeros((2, 8500)), "labels230": np.array([0, 1, 2])},
+            "3 labels for 2 patterns",
+        ),
+        (
+            {"patterns": np.zeros((2, 8500)), "labels": np.array([0, 1])},
+            r"found \['labels', 'patterns'\]",
+        ),
     ],
 )
 def test_reference_bad_content(tmp_path, content, message):
@@ -470,7 +493,10 @@ def test_reference_plain_array_is_not_a_dict(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("5.00 1,234.5\n5.05 1,240.0\n5.10 20\n5.15 30\n", r"bad\.xy:1: cannot parse '5\.00 1,234\.5'"),
+        (
+            "5.00 1,234.5\n5.05 1,240.0\n5.10 20\n5.15 30\n",
+            r"bad\.xy:1: cannot parse '5\.00 1,234\.5'",
+        ),
         ("1,234.5 100\n10 1\n11 2\n", r"bad\.xy:1: cannot parse '1,234\.5 100'"),
         ("# c\n12.3x 100\n12.4 100\n12.5 90\n", r"bad\.xy:2: cannot parse '12\.3x 100'"),
         ("10.0 12a\n10.5 13\n11.0 14\n", r"bad\.xy:1: cannot parse '10\.0 12a'"),
@@ -482,7 +508,14 @@ def test_number_led_lines_before_the_data_are_no_header(tmp_path, text, message)
 
 
 @pytest.mark.parametrize(
-    "header", ["2theta intensity", "2 Theta, Intensity", "2θ (deg) counts", "Angle 1 Counts 2", "2024-05-01 12:00 scan 3"]
+    "header",
+    [
+        "2theta intensity",
+        "2 Theta, Intensity",
+        "2θ (deg) counts",
+        "Angle 1 Counts 2",
+        "2024-05-01 12:00 scan 3",
+    ],
 )
 def test_text_headers_before_the_data_are_still_skipped(tmp_path, header):
     pattern = read_pattern(write(tmp_path, "scan.xy", f"{header}\n10 1\n11 2\n"))
@@ -501,15 +534,21 @@ def test_text_headers_before_the_data_are_still_skipped(tmp_path, header):
     ],
 )
 def test_header_anode_after_element_and_ratio_clauses(tmp_path, header, expected):
-    assert read_pattern(write(tmp_path, "scan.xy", f"{header}\n10 1\n11 2\n")).wavelength == pytest.approx(expected)
+    assert read_pattern(
+        write(tmp_path, "scan.xy", f"{header}\n10 1\n11 2\n")
+    ).wavelength == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("value", [True, "1.54", 1 + 2j, [1.54]])
 def test_wavelength_argument_must_be_a_number(tmp_path, simxrd_db, value):
     path = write(tmp_path, "scan.xy", "10 1\n11 2\n")
-    with pytest.raises(TypeError, match=rf"wavelength must be a number in Angstrom, got {re.escape(repr(value))}"):
+    with pytest.raises(
+        TypeError, match=rf"wavelength must be a number in Angstrom, got {re.escape(repr(value))}"
+    ):
         read_pattern(path, wavelength=value)
-    with pytest.raises(TypeError, match=rf"wavelength must be a number in Angstrom, got {re.escape(repr(value))}"):
+    with pytest.raises(
+        TypeError, match=rf"wavelength must be a number in Angstrom, got {re.escape(repr(value))}"
+    ):
         read_simxrd(simxrd_db, wavelength=value)
 
 
@@ -531,11 +570,15 @@ def test_simxrd_limit_and_selection_are_checked(simxrd_db):
 
 def test_reference_files_that_are_not_npy_name_the_file(tmp_path):
     text = write(tmp_path, "text.npy", "10 1\n11 2\n")
-    with pytest.raises(ValueError, match=r"text\.npy is not a \.npy or \.npz file \(it starts with b'10 1"):
+    with pytest.raises(
+        ValueError, match=r"text\.npy is not a \.npy or \.npz file \(it starts with b'10 1"
+    ):
         read_reference_npy(text, allow_pickle=True)
     empty = tmp_path / "empty.npy"
     empty.write_bytes(b"")
-    with pytest.raises(ValueError, match=r"empty\.npy is not a \.npy or \.npz file \(it is empty\)"):
+    with pytest.raises(
+        ValueError, match=r"empty\.npy is not a \.npy or \.npz file \(it is empty\)"
+    ):
         read_reference_npy(empty)
     intensity, labels = reference_arrays()
     npz = tmp_path / "broken.npz"

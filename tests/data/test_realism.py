@@ -19,8 +19,17 @@ from physmoe.data.symmetry import detect_space_group
 ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "src" / "physmoe" / "resources"
 CSV_FIELDS = [
-    "id", "formula", "space_group", "crystal_system", "num_sites", "category",
-    "source_package", "package_version", "package_licence", "path", "origin",
+    "id",
+    "formula",
+    "space_group",
+    "crystal_system",
+    "num_sites",
+    "category",
+    "source_package",
+    "package_version",
+    "package_licence",
+    "path",
+    "origin",
 ]
 
 
@@ -55,8 +64,16 @@ def test_rock_salt_and_silicon_nearest_neighbours(realism):
     nacl = Crystal(
         np.eye(3) * a,
         ["Na"] * 4 + ["Cl"] * 4,
-        [[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0],
-         [.5, 0, 0], [0, .5, 0], [0, 0, .5], [.5, .5, .5]],
+        [
+            [0, 0, 0],
+            [0, 0.5, 0.5],
+            [0.5, 0, 0.5],
+            [0.5, 0.5, 0],
+            [0.5, 0, 0],
+            [0, 0.5, 0],
+            [0, 0, 0.5],
+            [0.5, 0.5, 0.5],
+        ],
     )
     stats = realism.nearest_neighbour_distances(nacl.lattice, nacl.frac_coords, nacl.species)
     assert stats["nn_distance"] == pytest.approx(a / 2, abs=1e-9)
@@ -65,12 +82,12 @@ def test_rock_salt_and_silicon_nearest_neighbours(realism):
     assert stats["nn_ratio"] == pytest.approx(a / 2 / (covalent_radii[11] + covalent_radii[17]))
 
     a = 5.431
-    basis = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
+    basis = np.array([[0, 0, 0], [0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
     si = Crystal(np.eye(3) * a, ["Si"] * 8, np.vstack([basis, basis + 0.25]))
     stats = realism.nearest_neighbour_distances(si.lattice, si.frac_coords, si.species)
     assert stats["nn_distance"] == pytest.approx(a * math.sqrt(3) / 4, abs=1e-9)
     # one-atom primitive fcc cell: the nearest neighbour is the atom's own image
-    fcc = np.array([[0, .5, .5], [.5, 0, .5], [.5, .5, 0]]) * 3.61
+    fcc = np.array([[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]]) * 3.61
     d = realism.pair_distances(fcc, np.zeros((1, 3)))
     assert d[0, 0] == pytest.approx(3.61 / math.sqrt(2), abs=1e-9)
 

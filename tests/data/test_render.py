@@ -711,10 +711,13 @@ def test_march_dollase_averages_over_hexagonal_families():
     np.testing.assert_allclose(ratio / ratio[0], expected / expected[0], rtol=0.01)
 
 
-@pytest.mark.parametrize(("pair", "message"), [
-    (("10 20", [1.0, 2.0]), r"peak list 0: two_theta must be numbers, got the string '10 20'"),
-    (([20.0, 30.0], ["a", "b"]), r"peak list 0: intensity must be numbers, got \['a', 'b'\]"),
-])
+@pytest.mark.parametrize(
+    ("pair", "message"),
+    [
+        (("10 20", [1.0, 2.0]), r"peak list 0: two_theta must be numbers, got the string '10 20'"),
+        (([20.0, 30.0], ["a", "b"]), r"peak list 0: intensity must be numbers, got \['a', 'b'\]"),
+    ],
+)
 def test_peaks_that_are_not_numbers_name_the_array(pair, message):
     with pytest.raises(ValueError, match=message):
         render_patterns([pair], GRID)
@@ -725,14 +728,21 @@ def test_rows_are_rendered_independently_of_their_batch_and_padding():
     # mixing one very long list (as large low-symmetry cells have) with short ones must give each
     # row the pattern it gets alone (clean), and extra padding must change nothing (any seed).
     rng = np.random.default_rng(0)
-    lists = [Peaks(np.sort(rng.uniform(10, 80, n)), rng.uniform(0.1, 100, n)) for n in (3, 2000, 40, 7, 300)] * 8
+    lists = [
+        Peaks(np.sort(rng.uniform(10, 80, n)), rng.uniform(0.1, 100, n))
+        for n in (3, 2000, 40, 7, 300)
+    ] * 8
     clean = render_patterns(lists, GRID)
     for i in (0, 1, 2, 3):
-        torch.testing.assert_close(clean[i], render_patterns([lists[i]], GRID)[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            clean[i], render_patterns([lists[i]], GRID)[0], rtol=0, atol=1e-6
+        )
     two_theta, intensity, mask = pad_peaks(lists)
     wider = [torch.nn.functional.pad(t, (0, 500)) for t in (two_theta, intensity, mask)]
     wider[0][:, -500:] = 45.0  # masked columns, whatever their values
     for conditions in (None, MeasurementConditions.default()):
-        expected = render_padded(two_theta, intensity, mask, GRID, conditions, generator=torch.Generator().manual_seed(3))
+        expected = render_padded(
+            two_theta, intensity, mask, GRID, conditions, generator=torch.Generator().manual_seed(3)
+        )
         got = render_padded(*wider, GRID, conditions, generator=torch.Generator().manual_seed(3))
         assert torch.equal(got, expected)

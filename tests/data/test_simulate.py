@@ -65,11 +65,18 @@ def loop_oracle(crystal: Crystal, wavelength: float, two_theta_range, b_iso: np.
                     continue
                 s2 = (g / 2) ** 2
                 structure_factor = 0j
-                for element, xyz, occ, b in zip(crystal.species, crystal.frac_coords, crystal.occupancies, b_iso, strict=True):
+                for element, xyz, occ, b in zip(
+                    crystal.species, crystal.frac_coords, crystal.occupancies, b_iso, strict=True
+                ):
                     coef = gemmi.Element(element).it92
-                    form = sum(a * math.exp(-bb * s2) for a, bb in zip(coef.a, coef.b, strict=True)) + coef.c
+                    form = (
+                        sum(a * math.exp(-bb * s2) for a, bb in zip(coef.a, coef.b, strict=True))
+                        + coef.c
+                    )
                     phase = 2 * math.pi * (h * xyz[0] + k * xyz[1] + ell * xyz[2])
-                    structure_factor += occ * form * math.exp(-b * s2) * complex(math.cos(phase), math.sin(phase))
+                    structure_factor += (
+                        occ * form * math.exp(-b * s2) * complex(math.cos(phase), math.sin(phase))
+                    )
                 lp = (1 + math.cos(2 * theta) ** 2) / (math.sin(theta) ** 2 * math.cos(theta))
                 key = round(two_theta, 6)
                 entry = lines.setdefault(key, [two_theta, 0.0])
@@ -106,7 +113,9 @@ def test_positions_and_profiles_match_pymatgen(test_structures):
     worst_position, worst_cosine = 0.0, 1.0
     for item in test_structures:
         ours = simulate_peaks(item.structure, CU_KA1, RANGE, b_iso=item.b_iso)
-        every_line = simulate_peaks(item.structure, CU_KA1, RANGE, b_iso=item.b_iso, min_intensity=0.0)
+        every_line = simulate_peaks(
+            item.structure, CU_KA1, RANGE, b_iso=item.b_iso, min_intensity=0.0
+        )
         x, y = pymatgen_pattern(item.structure, item.b_iso)
         assert len(ours) > 0, item.name
         # Every pymatgen line (its cut-off is 1e-3) is one of our reflections, and every line of
@@ -116,19 +125,23 @@ def test_positions_and_profiles_match_pymatgen(test_structures):
             match_lines(x, y, every_line.two_theta, 0.0),
             match_lines(ours.two_theta, ours.intensity, x, 0.1),
         )
-        cosine = np.dot(p := gaussian_profile(ours.two_theta, ours.intensity), q := gaussian_profile(x, y)) / (
-            np.linalg.norm(p) * np.linalg.norm(q)
-        )
+        cosine = np.dot(
+            p := gaussian_profile(ours.two_theta, ours.intensity), q := gaussian_profile(x, y)
+        ) / (np.linalg.norm(p) * np.linalg.norm(q))
         assert shift < 1e-4, (item.name, shift)
         assert cosine >= 0.999, (item.name, cosine)
         worst_position, worst_cosine = max(worst_position, shift), min(worst_cosine, cosine)
-    print(f"worst position difference {worst_position:.2e} deg, worst profile cosine {worst_cosine:.6f}")
+    print(
+        f"worst position difference {worst_position:.2e} deg, worst profile cosine {worst_cosine:.6f}"
+    )
 
 
 def test_pymatgen_form_factors_reproduce_xrdcalculator(test_structures):
     """With pymatgen's own form-factor table the two simulators agree line by line."""
     for item in test_structures[::3]:
-        ours = simulate_peaks(item.structure, CU_KA1, RANGE, b_iso=item.b_iso, form_factors="pymatgen")
+        ours = simulate_peaks(
+            item.structure, CU_KA1, RANGE, b_iso=item.b_iso, form_factors="pymatgen"
+        )
         x, y = pymatgen_pattern(item.structure, item.b_iso)
         strong_x = x[y > 0.01]
         index = np.searchsorted(ours.two_theta, strong_x - 1e-6)
@@ -143,8 +156,18 @@ def _disordered_triclinic(num_sites: int, distinct_b: bool, seed: int) -> Crysta
     rng = np.random.default_rng(seed)
     species = [str(e) for e in rng.choice(["O", "Fe", "Ba", "Si", "D"], size=num_sites)]
     occupancies = rng.uniform(0.3, 1.0, size=num_sites)
-    b_iso = rng.uniform(0.1, 2.0, size=num_sites) if distinct_b else np.repeat([0.4, 1.1], [num_sites // 2, num_sites - num_sites // 2])
-    return Crystal.from_parameters((4.1, 4.9, 5.3, 81.0, 97.0, 104.0), species, rng.uniform(0, 1, (num_sites, 3)), occupancies=occupancies, b_iso=b_iso)
+    b_iso = (
+        rng.uniform(0.1, 2.0, size=num_sites)
+        if distinct_b
+        else np.repeat([0.4, 1.1], [num_sites // 2, num_sites - num_sites // 2])
+    )
+    return Crystal.from_parameters(
+        (4.1, 4.9, 5.3, 81.0, 97.0, 104.0),
+        species,
+        rng.uniform(0, 1, (num_sites, 3)),
+        occupancies=occupancies,
+        b_iso=b_iso,
+    )
 
 
 @pytest.mark.parametrize(
@@ -173,7 +196,9 @@ def test_silicon_srm_640e(silicon):
     d_exact = SI_640E_LATTICE / np.sqrt((hkl**2).sum(axis=1))
     np.testing.assert_array_equal(peaks.hkl, hkl)
     np.testing.assert_allclose(peaks.d_spacing, d_exact, rtol=1e-12)
-    np.testing.assert_allclose(peaks.two_theta, np.degrees(2 * np.arcsin(CU_KA1 / (2 * d_exact))), atol=1e-9)
+    np.testing.assert_allclose(
+        peaks.two_theta, np.degrees(2 * np.arcsin(CU_KA1 / (2 * d_exact))), atol=1e-9
+    )
     np.testing.assert_allclose(peaks.intensity, SI_640E_INTENSITY, atol=1.0)
 
 
@@ -186,7 +211,9 @@ def test_debye_waller_factor_follows_exp_minus_2bs2(silicon):
     np.testing.assert_allclose(warm.intensity / cold.intensity, expected, rtol=1e-5)
     # A scalar override and the crystal's own b_iso are the same thing.
     own = Crystal(silicon.lattice, silicon.species, silicon.frac_coords, b_iso=np.full(8, 1.3))
-    np.testing.assert_allclose(simulate_peaks(silicon, b_iso=1.3).intensity, warm.intensity, rtol=1e-12)
+    np.testing.assert_allclose(
+        simulate_peaks(silicon, b_iso=1.3).intensity, warm.intensity, rtol=1e-12
+    )
     np.testing.assert_allclose(simulate_peaks(own).intensity, warm.intensity, rtol=1e-12)
 
 
@@ -199,14 +226,20 @@ def test_kalpha2_lines(silicon):
     np.testing.assert_array_equal(doublet.hkl[1::2], single.hkl)
     np.testing.assert_allclose(doublet.two_theta[0::2], single.two_theta, atol=1e-12)
     d = single.d_spacing
-    np.testing.assert_allclose(doublet.two_theta[1::2], np.degrees(2 * np.arcsin(CU_KA2 / (2 * d))), atol=1e-9)
+    np.testing.assert_allclose(
+        doublet.two_theta[1::2], np.degrees(2 * np.arcsin(CU_KA2 / (2 * d))), atol=1e-9
+    )
 
     def lorentz_polarisation(two_theta):
         theta = np.radians(two_theta) / 2
         return (1 + np.cos(2 * theta) ** 2) / (np.sin(theta) ** 2 * np.cos(theta))
 
     ratio = doublet.intensity[1::2] / doublet.intensity[0::2]
-    expected = 0.5 * lorentz_polarisation(doublet.two_theta[1::2]) / lorentz_polarisation(doublet.two_theta[0::2])
+    expected = (
+        0.5
+        * lorentz_polarisation(doublet.two_theta[1::2])
+        / lorentz_polarisation(doublet.two_theta[0::2])
+    )
     np.testing.assert_allclose(ratio, expected, rtol=1e-9)
     assert doublet.intensity.max() == pytest.approx(100.0)
 
@@ -281,7 +314,9 @@ def test_empty_range_gives_empty_peak_list(silicon):
 def test_wavelength_moves_lines_through_bragg(silicon):
     mo = simulate_peaks(silicon, 0.7093, (5.0, 60.0))
     d = SI_640E_LATTICE / np.sqrt(3)
-    assert mo.two_theta[0] == pytest.approx(math.degrees(2 * math.asin(0.7093 / (2 * d))), abs=1e-10)
+    assert mo.two_theta[0] == pytest.approx(
+        math.degrees(2 * math.asin(0.7093 / (2 * d))), abs=1e-10
+    )
     assert mo.wavelength == 0.7093
 
 
@@ -394,8 +429,12 @@ def _mixed_batch(test_structures, silicon) -> list:
     [
         {"two_theta_range": (5.0, 27.0)},  # silicon's first line is at 28.4 deg: an empty list
         {"two_theta_range": (2.0, 100.0), "return_hkl": True},
-        {"two_theta_range": (10.0, 80.0), "kalpha2": True, "b_iso": {"O": 0.9},
-         "min_intensity": 0.5},  # fmt: skip
+        {
+            "two_theta_range": (10.0, 80.0),
+            "kalpha2": True,
+            "b_iso": {"O": 0.9},
+            "min_intensity": 0.5,
+        },  # fmt: skip
     ],
     ids=["with-empty", "hkl", "kalpha2-b-override"],
 )
@@ -450,7 +489,9 @@ def test_batch_edges_and_bad_arguments(silicon):
 # ------------------------------------------------------------------------- survey regressions
 
 
-@pytest.mark.parametrize("value", [(5.0,), (5.0, 60.0, 90.0), ("a", "b"), ("5", "90"), None, 90, "5,90"])
+@pytest.mark.parametrize(
+    "value", [(5.0,), (5.0, 60.0, 90.0), ("a", "b"), ("5", "90"), None, 90, "5,90"]
+)
 def test_malformed_two_theta_range_is_named(silicon, value):
     with pytest.raises(ValueError, match=r"two_theta_range must be \(min, max\) in degrees, got "):
         simulate_peaks(silicon, two_theta_range=value)
@@ -460,16 +501,23 @@ def test_malformed_two_theta_range_is_named(silicon, value):
 
 @pytest.mark.parametrize("value", ["abc", [1, 2], {"Si": "x"}, True])
 def test_malformed_b_iso_is_named(silicon, value):
-    with pytest.raises(ValueError, match=r"b_iso must be a number of Angstrom\^2, \{element: number\} or None, got"):
+    with pytest.raises(
+        ValueError, match=r"b_iso must be a number of Angstrom\^2, \{element: number\} or None, got"
+    ):
         simulate_peaks(silicon, b_iso=value)
 
 
 @pytest.mark.parametrize(
     ("a", "wavelength", "message"),
-    [(564.0, CU_KA1, r"a, b, c = 564, 564, 564 Angstrom at wavelength 1\.54056"), (5.64, 1e-3, r"at wavelength 0\.001 Angstrom")],
+    [
+        (564.0, CU_KA1, r"a, b, c = 564, 564, 564 Angstrom at wavelength 1\.54056"),
+        (5.64, 1e-3, r"at wavelength 0\.001 Angstrom"),
+    ],
 )
 def test_huge_reflection_boxes_are_refused_before_allocating(a, wavelength, message):
-    nacl = Crystal.from_parameters((a, a, a, 90, 90, 90), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    nacl = Crystal.from_parameters(
+        (a, a, a, 90, 90, 90), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
     with pytest.raises(ValueError, match=message + r".*limit of 2e\+07"):
         simulate_peaks(nacl, wavelength=wavelength)
 
@@ -481,7 +529,9 @@ def test_bundled_structures_stay_below_the_reflection_box_limit():
     g_max = 2 / 0.559421
     for name in ("default_structures.npz", "real_structures.npz"):
         with np.load(files("physmoe.resources") / name) as data:
-            lengths = np.array([np.linalg.norm(lattice_matrix(*p), axis=1) for p in data["lattice_parameters"]])
+            lengths = np.array(
+                [np.linalg.norm(lattice_matrix(*p), axis=1) for p in data["lattice_parameters"]]
+            )
         limits = np.floor(g_max * lengths + 1e-9)
         points = (limits[:, 0] + 1) * (2 * limits[:, 1] + 1) * (2 * limits[:, 2] + 1)
         assert points.max() < simulate_module._MAX_BOX_POINTS / 5

@@ -16,14 +16,18 @@ from physmoe.data.structures import Crystal, as_crystal, element_symbol, lattice
 CELL = "_cell_length_a {a}\n_cell_length_b {b}\n_cell_length_c {c}\n_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n"
 
 NACL_CIF = (
-    "data_NaCl\n" + CELL.format(a=5.64, b=5.64, c=5.64) + "_symmetry_space_group_name_H-M 'F m -3 m'\n"
+    "data_NaCl\n"
+    + CELL.format(a=5.64, b=5.64, c=5.64)
+    + "_symmetry_space_group_name_H-M 'F m -3 m'\n"
     "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
     "_atom_site_fract_z\n_atom_site_occupancy\n_atom_site_U_iso_or_equiv\n"
     "Na1 Na+ 0 0 0 1 0.010\nCl1 Cl- 0.5 0.5 0.5 1 0.020\n"
 )
 
 DISORDERED_CIF = (
-    "data_FeNiO\n" + CELL.format(a=4.0, b=4.0, c=4.0) + "_symmetry_space_group_name_H-M 'P m -3 m'\n"
+    "data_FeNiO\n"
+    + CELL.format(a=4.0, b=4.0, c=4.0)
+    + "_symmetry_space_group_name_H-M 'P m -3 m'\n"
     "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
     "_atom_site_fract_z\n_atom_site_occupancy\n"
     "Fe1 Fe 0 0 0 0.5\nNi1 Ni 0 0 0 0.5\nO1 O 0.5 0.5 0.5 0.8\n"
@@ -34,7 +38,9 @@ def sorted_sites(crystal: Crystal) -> list[tuple]:
     """Sites as sortable tuples (element, rounded wrapped coordinates, occupancy, B)."""
     return sorted(
         (s, *np.round(np.mod(x, 1.0) % 1.0, 6), round(float(o), 6), round(float(b), 6))
-        for s, x, o, b in zip(crystal.species, crystal.frac_coords, crystal.occupancies, crystal.b_iso, strict=True)
+        for s, x, o, b in zip(
+            crystal.species, crystal.frac_coords, crystal.occupancies, crystal.b_iso, strict=True
+        )
     )
 
 
@@ -50,7 +56,16 @@ def nacl_cif(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "symbol"),
-    [("Fe3+", "Fe"), ("O2-", "O"), ("FE", "Fe"), ("Cl1-", "Cl"), ("OW", "O"), ("CO", "Co"), ("D", "D"), ("si", "Si")],
+    [
+        ("Fe3+", "Fe"),
+        ("O2-", "O"),
+        ("FE", "Fe"),
+        ("Cl1-", "Cl"),
+        ("OW", "O"),
+        ("CO", "Co"),
+        ("D", "D"),
+        ("si", "Si"),
+    ],
 )
 def test_element_symbol(name, symbol):
     assert element_symbol(name) == symbol
@@ -63,7 +78,9 @@ def test_element_symbol_rejects_non_elements(name):
 
 
 def test_crystal_validates_and_normalises():
-    crystal = Crystal.from_parameters((3, 4, 5, 90, 90, 90), ["Fe2+", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    crystal = Crystal.from_parameters(
+        (3, 4, 5, 90, 90, 90), ["Fe2+", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
     assert crystal.species == ["Fe", "O"] and len(crystal) == 2
     assert crystal.volume == pytest.approx(60.0)
     with pytest.raises(ValueError, match="b_iso must be >= 0"):
@@ -92,7 +109,12 @@ def test_pymatgen_round_trip_with_disorder():
     )
     crystal = Crystal.from_pymatgen(structure)
     assert sorted_sites(crystal) == sorted(
-        [("Fe", 0, 0, 0, 0.5, 0), ("Ni", 0, 0, 0, 0.5, 0), ("O", 0.25, 0.5, 0.1, 1, 0), ("S", 0.6, 0.3, 0.9, 0.7, 0)]
+        [
+            ("Fe", 0, 0, 0, 0.5, 0),
+            ("Ni", 0, 0, 0, 0.5, 0),
+            ("O", 0.25, 0.5, 0.1, 1, 0),
+            ("S", 0.6, 0.3, 0.9, 0.7, 0),
+        ]
     )
     np.testing.assert_allclose(crystal.lattice, structure.lattice.matrix)
     back = crystal.to_pymatgen()
@@ -103,7 +125,9 @@ def test_pymatgen_round_trip_with_disorder():
 
 def test_pymatgen_b_iso_site_property_round_trip():
     pytest.importorskip("pymatgen")
-    crystal = Crystal.from_parameters((4, 4, 4, 90, 90, 90), ["Cu", "Zn"], [[0, 0, 0], [0.5, 0.5, 0.5]], b_iso=[0.3, 0.9])
+    crystal = Crystal.from_parameters(
+        (4, 4, 4, 90, 90, 90), ["Cu", "Zn"], [[0, 0, 0], [0.5, 0.5, 0.5]], b_iso=[0.3, 0.9]
+    )
     structure = crystal.to_pymatgen()
     assert structure.site_properties["b_iso"] == [0.3, 0.9]
     np.testing.assert_allclose(Crystal.from_pymatgen(structure).b_iso, [0.3, 0.9])
@@ -127,11 +151,15 @@ def test_cif_via_gemmi_expands_symmetry_and_converts_u_to_b(nacl_cif):
     b_na, b_cl = 8 * math.pi**2 * 0.010, 8 * math.pi**2 * 0.020
     fcc = [(0, 0, 0), (0, 0.5, 0.5), (0.5, 0, 0.5), (0.5, 0.5, 0)]
     expected = [("Na", *p, 1.0, round(b_na, 6)) for p in fcc]
-    expected += [("Cl", *np.round(np.mod(np.add(p, 0.5), 1.0), 6), 1.0, round(b_cl, 6)) for p in fcc]
+    expected += [
+        ("Cl", *np.round(np.mod(np.add(p, 0.5), 1.0), 6), 1.0, round(b_cl, 6)) for p in fcc
+    ]
     assert sorted_sites(crystal) == sorted(expected)
     np.testing.assert_allclose(crystal.lattice_parameters, (5.64, 5.64, 5.64, 90, 90, 90))
     # A gemmi SmallStructure and a str path give the same crystal.
-    assert sorted_sites(as_crystal(gemmi.read_small_structure(str(nacl_cif)))) == sorted_sites(crystal)
+    assert sorted_sites(as_crystal(gemmi.read_small_structure(str(nacl_cif)))) == sorted_sites(
+        crystal
+    )
     assert sorted_sites(as_crystal(str(nacl_cif))) == sorted_sites(crystal)
 
 
@@ -139,10 +167,16 @@ def test_cif_with_disorder_and_symmetry_operations_only(tmp_path):
     path = tmp_path / "disordered.cif"
     path.write_text(DISORDERED_CIF)
     crystal = Crystal.from_cif(path)
-    assert sorted_sites(crystal) == [("Fe", 0, 0, 0, 0.5, 0), ("Ni", 0, 0, 0, 0.5, 0), ("O", 0.5, 0.5, 0.5, 0.8, 0)]
+    assert sorted_sites(crystal) == [
+        ("Fe", 0, 0, 0, 0.5, 0),
+        ("Ni", 0, 0, 0, 0.5, 0),
+        ("O", 0.5, 0.5, 0.5, 0.8, 0),
+    ]
     ops = tmp_path / "ops.cif"
     ops.write_text(
-        "data_x\n" + CELL.format(a=5, b=6, c=7) + "loop_\n_symmetry_equiv_pos_as_xyz\nx,y,z\n-x,-y,-z\n"
+        "data_x\n"
+        + CELL.format(a=5, b=6, c=7)
+        + "loop_\n_symmetry_equiv_pos_as_xyz\nx,y,z\n-x,-y,-z\n"
         "loop_\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
         "_atom_site_B_iso_or_equiv\nNa1 0.1 0.2 0.3 1.5\n"
     )
@@ -168,7 +202,9 @@ def test_cif_with_only_anisotropic_u_gets_u_equivalent(tmp_path):
 def test_malformed_cif_falls_back_to_pymatgen(tmp_path, nacl_cif):
     pytest.importorskip("pymatgen")
     path = tmp_path / "duplicate_tag.cif"
-    path.write_text(NACL_CIF.replace("_cell_angle_gamma 90\n", "_cell_angle_gamma 90\n_cell_angle_gamma 90\n"))
+    path.write_text(
+        NACL_CIF.replace("_cell_angle_gamma 90\n", "_cell_angle_gamma 90\n_cell_angle_gamma 90\n")
+    )
     with pytest.raises(RuntimeError, match="duplicate tag"):
         gemmi.read_small_structure(str(path))
     crystal = Crystal.from_cif(path)
@@ -179,11 +215,15 @@ def test_malformed_cif_falls_back_to_pymatgen(tmp_path, nacl_cif):
 
 def test_malformed_cif_without_pymatgen_names_the_file(tmp_path, monkeypatch):
     path = tmp_path / "broken.cif"
-    path.write_text(NACL_CIF.replace("_chemical", "").replace("data_NaCl\n", "data_NaCl\n_name two words 'x\n"))
+    path.write_text(
+        NACL_CIF.replace("_chemical", "").replace("data_NaCl\n", "data_NaCl\n_name two words 'x\n")
+    )
     with pytest.raises((RuntimeError, ValueError)):
         gemmi.read_small_structure(str(path))
     monkeypatch.setitem(sys.modules, "pymatgen.io.cif", None)  # makes the import fail
-    with pytest.raises(ValueError, match=r"broken\.cif: gemmi could not parse the CIF .*install pymatgen"):
+    with pytest.raises(
+        ValueError, match=r"broken\.cif: gemmi could not parse the CIF .*install pymatgen"
+    ):
         Crystal.from_cif(path)
 
 
@@ -195,7 +235,9 @@ def test_cif_errors(tmp_path):
         "data_x\n" + CELL.format(a=5, b=5, c=5) + "_symmetry_space_group_name_H-M 'Q 9 z'\n"
         "loop_\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\nNa1 0.1 0.2 0.3\n"
     )
-    with pytest.raises(ValueError, match=r"unknown_group\.cif: space group 'Q 9 z' is not recognised"):
+    with pytest.raises(
+        ValueError, match=r"unknown_group\.cif: space group 'Q 9 z' is not recognised"
+    ):
         Crystal.from_cif(unknown)
     empty = tmp_path / "no_atoms.cif"
     empty.write_text("data_x\n" + CELL.format(a=5, b=5, c=5))
@@ -215,7 +257,9 @@ SITES = (
         ("", r"empty\.cif: no data block \(data_...\) in the CIF: the file is empty"),
         ("# only a comment\n", r"empty\.cif: no data block"),
         (
-            "data_x\n" + CELL.format(a=5.64, b=5.64, c=5.64) + "_symmetry_Int_Tables_number 225\n"
+            "data_x\n"
+            + CELL.format(a=5.64, b=5.64, c=5.64)
+            + "_symmetry_Int_Tables_number 225\n"
             + SITES.format(na=-0.5),
             r"empty\.cif: site 'Na1' has occupancy -0\.5 < 0",
         ),
@@ -239,7 +283,9 @@ def test_cifs_that_cannot_be_read_faithfully_are_refused(tmp_path, text, message
 def test_cif_with_only_the_space_group_number_uses_it(tmp_path, nacl_cif):
     path = tmp_path / "number_only.cif"
     path.write_text(
-        "data_x\n" + CELL.format(a=5.64, b=5.64, c=5.64) + "_symmetry_Int_Tables_number 225\n"
+        "data_x\n"
+        + CELL.format(a=5.64, b=5.64, c=5.64)
+        + "_symmetry_Int_Tables_number 225\n"
         + SITES.format(na=1)
     )
     crystal = Crystal.from_cif(path)
@@ -256,7 +302,9 @@ def test_ase_atoms_plain_and_with_cif_occupancies(tmp_path, nacl_cif):
     ase_io = pytest.importorskip("ase.io")
     from ase import Atoms
 
-    atoms = Atoms("NaCl", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=np.eye(3) * 4.0, pbc=True)
+    atoms = Atoms(
+        "NaCl", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=np.eye(3) * 4.0, pbc=True
+    )
     atoms.new_array("b_iso", np.array([0.5, 0.7]))
     crystal = as_crystal(atoms)
     assert sorted_sites(crystal) == [("Cl", 0.5, 0.5, 0.5, 1, 0.7), ("Na", 0, 0, 0, 1, 0.5)]
@@ -267,7 +315,10 @@ def test_ase_atoms_plain_and_with_cif_occupancies(tmp_path, nacl_cif):
     from_ase = as_crystal(ase_io.read(path))
     assert sorted_sites(from_ase) == sorted_sites(Crystal.from_cif(path))
     assert from_ase.space_group == 221
-    assert sorted_sites(as_crystal(ase_io.read(nacl_cif)))[0][:4] == sorted_sites(Crystal.from_cif(nacl_cif))[0][:4]
+    assert (
+        sorted_sites(as_crystal(ase_io.read(nacl_cif)))[0][:4]
+        == sorted_sites(Crystal.from_cif(nacl_cif))[0][:4]
+    )
 
 
 def test_ase_atoms_without_cell_is_rejected():
@@ -296,41 +347,60 @@ CARTESIAN_SITES = (
 def test_cif_with_cartesian_sites_only_is_converted(tmp_path, nacl_cif):
     cubic = tmp_path / "cartesian.cif"
     cubic.write_text(
-        "data_x\n" + CELL.format(a=5.64, b=5.64, c=5.64) + "_symmetry_space_group_name_H-M 'F m -3 m'\n"
-        + CARTESIAN_SITES + "Na1 Na 0 0 0\nCl1 Cl 2.82 2.82 2.82\n"
+        "data_x\n"
+        + CELL.format(a=5.64, b=5.64, c=5.64)
+        + "_symmetry_space_group_name_H-M 'F m -3 m'\n"
+        + CARTESIAN_SITES
+        + "Na1 Na 0 0 0\nCl1 Cl 2.82 2.82 2.82\n"
     )
     reference = Crystal.from_cif(nacl_cif)
-    assert [s[:4] for s in sorted_sites(Crystal.from_cif(cubic))] == [s[:4] for s in sorted_sites(reference)]
+    assert [s[:4] for s in sorted_sites(Crystal.from_cif(cubic))] == [
+        s[:4] for s in sorted_sites(reference)
+    ]
     # Monoclinic, mmCIF convention (a along x, b along y): fractional (0.1, 0.2, 0.3) is
     # x = 0.1 a + 0.3 c cos(beta), y = 0.2 b, z = 0.3 c sin(beta).
     beta = math.radians(100)
     x, y, z = 0.1 * 5 + 0.3 * 7 * math.cos(beta), 0.2 * 6, 0.3 * 7 * math.sin(beta)
     oblique = tmp_path / "monoclinic.cif"
     oblique.write_text(
-        "data_x\n" + CELL.format(a=5, b=6, c=7).replace("beta 90", "beta 100")
-        + CARTESIAN_SITES + f"Fe1 Fe {x} {y} {z}\n"
+        "data_x\n"
+        + CELL.format(a=5, b=6, c=7).replace("beta 90", "beta 100")
+        + CARTESIAN_SITES
+        + f"Fe1 Fe {x} {y} {z}\n"
     )
     np.testing.assert_allclose(Crystal.from_cif(oblique).frac_coords, [[0.1, 0.2, 0.3]], atol=1e-9)
     # A stated transformation matrix (Cartesian = M @ fractional) wins over the default.
     to_cartesian = lattice_matrix(5, 6, 7, 90, 100, 90).T
     x, y, z = to_cartesian @ [0.1, 0.2, 0.3]
-    matrix = "".join(f"_atom_sites_Cartn_tran_matrix_{i + 1}{j + 1} {to_cartesian[i, j]}\n" for i in range(3) for j in range(3))
+    matrix = "".join(
+        f"_atom_sites_Cartn_tran_matrix_{i + 1}{j + 1} {to_cartesian[i, j]}\n"
+        for i in range(3)
+        for j in range(3)
+    )
     oblique.write_text(
-        "data_x\n" + CELL.format(a=5, b=6, c=7).replace("beta 90", "beta 100") + matrix
-        + CARTESIAN_SITES + f"Fe1 Fe {x} {y} {z}\n"
+        "data_x\n"
+        + CELL.format(a=5, b=6, c=7).replace("beta 90", "beta 100")
+        + matrix
+        + CARTESIAN_SITES
+        + f"Fe1 Fe {x} {y} {z}\n"
     )
     np.testing.assert_allclose(Crystal.from_cif(oblique).frac_coords, [[0.1, 0.2, 0.3]], atol=1e-9)
 
 
-@pytest.mark.parametrize(("tag", "value"), [
-    ("_symmetry_Int_Tables_number", "231"),
-    ("_space_group_IT_number", "0"),
-    ("_space_group_IT_number", "12.5"),
-    ("_symmetry_Int_Tables_number", "abc"),
-])
+@pytest.mark.parametrize(
+    ("tag", "value"),
+    [
+        ("_symmetry_Int_Tables_number", "231"),
+        ("_space_group_IT_number", "0"),
+        ("_space_group_IT_number", "12.5"),
+        ("_symmetry_Int_Tables_number", "abc"),
+    ],
+)
 def test_cif_with_an_impossible_space_group_number_is_refused(tmp_path, tag, value):
     path = tmp_path / "bad_number.cif"
-    path.write_text("data_x\n" + CELL.format(a=5.64, b=5.64, c=5.64) + f"{tag} {value}\n" + SITES.format(na=1))
+    path.write_text(
+        "data_x\n" + CELL.format(a=5.64, b=5.64, c=5.64) + f"{tag} {value}\n" + SITES.format(na=1)
+    )
     with pytest.raises(ValueError, match=rf"bad_number\.cif: {tag} is '{re.escape(value)}'"):
         Crystal.from_cif(path)
 

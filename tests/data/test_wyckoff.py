@@ -42,7 +42,9 @@ def test_positions_match_pyxtal_objects():
         positions = wyckoff_positions(number)
         reference = pyxtal_symmetry.Group(number).Wyckoff_positions
         assert positions.labels == tuple(wp.get_label() for wp in reference)
-        np.testing.assert_array_equal(positions.degrees_of_freedom, [wp.get_dof() for wp in reference])
+        np.testing.assert_array_equal(
+            positions.degrees_of_freedom, [wp.get_dof() for wp in reference]
+        )
         for w, wp in enumerate(reference):
             ops = positions.ops[positions.op_offsets[w] : positions.op_offsets[w + 1]]
             np.testing.assert_allclose(ops, [op.affine_matrix[:3] for op in wp.ops], atol=1e-12)

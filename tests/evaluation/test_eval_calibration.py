@@ -167,7 +167,9 @@ def test_hard_masked_true_classes_leave_the_fit_and_the_nll_bounded(caplog):
     keep = np.setdiff1d(np.arange(4000), wrong)
     with caplog.at_level(logging.INFO, logger="physmoe.evaluation.calibration"):
         temperature = TemperatureScaler().fit(masked, labels)
-    assert temperature == pytest.approx(TemperatureScaler().fit(logits[keep], labels[keep]), rel=1e-9)
+    assert temperature == pytest.approx(
+        TemperatureScaler().fit(logits[keep], labels[keep]), rel=1e-9
+    )
     assert 1.2 < temperature < 2.5 and "leaves out 400 of 4000" in caplog.text
     with pytest.raises(ValueError, match="nothing to fit"):
         TemperatureScaler().fit(masked[wrong], labels[wrong])
@@ -176,13 +178,17 @@ def test_hard_masked_true_classes_leave_the_fit_and_the_nll_bounded(caplog):
     metrics = compute_metrics(masked, labels)
     clean = compute_metrics(logits[keep], labels[keep])
     floor = -np.log(np.finfo(np.float64).tiny)
-    assert metrics["nll"] == pytest.approx((clean["nll"] * len(keep) + floor * len(wrong)) / 4000, rel=1e-9)
+    assert metrics["nll"] == pytest.approx(
+        (clean["nll"] * len(keep) + floor * len(wrong)) / 4000, rel=1e-9
+    )
 
 
 def test_confidence_bins_are_float64_whatever_the_input_dtype():
     from physmoe.evaluation.calibration import top1_confidence_bins
 
     for dtype in (torch.float32, torch.bfloat16):
-        bins = top1_confidence_bins(torch.tensor([0.3, 0.9], dtype=dtype), torch.tensor([True, False]), 2)
+        bins = top1_confidence_bins(
+            torch.tensor([0.3, 0.9], dtype=dtype), torch.tensor([True, False]), 2
+        )
         assert [b.dtype for b in bins] == [torch.float64] * 3
         assert bins[0].tolist() == [1.0, 1.0] and bins[2].tolist() == [1.0, 0.0]

@@ -443,11 +443,18 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match=r"expert_predictions must have shape \[4, K\]"):
         compute_metrics(logits, labels, expert_predictions=np.zeros((3, 2), dtype=np.int64))
     with pytest.raises(ValueError, match=r"expert_predictions\[5\] = 230 is outside \[0, 230\)"):
-        compute_metrics(logits, labels, expert_predictions=np.array([[0, 1], [2, 3], [4, 230], [0, 0]]))
+        compute_metrics(
+            logits, labels, expert_predictions=np.array([[0, 1], [2, 3], [4, 230], [0, 0]])
+        )
     with pytest.raises(TypeError, match="expert_predictions must be integer"):
         compute_metrics(logits, labels, expert_predictions=np.zeros((4, 2)))
     with pytest.raises(ValueError, match="not both"):
-        compute_metrics(logits, labels, expert_logits=np.zeros((4, 2, 230)), expert_predictions=np.zeros((4, 2), dtype=int))
+        compute_metrics(
+            logits,
+            labels,
+            expert_logits=np.zeros((4, 2, 230)),
+            expert_predictions=np.zeros((4, 2), dtype=int),
+        )
     with pytest.raises(ValueError, match="declared as probabilities"):
         compute_metrics(logits + 1.0, labels, input_type="probabilities")
     with pytest.raises(ValueError, match="num_bins"):
@@ -633,14 +640,20 @@ def test_two_stage_bootstrap_varies_the_classes_where_within_class_resampling_ca
     correct = np.stack([np.ones(40), (np.arange(40) % 2 == 0).astype(float)])
     replicates = two_stage_bootstrap(correct, labels, np.arange(40), n_boot=300, seed=1)
     assert replicates.shape == (300, 2) and np.all(replicates[:, 0] == 1.0)
-    assert bucket_accuracy_ci(logits, labels, np.full(230, 500), "few_shot") is None  # no few-shot class
+    assert (
+        bucket_accuracy_ci(logits, labels, np.full(230, 500), "few_shot") is None
+    )  # no few-shot class
     with pytest.raises(ValueError, match="no sample"):
         two_stage_bootstrap(correct, labels, np.array([41]))
     # The estimate is the class mean over present classes of the bucket (loop oracle).
     uneven = np.array([0, 0, 0, 1, 2, 2])
     scores = np.eye(230, dtype=np.float32)[[0, 5, 0, 1, 7, 2]]
-    oracle = np.mean([np.mean([scores[i].argmax() == c for i in np.flatnonzero(uneven == c)]) for c in (0, 1, 2)])
-    assert bucket_accuracy_ci(scores, uneven, counts, "few_shot", n_boot=50).estimate == pytest.approx(oracle)
+    oracle = np.mean(
+        [np.mean([scores[i].argmax() == c for i in np.flatnonzero(uneven == c)]) for c in (0, 1, 2)]
+    )
+    assert bucket_accuracy_ci(
+        scores, uneven, counts, "few_shot", n_boot=50
+    ).estimate == pytest.approx(oracle)
     with pytest.raises(ValueError, match=r"train_class_counts must have shape \[230\]"):
         bucket_accuracy_ci(logits, labels, np.full(100, 5))
     with pytest.raises(ValueError, match="bucket must be one of"):

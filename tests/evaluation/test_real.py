@@ -46,7 +46,9 @@ def direct_metrics(logits: np.ndarray, labels: np.ndarray, temperature: float) -
         ranking = sorted(range(230), key=lambda c: (-row[c], c))
         out["top1"].append(ranking[0] == label)
         out["top5"].append(label in ranking[:5])
-        out["system"].append(crystal_system_index(ranking[0] + 1) == crystal_system_index(label + 1))
+        out["system"].append(
+            crystal_system_index(ranking[0] + 1) == crystal_system_index(label + 1)
+        )
         out["set"].append(label + 1 in indistinguishable_groups(ranking[0] + 1))
         out["confidence"].append(row[ranking[0]])
     return {key: np.array(value) for key, value in out.items()}
@@ -105,7 +107,9 @@ def test_benchmark_metrics_against_a_direct_computation():
     assert metrics["top5_accuracy"] == pytest.approx(direct["top5"].mean())
     assert metrics["crystal_system_accuracy_from_sg"] == pytest.approx(direct["system"].mean())
     true_system = np.array([crystal_system_index(int(g) + 1) for g in labels])
-    assert metrics["crystal_system_accuracy_head"] == pytest.approx((systems.argmax(1) == true_system).mean())
+    assert metrics["crystal_system_accuracy_head"] == pytest.approx(
+        (systems.argmax(1) == true_system).mean()
+    )
     assert metrics["powder_set_accuracy"] == pytest.approx(direct["set"].mean())
     assert metrics["powder_set_accuracy"] > metrics["top1_accuracy"]
     for index, name in enumerate(CRYSTAL_SYSTEMS):
@@ -122,20 +126,28 @@ def test_benchmark_metrics_against_a_direct_computation():
         kept = direct["confidence"] >= t
         assert metrics[f"confidence_{t:g}_coverage"] == pytest.approx(kept.mean())
         if kept.any():
-            assert metrics[f"confidence_{t:g}_accuracy"] == pytest.approx(direct["top1"][kept].mean())
+            assert metrics[f"confidence_{t:g}_accuracy"] == pytest.approx(
+                direct["top1"][kept].mean()
+            )
     # Frequency baselines straight from the prior.
     prior = space_group_prior("icsd")
     ranking = np.argsort(-prior, kind="stable")
     assert metrics["baseline_prior_top1_accuracy"] == pytest.approx(np.mean(labels == ranking[0]))
-    assert metrics["baseline_prior_top5_accuracy"] == pytest.approx(np.isin(labels, ranking[:5]).mean())
+    assert metrics["baseline_prior_top5_accuracy"] == pytest.approx(
+        np.isin(labels, ranking[:5]).mean()
+    )
     best_set = indistinguishable_groups(int(ranking[0]) + 1)
-    assert metrics["baseline_prior_powder_set_accuracy"] == pytest.approx(np.isin(labels + 1, best_set).mean())
+    assert metrics["baseline_prior_powder_set_accuracy"] == pytest.approx(
+        np.isin(labels + 1, best_set).mean()
+    )
     system_mass = np.zeros(7)
     for group in range(230):
         system_mass[crystal_system_index(group + 1)] += prior[group]
     majority = int(system_mass.argmax())
     assert metrics["baseline_majority_system"] == CRYSTAL_SYSTEMS[majority]
-    assert metrics["baseline_majority_system_accuracy"] == pytest.approx(np.mean(true_system == majority))
+    assert metrics["baseline_majority_system_accuracy"] == pytest.approx(
+        np.mean(true_system == majority)
+    )
     json.dumps(metrics, allow_nan=False)
 
 
@@ -184,8 +196,12 @@ def test_real_structures_and_patterns():
 
     crystals, _, _ = load_real_structures(max_samples=70)
     peaks = simulate_peaks(crystals[5], two_theta_range=(2.0, 100.0))
-    expected = PXRDCollator(grid, train=False)([{"peak_two_theta": peaks.two_theta, "peak_intensity": peaks.intensity}])
-    torch.testing.assert_close(clean["input_values"][5], expected["input_values"][0], rtol=1e-5, atol=1e-6)
+    expected = PXRDCollator(grid, train=False)(
+        [{"peak_two_theta": peaks.two_theta, "peak_intensity": peaks.intensity}]
+    )
+    torch.testing.assert_close(
+        clean["input_values"][5], expected["input_values"][0], rtol=1e-5, atol=1e-6
+    )
     # "lab" uses the training realism ranges: not clean, but max-normalised as every pattern.
     assert MeasurementConditions.default() != MeasurementConditions.clean()
     assert torch.allclose(lab["input_values"].amax(1), torch.ones(70))
@@ -226,9 +242,14 @@ def test_run_real_benchmark_uses_the_model_outputs_in_order():
     assert result["top1_accuracy"] >= 0.5
     table = format_real_benchmark(result)
     assert f"{n} real structures, clean patterns, temperature 0.800" in table
-    assert f"{result['top1_accuracy']:.3f}" in table and f"{result['baseline_prior_top5_accuracy']:.3f}" in table
+    assert (
+        f"{result['top1_accuracy']:.3f}" in table
+        and f"{result['baseline_prior_top5_accuracy']:.3f}" in table
+    )
     assert "probability >= 0.9" in table and "80% most confident" in table
-    other = ResNet1D_MoE(tiny_config(num_labels=3, label_space_groups=[1, 2, 3], loss_preset="cross_entropy"))
+    other = ResNet1D_MoE(
+        tiny_config(num_labels=3, label_space_groups=[1, 2, 3], loss_preset="cross_entropy")
+    )
     with pytest.raises(ValueError, match="230 space groups"):
         run_real_benchmark(other)
     with pytest.raises(ValueError, match="batch_size"):
@@ -244,15 +265,25 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     from physmoe.data import simulate_peaks_batch
 
     keep = np.arange(0, 64)
-    peaks = simulate_peaks_batch([archive.crystal(int(i)) for i in keep], two_theta_range=(2.0, 100.0))
+    peaks = simulate_peaks_batch(
+        [archive.crystal(int(i)) for i in keep], two_theta_range=(2.0, 100.0)
+    )
     grid = TwoThetaGrid.from_config(model.config)
-    rows = [{"peak_two_theta": p.two_theta, "peak_intensity": p.intensity, "labels": int(archive.space_groups[i]) - 1}
-            for p, i in zip(peaks, keep, strict=True)]
+    rows = [
+        {
+            "peak_two_theta": p.two_theta,
+            "peak_intensity": p.intensity,
+            "labels": int(archive.space_groups[i]) - 1,
+        }
+        for p, i in zip(peaks, keep, strict=True)
+    ]
     batch = PXRDCollator(grid, train=False)(rows)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(5):
-        loss = torch.nn.functional.cross_entropy(model(batch["input_values"]).logits, batch["labels"])
+        loss = torch.nn.functional.cross_entropy(
+            model(batch["input_values"]).logits, batch["labels"]
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -272,8 +303,14 @@ def test_cli_evaluate_real_end_to_end(tiny_checkpoint, tmp_path, capsys):
     assert metrics["temperature"] == pytest.approx(1.3)
     model = ResNet1D_MoE.from_pretrained(tiny_checkpoint)
     direct = run_real_benchmark(model, max_samples=50)
-    for key in ("top1_accuracy", "top5_accuracy", "powder_set_accuracy", "coverage_60_accuracy",
-                "crystal_system_accuracy_head", "baseline_prior_top5_accuracy"):
+    for key in (
+        "top1_accuracy",
+        "top5_accuracy",
+        "powder_set_accuracy",
+        "coverage_60_accuracy",
+        "crystal_system_accuracy_head",
+        "baseline_prior_top5_accuracy",
+    ):
         assert metrics[key] == pytest.approx(direct[key], abs=1e-6), key
     assert "real-structure benchmark" in printed and "ICSD-frequency baseline" in printed
     assert f"{metrics['top5_accuracy']:.3f}" in printed

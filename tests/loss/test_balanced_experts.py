@@ -186,8 +186,16 @@ def test_hnm_term_and_custom_tau_range():
     outputs, targets = make_batch(seed=3)
     miner.update_prototypes(outputs["features"], targets["labels"])
     wrapper = BalancedExpertsLossWrapper(
-        CFG, RULE, SG_TO_SYS, class_prior=COUNTS, tau_min=0.5, tau_max=1.5,
-        lambda_scl=0, lambda_reg=0, lambda_hier=0, lambda_hnm=0.4,
+        CFG,
+        RULE,
+        SG_TO_SYS,
+        class_prior=COUNTS,
+        tau_min=0.5,
+        tau_max=1.5,
+        lambda_scl=0,
+        lambda_reg=0,
+        lambda_hier=0,
+        lambda_hnm=0.4,
     )
     total, parts = wrapper(outputs, targets, hard_negative_miner=miner)
     assert set(parts) == {"loss_dol", "loss_hnm"}
@@ -291,8 +299,14 @@ def test_preset_build_loss_and_validation():
         build_loss("balanced_experts", CFG, RULE, SG_TO_SYS, class_prior=COUNTS, lambda_hier=-1)
     with pytest.raises(ValueError, match="nothing to optimise"):
         BalancedExpertsLossWrapper(
-            CFG, RULE, SG_TO_SYS, class_prior=COUNTS,
-            lambda_dol=0, lambda_hier=0, lambda_scl=0, lambda_reg=0,
+            CFG,
+            RULE,
+            SG_TO_SYS,
+            class_prior=COUNTS,
+            lambda_dol=0,
+            lambda_hier=0,
+            lambda_scl=0,
+            lambda_reg=0,
         )
     assert BALANCED_EXPERTS_TAU_RANGE == DEFAULT_EXPERT_TAU_RANGE
 
@@ -367,7 +381,9 @@ def test_model_logits_follow_the_balanced_rule(mode):
     torch.testing.assert_close(out.logits, hierarchy, rtol=1e-5, atol=1e-4)
     # The training loss sees the same balanced ensemble the model reports.
     same = balanced_expert_ensemble(
-        out.expert_logits, out.gating_weights, model.physmoe_loss.expert_taus,
+        out.expert_logits,
+        out.gating_weights,
+        model.physmoe_loss.expert_taus,
         model.physmoe_loss.log_prior,
     )
     torch.testing.assert_close(out.ensemble_logits, same, rtol=0, atol=0)
@@ -392,12 +408,17 @@ def test_inference_prior_weight_adds_the_prior_back(weight):
     # w = 1: ideal experts (z_k = s + (1 - tau_k) log prior) give s + log prior, the posterior
     # under the training frequencies; in general the balanced ensemble + w log prior.
     x = torch.rand(4, 64, generator=torch.Generator().manual_seed(3))
-    balanced, weighted = balanced_model().eval(), balanced_model(inference_prior_weight=weight).eval()
+    balanced, weighted = (
+        balanced_model().eval(),
+        balanced_model(inference_prior_weight=weight).eval(),
+    )
     weighted.load_state_dict(balanced.state_dict())
     with torch.no_grad():
         plain, shifted = balanced(x), weighted(x)
     log_prior = log_prior_oracle(COUNTS).float()
-    torch.testing.assert_close(shifted.ensemble_logits, plain.ensemble_logits + weight * log_prior, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(
+        shifted.ensemble_logits, plain.ensemble_logits + weight * log_prior, rtol=1e-5, atol=1e-4
+    )
     torch.testing.assert_close(shifted.expert_logits, plain.expert_logits)
     # Training does not depend on it.
     labels = torch.tensor([0, 13, 61, 224])

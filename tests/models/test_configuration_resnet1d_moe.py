@@ -44,7 +44,11 @@ def test_defaults_are_the_published_architecture():
     assert (config.two_theta_min, config.two_theta_max, config.num_points) == (5.0, 90.0, 8500)
     assert config.wavelength == 1.54056
     assert config.feature_dim == 1024 and config.projection_dim == 32
-    assert (config.num_experts, config.tail_expert_ids, config.expert_mode) == (8, [4, 5, 6, 7], "independent")
+    assert (config.num_experts, config.tail_expert_ids, config.expert_mode) == (
+        8,
+        [4, 5, 6, 7],
+        "independent",
+    )
     assert config.logit_scale == 30.0 and config.hidden_dropout_prob == 0.1
     assert config.stem_channels == 0 and config.input_batch_norm
     # The published pooling schedule takes 8500 points to exactly 1 (checked with torch's layers).
@@ -71,7 +75,9 @@ def test_reference_preset_is_the_default_and_presets_are_small_dicts():
     small = ResNet1DMoEConfig.from_preset("small")
     assert small.num_points == 4250 and small.stem_stride == 4 and small.expert_mode == "shared"
     assert small.two_theta_max - small.two_theta_min == pytest.approx(0.02 * small.num_points)
-    assert ResNet1DMoEConfig.from_preset("small", num_experts=4, tail_expert_ids=[3]).num_experts == 4
+    assert (
+        ResNet1DMoEConfig.from_preset("small", num_experts=4, tail_expert_ids=[3]).num_experts == 4
+    )
     with pytest.raises(ValueError, match="unknown preset"):
         ResNet1DMoEConfig.from_preset("huge")
 
@@ -116,7 +122,10 @@ def test_save_load_and_json_round_trip(tmp_path):
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model_type"] == "resnet1d_moe"
     assert saved["hidden_sizes"] == config.hidden_sizes and saved["id2label"]["13"] == "P2_1/c (14)"
-    for loaded in (ResNet1DMoEConfig.from_pretrained(tmp_path), AutoConfig.from_pretrained(tmp_path)):
+    for loaded in (
+        ResNet1DMoEConfig.from_pretrained(tmp_path),
+        AutoConfig.from_pretrained(tmp_path),
+    ):
         assert isinstance(loaded, ResNet1DMoEConfig)
         assert _comparable(loaded) == _comparable(config)
         assert loaded.id2label[13] == "P2_1/c (14)" and isinstance(next(iter(loaded.id2label)), int)
@@ -136,15 +145,27 @@ def test_two_label_config_reloads_with_two_labels(tmp_path, labels):
 
 def test_loss_settings():
     assert set(LOSS_PRESET_NAMES) == set(LOSS_PRESETS)
-    config = ResNet1DMoEConfig(lambda_hnm=0.5, contrastive_temperature=0.1, focal_gamma=1.0, prior_floor=1e-4,
-                               detach_ensemble=False)
+    config = ResNet1DMoEConfig(
+        lambda_hnm=0.5,
+        contrastive_temperature=0.1,
+        focal_gamma=1.0,
+        prior_floor=1e-4,
+        detach_ensemble=False,
+    )
     assert config.loss_overrides() == {
-        "lambda_hnm": 0.5, "temperature": 0.1, "gamma": 1.0, "prior_floor": 1e-4, "detach_ensemble": False
+        "lambda_hnm": 0.5,
+        "temperature": 0.1,
+        "gamma": 1.0,
+        "prior_floor": 1e-4,
+        "detach_ensemble": False,
     }
     assert ResNet1DMoEConfig().loss_overrides() == {}
     assert ResNet1DMoEConfig().feat_dim == 1024
     assert set(ResNet1DMoEConfig.keys_to_ignore_at_inference) == {
-        "expert_logits", "features", "gating_weights", "loss_components"
+        "expert_logits",
+        "features",
+        "gating_weights",
+        "loss_components",
     }
 
 

@@ -12,14 +12,30 @@ from physmoe.models.resnet1d_moe import fast_path_resnet1d_moe as fast_path
 from tiny_models import TINY, tiny_model
 
 # A stem, padded max and avg pooling and a block without pooling: every branch of the fast path.
-TINY_STEM = dict(TINY, stem_channels=4, stem_kernel_size=5, stem_stride=2, hidden_sizes=[8, 8, 8, 8, 8],
-                 pool_types=["max", "avg", "max", "avg", "none"], pool_paddings=[0, 1, 1, 0, 0])
-KEYS = ("features", "crystal_system_logits", "gating_weights", "expert_logits", "ensemble_logits", "logits")
+TINY_STEM = dict(
+    TINY,
+    stem_channels=4,
+    stem_kernel_size=5,
+    stem_stride=2,
+    hidden_sizes=[8, 8, 8, 8, 8],
+    pool_types=["max", "avg", "max", "avg", "none"],
+    pool_paddings=[0, 1, 1, 0, 0],
+)
+KEYS = (
+    "features",
+    "crystal_system_logits",
+    "gating_weights",
+    "expert_logits",
+    "ensemble_logits",
+    "logits",
+)
 
 
 def _inputs(size: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(size, 64, generator=generator), torch.randint(0, 230, (size,), generator=generator)
+    return torch.rand(size, 64, generator=generator), torch.randint(
+        0, 230, (size,), generator=generator
+    )
 
 
 def _pair(**overrides):
@@ -29,13 +45,19 @@ def _pair(**overrides):
     return fast, plain
 
 
-@pytest.mark.parametrize("overrides", [{}, TINY_STEM, {"expert_mode": "independent"}], ids=["tiny", "stem", "independent"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, TINY_STEM, {"expert_mode": "independent"}],
+    ids=["tiny", "stem", "independent"],
+)
 def test_training_step_is_the_same_on_both_paths(overrides):
     fast, plain = _pair(**overrides)
     x, labels = _inputs()
     outputs = [model.train()(x, labels=labels) for model in (fast, plain)]
     for key in KEYS:
-        torch.testing.assert_close(getattr(outputs[0], key), getattr(outputs[1], key), rtol=1e-4, atol=1e-4, msg=key)
+        torch.testing.assert_close(
+            getattr(outputs[0], key), getattr(outputs[1], key), rtol=1e-4, atol=1e-4, msg=key
+        )
     for output in outputs:
         output.loss.backward()
     largest = max(p.grad.abs().max() for p in plain.parameters() if p.grad is not None)
@@ -52,7 +74,11 @@ def test_training_step_is_the_same_on_both_paths(overrides):
         torch.testing.assert_close(mine.float(), theirs.float(), rtol=1e-5, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("overrides", [{}, TINY_STEM, {"expert_mode": "independent"}], ids=["tiny", "stem", "independent"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, TINY_STEM, {"expert_mode": "independent"}],
+    ids=["tiny", "stem", "independent"],
+)
 def test_inference_is_the_same_on_both_paths(overrides):
     fast, plain = _pair(**overrides)
     for seed in range(3):  # non-trivial running statistics
@@ -69,13 +95,21 @@ def test_inference_is_the_same_on_both_paths(overrides):
     assert len(trunk_fast.hidden_states) == len(trunk_plain.hidden_states)
     for mine, theirs in zip(trunk_fast.hidden_states, trunk_plain.hidden_states, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(trunk_fast.last_hidden_state, trunk_plain.last_hidden_state, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(trunk_fast.pooler_output, trunk_plain.pooler_output, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        trunk_fast.last_hidden_state, trunk_plain.last_hidden_state, rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(
+        trunk_fast.pooler_output, trunk_plain.pooler_output, rtol=1e-4, atol=1e-5
+    )
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         low_fast, low_plain = fast(x), plain(x)
     # Cosine logits are scaled by 30: a few tenths is bf16 rounding (different summation orders).
-    torch.testing.assert_close(low_fast.ensemble_logits, low_plain.ensemble_logits, rtol=0.05, atol=0.5)
-    torch.testing.assert_close(low_fast.gating_weights, low_plain.gating_weights, rtol=0.05, atol=0.02)
+    torch.testing.assert_close(
+        low_fast.ensemble_logits, low_plain.ensemble_logits, rtol=0.05, atol=0.5
+    )
+    torch.testing.assert_close(
+        low_fast.gating_weights, low_plain.gating_weights, rtol=0.05, atol=0.02
+    )
 
 
 def test_the_rule_picks_the_path(monkeypatch):

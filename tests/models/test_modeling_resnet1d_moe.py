@@ -41,8 +41,15 @@ from tiny_models import TINY, tiny_config, tiny_model
 REPO = Path(__file__).resolve().parents[2]
 
 # TINY: the first block runs oneDNN's convolution, the shorter ones the matmul path.
-TINY_STEM = dict(TINY, stem_channels=4, stem_kernel_size=5, stem_stride=2, hidden_sizes=[8, 8, 8, 8, 8],
-                 pool_types=["max", "avg", "avg", "avg", "avg"], pool_paddings=[0, 1, 0, 0, 0])
+TINY_STEM = dict(
+    TINY,
+    stem_channels=4,
+    stem_kernel_size=5,
+    stem_stride=2,
+    hidden_sizes=[8, 8, 8, 8, 8],
+    pool_types=["max", "avg", "avg", "avg", "avg"],
+    pool_paddings=[0, 1, 0, 0, 0],
+)
 
 
 def batch(size: int = 6, num_points: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +68,14 @@ def _bn(h, norm, training, weight=None, bias=None, mean=None, var=None):
     mean = norm.running_mean if mean is None else mean
     var = norm.running_var if var is None else var
     return F.batch_norm(
-        h, mean.clone(), var.clone(), norm.weight if weight is None else weight,
-        norm.bias if bias is None else bias, training, norm.momentum, norm.eps,
+        h,
+        mean.clone(),
+        var.clone(),
+        norm.weight if weight is None else weight,
+        norm.bias if bias is None else bias,
+        training,
+        norm.momentum,
+        norm.eps,
     )
 
 
@@ -71,7 +84,14 @@ def _cosine(x, weight, scale):
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
     rows = []
     for b in range(x.shape[0]):
-        rows.append(torch.stack([scale * F.cosine_similarity(x[b], weight[c], dim=0) for c in range(weight.shape[0])]))
+        rows.append(
+            torch.stack(
+                [
+                    scale * F.cosine_similarity(x[b], weight[c], dim=0)
+                    for c in range(weight.shape[0])
+                ]
+            )
+        )
     return torch.stack(rows) if rows else out
 
 
@@ -85,7 +105,13 @@ def loop_forward(model, x, training, side_taps):
         h = _bn(h, trunk.input_norm, training)
     if trunk.stem is not None:
         conv = trunk.stem.conv
-        h = leaky(_bn(F.conv1d(h, conv.weight, stride=conv.stride, padding=conv.padding), trunk.stem.norm, training))
+        h = leaky(
+            _bn(
+                F.conv1d(h, conv.weight, stride=conv.stride, padding=conv.padding),
+                trunk.stem.norm,
+                training,
+            )
+        )
     for index, block in enumerate(trunk.blocks):
         if block.shortcut is not None:
             h = F.conv1d(h, block.shortcut.weight)
@@ -97,30 +123,57 @@ def loop_forward(model, x, training, side_taps):
     front = h  # [B, D, 1]
     assert front.shape[-1] == 1
     features = front.mean(dim=2)
-    system_embedding = F.linear(features, model.crystal_system_projection.weight, model.crystal_system_projection.bias)
+    system_embedding = F.linear(
+        features, model.crystal_system_projection.weight, model.crystal_system_projection.bias
+    )
     system_logits = _cosine(system_embedding, model.crystal_system_classifier.weight[0], scale)
-    gating = (F.linear(system_embedding, model.gate.weight, model.gate.bias)
-              + system_logits.softmax(dim=1) @ model.rule_bias).softmax(dim=1)
+    gating = (
+        F.linear(system_embedding, model.gate.weight, model.gate.bias)
+        + system_logits.softmax(dim=1) @ model.rule_bias
+    ).softmax(dim=1)
     stages, dim = model.expert_stages, config.feature_dim
     expert_logits = []
     for k in range(config.num_experts):
         stage = k if config.expert_mode == "independent" else 0
         part = slice(stage * dim, (stage + 1) * dim)
         # The published per-expert residual block: 3-tap convolutions on the length-1 sequence.
-        conv1 = torch.stack([side_taps[stage][0], stages.weight1[stage], side_taps[stage][1]], dim=-1)
-        conv2 = torch.stack([side_taps[stage][2], stages.weight2[stage], side_taps[stage][3]], dim=-1)
+        conv1 = torch.stack(
+            [side_taps[stage][0], stages.weight1[stage], side_taps[stage][1]], dim=-1
+        )
+        conv2 = torch.stack(
+            [side_taps[stage][2], stages.weight2[stage], side_taps[stage][3]], dim=-1
+        )
         n1, n2 = stages.norm1, stages.norm2
-        e = leaky(_bn(F.conv1d(front, conv1, padding=1), n1, training, n1.weight[part], n1.bias[part],
-                      n1.running_mean[part], n1.running_var[part]))
-        e = _bn(F.conv1d(e, conv2, padding=1), n2, training, n2.weight[part], n2.bias[part],
-                n2.running_mean[part], n2.running_var[part])
+        e = leaky(
+            _bn(
+                F.conv1d(front, conv1, padding=1),
+                n1,
+                training,
+                n1.weight[part],
+                n1.bias[part],
+                n1.running_mean[part],
+                n1.running_var[part],
+            )
+        )
+        e = _bn(
+            F.conv1d(e, conv2, padding=1),
+            n2,
+            training,
+            n2.weight[part],
+            n2.bias[part],
+            n2.running_mean[part],
+            n2.running_var[part],
+        )
         expert_features = leaky(front + e).mean(dim=2)
         if config.expert_mode == "independent":
             projection = model.expert_projection
             embedding = F.linear(expert_features, projection.weight[k], projection.bias[k])
         else:
-            embedding = F.linear(expert_features, model.crystal_system_projection.weight,
-                                 model.crystal_system_projection.bias)
+            embedding = F.linear(
+                expert_features,
+                model.crystal_system_projection.weight,
+                model.crystal_system_projection.bias,
+            )
         expert_logits.append(_cosine(embedding, model.expert_classifier.weight[k], scale))
     ensemble = sum(gating[:, k : k + 1] * expert_logits[k] for k in range(config.num_experts))
     return {
@@ -135,7 +188,10 @@ def loop_forward(model, x, training, side_taps):
 def random_side_taps(model, seed=1):
     generator = torch.Generator().manual_seed(seed)
     dim, stages = model.config.feature_dim, model.expert_stages.num_stages
-    return [[torch.randn(dim, dim, generator=generator).requires_grad_() for _ in range(4)] for _ in range(stages)]
+    return [
+        [torch.randn(dim, dim, generator=generator).requires_grad_() for _ in range(4)]
+        for _ in range(stages)
+    ]
 
 
 def loop_hierarchical(ensemble, system_logits, label_systems, mode):
@@ -151,12 +207,17 @@ def loop_hierarchical(ensemble, system_logits, label_systems, mode):
             probs[b] = torch.tensor(weights) / sum(weights)
         elif mode == "hard":
             chosen = max(present, key=lambda s: float(system_logits[b, s]))
-            weights = [math.exp(float(ensemble[b, c])) if label_systems[c] == chosen else 0.0 for c in range(num_classes)]
+            weights = [
+                math.exp(float(ensemble[b, c])) if label_systems[c] == chosen else 0.0
+                for c in range(num_classes)
+            ]
             probs[b] = torch.tensor(weights) / sum(weights)
         else:
             for c in range(num_classes):
                 members = [j for j in range(num_classes) if label_systems[j] == label_systems[c]]
-                within = math.exp(float(ensemble[b, c])) / sum(math.exp(float(ensemble[b, j])) for j in members)
+                within = math.exp(float(ensemble[b, c])) / sum(
+                    math.exp(float(ensemble[b, j])) for j in members
+                )
                 probs[b, c] = sys_scores[label_systems[c]] / total * within
     return probs
 
@@ -165,13 +226,21 @@ def loop_hierarchical(ensemble, system_logits, label_systems, mode):
 # Numerical equivalence with the straightforward formulation
 # ------------------------------------------------------------------------------------------------
 
-OUTPUT_KEYS = ("features", "crystal_system_logits", "gating_weights", "expert_logits", "ensemble_logits")
+OUTPUT_KEYS = (
+    "features",
+    "crystal_system_logits",
+    "gating_weights",
+    "expert_logits",
+    "ensemble_logits",
+)
 
 
 @pytest.mark.parametrize("expert_mode", ["independent", "shared"])
 @pytest.mark.parametrize("stem", [False, True])
 @pytest.mark.parametrize("conv_path", ["auto", "direct", "matmul", "plain"])
-def test_training_forward_and_gradients_match_loop_reference(expert_mode, stem, conv_path, monkeypatch):
+def test_training_forward_and_gradients_match_loop_reference(
+    expert_mode, stem, conv_path, monkeypatch
+):
     limit = {"direct": 0, "matmul": 10**9}.get(conv_path, fast_path.MATMUL_CONV_MAX_LENGTH)
     monkeypatch.setattr(fast_path, "MATMUL_CONV_MAX_LENGTH", limit)
     overrides = TINY_STEM if stem else TINY
@@ -186,16 +255,22 @@ def test_training_forward_and_gradients_match_loop_reference(expert_mode, stem, 
     ours = model(x)
     reference = loop_forward(model, x, training=True, side_taps=side_taps)
     for key in OUTPUT_KEYS:
-        torch.testing.assert_close(getattr(ours, key), reference[key], rtol=1e-4, atol=1e-4, msg=key)
+        torch.testing.assert_close(
+            getattr(ours, key), reference[key], rtol=1e-4, atol=1e-4, msg=key
+        )
 
     generator = torch.Generator().manual_seed(3)
     weights = {key: torch.randn(reference[key].shape, generator=generator) for key in OUTPUT_KEYS}
     params = [p for p in model.parameters() if p.requires_grad]
-    ours_grads = torch.autograd.grad(sum((getattr(ours, k) * w).sum() for k, w in weights.items()), params,
-                                     allow_unused=True)
+    ours_grads = torch.autograd.grad(
+        sum((getattr(ours, k) * w).sum() for k, w in weights.items()), params, allow_unused=True
+    )
     flat_taps = [t for taps in side_taps for t in taps]
-    reference_grads = torch.autograd.grad(sum((reference[k] * w).sum() for k, w in weights.items()),
-                                          params + flat_taps, allow_unused=True)
+    reference_grads = torch.autograd.grad(
+        sum((reference[k] * w).sum() for k, w in weights.items()),
+        params + flat_taps,
+        allow_unused=True,
+    )
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     largest = max(g.abs().max() for g in reference_grads[: len(params)] if g is not None)
     for name, mine, theirs in zip(names, ours_grads, reference_grads[: len(params)], strict=True):
@@ -208,7 +283,7 @@ def test_training_forward_and_gradients_match_loop_reference(expert_mode, stem, 
         tolerance = 1e-4 * theirs.abs().max() + 1e-6 * largest
         assert (mine - theirs).abs().max() <= tolerance, name
     # The published stage's side taps only ever multiply zero padding: they never get a gradient.
-    for tap_grad in reference_grads[len(params):]:
+    for tap_grad in reference_grads[len(params) :]:
         assert tap_grad is None or not tap_grad.any()
 
 
@@ -274,13 +349,17 @@ def test_hierarchical_modes_against_loops():
     assert torch.equal(label_systems[hard.argmax(dim=1)], predicted_system)
     outside = label_systems[None, :] != predicted_system[:, None]
     assert torch.isfinite(hard).all() and (hard.softmax(dim=1)[outside] == 0).all()
-    assert torch.equal(hierarchical_space_group_logits(ensemble, system_logits, label_systems, "none"), ensemble)
+    assert torch.equal(
+        hierarchical_space_group_logits(ensemble, system_logits, label_systems, "none"), ensemble
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_hard_mask_is_dtype_safe(dtype):
     ensemble = torch.randn(3, 230).to(dtype)
-    hard = hierarchical_space_group_logits(ensemble, torch.randn(3, 7).to(dtype), cryst.sg_to_sys_map(), "hard")
+    hard = hierarchical_space_group_logits(
+        ensemble, torch.randn(3, 7).to(dtype), cryst.sg_to_sys_map(), "hard"
+    )
     assert hard.dtype == dtype and torch.isfinite(hard).all()
     assert torch.isfinite(hard.float().log_softmax(dim=1)[hard > torch.finfo(dtype).min]).all()
 
@@ -291,7 +370,9 @@ def test_hierarchy_on_a_label_subset_ignores_absent_systems():
     system_logits = torch.randn(4, 7)
     system_logits[:, 3] = 50.0  # tetragonal has no label: it must not swallow the probability
     for mode in ("soft", "hard"):
-        probs = hierarchical_space_group_logits(ensemble, system_logits, label_systems, mode).softmax(dim=1)
+        probs = hierarchical_space_group_logits(
+            ensemble, system_logits, label_systems, mode
+        ).softmax(dim=1)
         expected = loop_hierarchical(ensemble, system_logits, label_systems.tolist(), mode)
         torch.testing.assert_close(probs.double(), expected, rtol=1e-5, atol=1e-7)
 
@@ -307,7 +388,8 @@ def test_model_logits_apply_the_configured_hierarchy():
     for mode, out in outputs.items():
         torch.testing.assert_close(out.ensemble_logits, ensemble)
         torch.testing.assert_close(
-            out.logits, hierarchical_space_group_logits(ensemble, systems, cryst.sg_to_sys_map(), mode)
+            out.logits,
+            hierarchical_space_group_logits(ensemble, systems, cryst.sg_to_sys_map(), mode),
         )
 
 
@@ -345,8 +427,12 @@ def test_trunk_hidden_states_and_tuple_outputs():
         trunk = model.resnet1d_moe(x, output_hidden_states=True)
         as_tuple = model(x, return_dict=False)
     widths = [model.config.stem_channels, *model.config.hidden_sizes]
-    lengths = [inp for inp, _ in model.config.block_lengths()] + [model.config.block_lengths()[-1][1]]
-    assert [tuple(h.shape) for h in trunk.hidden_states] == [(3, w, n) for w, n in zip(widths, lengths, strict=True)]
+    lengths = [inp for inp, _ in model.config.block_lengths()] + [
+        model.config.block_lengths()[-1][1]
+    ]
+    assert [tuple(h.shape) for h in trunk.hidden_states] == [
+        (3, w, n) for w, n in zip(widths, lengths, strict=True)
+    ]
     assert torch.equal(trunk.hidden_states[-1], trunk.last_hidden_state)
     assert isinstance(as_tuple, tuple) and as_tuple[0].shape == (3, 230)
 
@@ -380,11 +466,17 @@ def test_loss_is_the_configured_physmoe_wrapper():
     model.update_hard_negative_miner(torch.randn(8, 8), torch.randn(8, 230), labels)
     out = model(x, labels=labels)
     config = model.config
-    wrapper = build_loss("scheme2", config, cryst.rule_similarity_matrix(), cryst.sg_to_sys_map(), lambda_hnm=0.2)
+    wrapper = build_loss(
+        "scheme2", config, cryst.rule_similarity_matrix(), cryst.sg_to_sys_map(), lambda_hnm=0.2
+    )
     wrapper.load_state_dict(model.physmoe_loss.state_dict())
     expected, components = wrapper(
-        {"features": out.features, "sys_logits": out.crystal_system_logits, "expert_logits": out.expert_logits,
-         "gating_weights": out.gating_weights},
+        {
+            "features": out.features,
+            "sys_logits": out.crystal_system_logits,
+            "expert_logits": out.expert_logits,
+            "gating_weights": out.gating_weights,
+        },
         {"labels": labels},
         hard_negative_miner=model.hard_negative_miner,
     )
@@ -395,9 +487,17 @@ def test_loss_is_the_configured_physmoe_wrapper():
 
 @pytest.mark.parametrize(
     ("overrides", "wrapper_name"),
-    [({"loss_preset": "cross_entropy"}, "CrossEntropyLossWrapper"),
-     ({"loss_preset": "balanced_softmax", "class_prior": list(range(1, 231))}, "BalancedSoftmaxLossWrapper"),
-     ({"loss_preset": "physmoe_no_contrast", "rule_matrix": "operator_cosine"}, "PhysMoELossWrapperNoContrast")],
+    [
+        ({"loss_preset": "cross_entropy"}, "CrossEntropyLossWrapper"),
+        (
+            {"loss_preset": "balanced_softmax", "class_prior": list(range(1, 231))},
+            "BalancedSoftmaxLossWrapper",
+        ),
+        (
+            {"loss_preset": "physmoe_no_contrast", "rule_matrix": "operator_cosine"},
+            "PhysMoELossWrapperNoContrast",
+        ),
+    ],
 )
 def test_loss_presets_and_rule_matrix_source(overrides, wrapper_name):
     model = tiny_model(**overrides).train()
@@ -409,12 +509,31 @@ def test_loss_presets_and_rule_matrix_source(overrides, wrapper_name):
 
 
 def test_every_loss_setting_reaches_the_wrapper():
-    model = tiny_model(lambda_scl=0.3, lambda_dol=0.7, lambda_col=0.2, lambda_hier=1.2, lambda_reg=0.01,
-                       lambda_hnm=0.4, tau=0.5, class_prior=list(range(1, 231)), contrastive_temperature=0.2,
-                       rule_threshold=0.9, focal_gamma=1.5, prior_floor=1e-3, detach_ensemble=False)
+    model = tiny_model(
+        lambda_scl=0.3,
+        lambda_dol=0.7,
+        lambda_col=0.2,
+        lambda_hier=1.2,
+        lambda_reg=0.01,
+        lambda_hnm=0.4,
+        tau=0.5,
+        class_prior=list(range(1, 231)),
+        contrastive_temperature=0.2,
+        rule_threshold=0.9,
+        focal_gamma=1.5,
+        prior_floor=1e-3,
+        detach_ensemble=False,
+    )
     loss = model.physmoe_loss
-    assert (loss.lambda_scl, loss.lambda_dol, loss.lambda_col, loss.lambda_hier, loss.lambda_reg,
-            loss.lambda_hnm, loss.tau) == (0.3, 0.7, 0.2, 1.2, 0.01, 0.4, 0.5)
+    assert (
+        loss.lambda_scl,
+        loss.lambda_dol,
+        loss.lambda_col,
+        loss.lambda_hier,
+        loss.lambda_reg,
+        loss.lambda_hnm,
+        loss.tau,
+    ) == (0.3, 0.7, 0.2, 1.2, 0.01, 0.4, 0.5)
     assert loss.contrastive.temperature == 0.2 and loss.rule_threshold == 0.9
     assert loss.icl.gamma == 1.5 and loss.icl.detach_ensemble is False
     prior = torch.arange(1, 231, dtype=torch.float64)
@@ -436,7 +555,9 @@ def test_seeded_determinism():
         model = tiny_model(seed=123).train()
         out = model(x, labels=labels)
         out.loss.backward()
-        results.append((model.state_dict(), out.loss.detach(), [p.grad.clone() for p in model.parameters()]))
+        results.append(
+            (model.state_dict(), out.loss.detach(), [p.grad.clone() for p in model.parameters()])
+        )
     (state_a, loss_a, grads_a), (state_b, loss_b, grads_b) = results
     assert state_a.keys() == state_b.keys()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
@@ -459,8 +580,12 @@ def test_bf16_autocast_close_to_fp32_and_finite():
             with torch.autocast("cpu", dtype=dtype):
                 low = model(x)
             # Cosine logits are scaled by 30: a few tenths is bf16's rounding, not an error.
-            torch.testing.assert_close(low.ensemble_logits, reference.ensemble_logits, rtol=0.05, atol=0.5)
-            torch.testing.assert_close(low.gating_weights, reference.gating_weights, rtol=0.05, atol=0.02)
+            torch.testing.assert_close(
+                low.ensemble_logits, reference.ensemble_logits, rtol=0.05, atol=0.5
+            )
+            torch.testing.assert_close(
+                low.gating_weights, reference.gating_weights, rtol=0.05, atol=0.02
+            )
 
 
 def test_eval_batch_of_one_and_training_batch_of_one():
@@ -508,7 +633,10 @@ def test_value_checks_can_be_paused_and_come_back():
     nan_batch = torch.full((2, 64), float("nan"))
     checkers = [m for m in model.modules() if isinstance(getattr(m, "validate", None), bool)]
     assert model.hard_negative_miner in checkers  # the loss leaves label checks to the forward
-    with model.value_checks_disabled(), model.value_checks_disabled():  # nested: restored once, fully
+    with (
+        model.value_checks_disabled(),
+        model.value_checks_disabled(),
+    ):  # nested: restored once, fully
         with torch.no_grad():
             assert torch.isnan(model(nan_batch).logits).all()
         assert not any(m.validate for m in checkers)
@@ -519,7 +647,9 @@ def test_value_checks_can_be_paused_and_come_back():
         model(nan_batch)
     with pytest.raises(ValueError, match=r"0\.\.229"):
         model(torch.rand(2, 64), labels=torch.tensor([0, 230]))
-    assert tiny_model(validate_inputs=False).hard_negative_miner.validate is False  # the config still decides
+    assert (
+        tiny_model(validate_inputs=False).hard_negative_miner.validate is False
+    )  # the config still decides
 
 
 # ------------------------------------------------------------------------------------------------
@@ -548,12 +678,17 @@ def test_hard_negative_miner_update_against_loops():
     torch.testing.assert_close(miner.prototypes, prototypes)
     assert torch.equal(miner.confusion_matrix, confusion)
     model.update_hard_negative_miner(torch.randn(2, 8), torch.tensor([4, 9]), torch.tensor([4, 4]))
-    assert miner.confusion_matrix[4, 4] == confusion[4, 4] + 1 and miner.confusion_matrix[4, 9] == confusion[4, 9] + 1
+    assert (
+        miner.confusion_matrix[4, 4] == confusion[4, 4] + 1
+        and miner.confusion_matrix[4, 9] == confusion[4, 9] + 1
+    )
     before = miner.confusion_matrix.clone()
     model.apply_epoch_momentum()
     torch.testing.assert_close(miner.confusion_matrix, before * 0.1)
     assert not miner.prototypes.requires_grad
-    assert {"hard_negative_miner.prototypes", "hard_negative_miner.confusion_matrix"} <= set(model.state_dict())
+    assert {"hard_negative_miner.prototypes", "hard_negative_miner.confusion_matrix"} <= set(
+        model.state_dict()
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -593,16 +728,38 @@ def _edit_config(folder, **changes):
 @pytest.mark.parametrize(
     ("name", "break_it", "match"),
     [
-        ("weights_only", lambda f: (f / "config.json").unlink(), r"weights_only is not a checkpoint folder: it has no config\.json"),
-        ("truncated", lambda f: (f / "model.safetensors").write_bytes((f / "model.safetensors").read_bytes()[:100]),
-         r"truncated/model\.safetensors is not a readable safetensors file"),
-        ("empty", lambda f: (f / "model.safetensors").write_bytes(b""), r"empty/model\.safetensors is not a readable safetensors file"),
-        ("as_list", lambda f: (f / "config.json").write_text("[1, 2]"), r"as_list/config\.json must hold a JSON object"),
-        ("fewer_experts", lambda f: _edit_config(f, num_experts=2, tail_expert_ids=[1]),
-         r"fewer_experts do not fit its config.*gate\.weight: checkpoint \[4, 6\], config \[2, 6\]"),
+        (
+            "weights_only",
+            lambda f: (f / "config.json").unlink(),
+            r"weights_only is not a checkpoint folder: it has no config\.json",
+        ),
+        (
+            "truncated",
+            lambda f: (f / "model.safetensors").write_bytes(
+                (f / "model.safetensors").read_bytes()[:100]
+            ),
+            r"truncated/model\.safetensors is not a readable safetensors file",
+        ),
+        (
+            "empty",
+            lambda f: (f / "model.safetensors").write_bytes(b""),
+            r"empty/model\.safetensors is not a readable safetensors file",
+        ),
+        (
+            "as_list",
+            lambda f: (f / "config.json").write_text("[1, 2]"),
+            r"as_list/config\.json must hold a JSON object",
+        ),
+        (
+            "fewer_experts",
+            lambda f: _edit_config(f, num_experts=2, tail_expert_ids=[1]),
+            r"fewer_experts do not fit its config.*gate\.weight: checkpoint \[4, 6\], config \[2, 6\]",
+        ),
     ],
 )
-def test_from_pretrained_names_what_is_wrong_with_a_folder(trained_folder, tmp_path, name, break_it, match):
+def test_from_pretrained_names_what_is_wrong_with_a_folder(
+    trained_folder, tmp_path, name, break_it, match
+):
     # Each used to raise transformers' or safetensors' own error (RuntimeError, SafetensorError, ...).
     broken = _broken_copy(trained_folder[0], name, tmp_path, break_it)
     with pytest.raises(ValueError, match=match):
@@ -616,9 +773,12 @@ def test_from_pretrained_refuses_a_file(trained_folder):
 
 def test_save_and_reload_reproduce_logits_and_miner_state(trained_folder):
     folder, model, x, logits = trained_folder
-    assert {"config.json", "model.safetensors", "modeling_resnet1d_moe.py", "configuration_resnet1d_moe.py"} <= {
-        p.name for p in folder.iterdir()
-    }
+    assert {
+        "config.json",
+        "model.safetensors",
+        "modeling_resnet1d_moe.py",
+        "configuration_resnet1d_moe.py",
+    } <= {p.name for p in folder.iterdir()}
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert set(auto_map) == {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification"}
     stored = load_file(folder / "model.safetensors")
@@ -649,7 +809,11 @@ def test_checkpoint_without_head_and_miner_keys_initialises_them(trained_folder)
     torch.manual_seed(0)
     loaded, info = ResNet1D_MoE.from_pretrained(folder, output_loading_info=True)
     assert info["missing_keys"] == set(state) - set(kept)
-    assert {"hard_negative_miner.prototypes", "hard_negative_miner.confusion_matrix", "rule_bias"} <= info["missing_keys"]
+    assert {
+        "hard_negative_miner.prototypes",
+        "hard_negative_miner.confusion_matrix",
+        "rule_bias",
+    } <= info["missing_keys"]
     # Initialised as documented, not left as uninitialised memory.
     assert not loaded.hard_negative_miner.prototypes.any()
     assert not loaded.hard_negative_miner.confusion_matrix.any()
@@ -663,7 +827,9 @@ def test_checkpoint_without_head_and_miner_keys_initialises_them(trained_folder)
     assert 0.05 < loaded.physmoe_loss.center_loss.centers.std() < 0.2  # randn * 0.1
     std = stages.weight1.std().item()
     assert 0.5 < std * math.sqrt(loaded.config.feature_dim / 2) < 2.0  # Kaiming normal
-    assert torch.equal(loaded.resnet1d_moe.blocks[1].conv1.weight, model.resnet1d_moe.blocks[1].conv1.weight)
+    assert torch.equal(
+        loaded.resnet1d_moe.blocks[1].conv1.weight, model.resnet1d_moe.blocks[1].conv1.weight
+    )
 
 
 def test_bf16_loading_keeps_the_miner_and_centres_fp32(trained_folder):
@@ -677,25 +843,46 @@ def test_bf16_loading_keeps_the_miner_and_centres_fp32(trained_folder):
     with torch.no_grad():
         out = loaded(x)
     assert out.logits.dtype == torch.float32
-    torch.testing.assert_close(out.logits.softmax(dim=1), logits.softmax(dim=1), rtol=0.1, atol=0.05)
+    torch.testing.assert_close(
+        out.logits.softmax(dim=1), logits.softmax(dim=1), rtol=0.1, atol=0.05
+    )
 
 
 def test_loading_with_another_label_set(trained_folder):
     folder, model, x, _ = trained_folder
-    id2label = {0: "P1 (1)", 1: "P2_1/c (14)", 2: "Pnma (62)", 3: "Fm-3m (225)", 4: "P6_3/mmc (194)"}
+    id2label = {
+        0: "P1 (1)",
+        1: "P2_1/c (14)",
+        2: "Pnma (62)",
+        3: "Fm-3m (225)",
+        4: "P6_3/mmc (194)",
+    }
     loaded, info = ResNet1D_MoE.from_pretrained(
-        folder, id2label=id2label, label2id={v: k for k, v in id2label.items()}, ignore_mismatched_sizes=True,
+        folder,
+        id2label=id2label,
+        label2id={v: k for k, v in id2label.items()},
+        ignore_mismatched_sizes=True,
         output_loading_info=True,
     )
     mismatched = {key for key, *_ in info["mismatched_keys"]}
-    assert {"expert_classifier.weight", "hard_negative_miner.prototypes",
-            "hard_negative_miner.confusion_matrix"} <= mismatched
+    assert {
+        "expert_classifier.weight",
+        "hard_negative_miner.prototypes",
+        "hard_negative_miner.confusion_matrix",
+    } <= mismatched
     assert loaded.expert_classifier.weight.shape == (4, 5, 6)
-    assert not loaded.hard_negative_miner.prototypes.any() and loaded.hard_negative_miner.prototypes.shape == (5, 8)
+    assert (
+        not loaded.hard_negative_miner.prototypes.any()
+        and loaded.hard_negative_miner.prototypes.shape == (5, 8)
+    )
     assert loaded.label_crystal_systems.tolist() == [0, 1, 2, 6, 5]
     index = [0, 13, 61, 224, 193]
-    torch.testing.assert_close(loaded.physmoe_loss.rule_matrix, cryst.rule_similarity_matrix()[index][:, index])
-    assert torch.equal(loaded.resnet1d_moe.blocks[2].conv1.weight, model.resnet1d_moe.blocks[2].conv1.weight)
+    torch.testing.assert_close(
+        loaded.physmoe_loss.rule_matrix, cryst.rule_similarity_matrix()[index][:, index]
+    )
+    assert torch.equal(
+        loaded.resnet1d_moe.blocks[2].conv1.weight, model.resnet1d_moe.blocks[2].conv1.weight
+    )
     loaded.train()
     out = loaded(x, labels=torch.tensor([0, 1, 2, 3, 4, 0, 1, 2]))
     assert out.logits.shape == (8, 5) and torch.isfinite(out.loss)
@@ -719,7 +906,9 @@ def test_trainer_sees_three_predictions_and_keeps_dividing_the_loss(tmp_path):
         def __getitem__(self, i):
             return {"input_values": x[i], "labels": labels[i]}
 
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=4, report_to=[], use_cpu=True
+    )
     trainer = Trainer(model=model, args=args, eval_dataset=Patterns())
     assert trainer.model_accepts_loss_kwargs is False
     prediction = trainer.predict(Patterns())
@@ -773,13 +962,20 @@ def test_remote_code_loads_without_physmoe(trained_folder, tmp_path):
     copy.mkdir()
     for path in folder.iterdir():
         (copy / path.name).write_bytes(path.read_bytes())
-    torch.save({"x": x, "logits": logits, "prototypes": model.hard_negative_miner.prototypes}, tmp_path / "io.pt")
+    torch.save(
+        {"x": x, "logits": logits, "prototypes": model.hard_negative_miner.prototypes},
+        tmp_path / "io.pt",
+    )
     (tmp_path / "remote.py").write_text(REMOTE_SCRIPT)
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
     env["PYTHONPATH"] = ""
     result = subprocess.run(
         [sys.executable, str(tmp_path / "remote.py"), str(copy), str(tmp_path / "io.pt")],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
@@ -801,7 +997,9 @@ def test_remote_code_loads_without_physmoe(trained_folder, tmp_path):
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmark_speed", REPO / "scripts" / "benchmark_speed.py")
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_speed", REPO / "scripts" / "benchmark_speed.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -817,25 +1015,47 @@ def test_benchmark_straightforward_model_computes_the_same_function():
     x, _ = batch(4)
     with torch.no_grad():
         ours, theirs = model(x), plain(x)
-    torch.testing.assert_close(theirs["ensemble_logits"], ours.ensemble_logits, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(torch.stack(theirs["expert_logits"], dim=1), ours.expert_logits, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(theirs["sys_logits"], ours.crystal_system_logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        theirs["ensemble_logits"], ours.ensemble_logits, rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(
+        torch.stack(theirs["expert_logits"], dim=1), ours.expert_logits, rtol=1e-4, atol=1e-4
+    )
+    torch.testing.assert_close(
+        theirs["sys_logits"], ours.crystal_system_logits, rtol=1e-4, atol=1e-4
+    )
     # Its hard mask equals our "hard" mode.
-    hard = hierarchical_space_group_logits(ours.ensemble_logits, ours.crystal_system_logits, cryst.sg_to_sys_map(),
-                                           "hard")
-    torch.testing.assert_close(theirs["logits"].softmax(dim=1), hard.softmax(dim=1), rtol=1e-4, atol=1e-5)
+    hard = hierarchical_space_group_logits(
+        ours.ensemble_logits, ours.crystal_system_logits, cryst.sg_to_sys_map(), "hard"
+    )
+    torch.testing.assert_close(
+        theirs["logits"].softmax(dim=1), hard.softmax(dim=1), rtol=1e-4, atol=1e-5
+    )
 
 
 @pytest.mark.slow
 def test_benchmark_quick_run_prints_the_table(tmp_path):
     result = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "benchmark_speed.py"), "--quick", "--threads", "1",
-         "--json", str(tmp_path / "b.json")],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            str(REPO / "scripts" / "benchmark_speed.py"),
+            "--quick",
+            "--threads",
+            "1",
+            "--json",
+            str(tmp_path / "b.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| cpu | straightforward |" in result.stdout and "allocator:" in result.stdout
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
-    assert {(r["model"], r["precision"]) for r in rows} == {("ResNet1D_MoE", "fp32"), ("ResNet1D_MoE", "bf16"),
-                                                           ("straightforward", "fp32")}
+    assert {(r["model"], r["precision"]) for r in rows} == {
+        ("ResNet1D_MoE", "fp32"),
+        ("ResNet1D_MoE", "bf16"),
+        ("straightforward", "fp32"),
+    }
     assert all(r["train_step_s"] > 0 and r["speedup_train"] > 0 for r in rows)

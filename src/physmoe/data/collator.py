@@ -101,13 +101,18 @@ class PXRDCollator:
         for name, value, minimum in (("num_labels", self.num_labels, 1), ("seed", self.seed, 0)):
             if value is None and name == "seed":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | np.integer)
+                or value < minimum
+            ):
                 allowed = "None or an integer >= 0" if name == "seed" else "an integer >= 1"
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
         wavelength = self.peaks_wavelength
         if isinstance(wavelength, bool) or not (
             isinstance(wavelength, (int, float, np.number))
-            and math.isfinite(wavelength) and wavelength > 0
+            and math.isfinite(wavelength)
+            and wavelength > 0
         ):
             raise ValueError(
                 f"peaks_wavelength must be a positive number of Angstrom (the wavelength the "
@@ -148,7 +153,9 @@ class PXRDCollator:
         if self.seed is None or not all("structure_id" in row for row in features):
             return None
         ids = [zlib.crc32(str(row["structure_id"]).encode()) for row in features]
-        state = np.random.SeedSequence([int(self.seed), self.epoch, *ids]).generate_state(1, np.uint64)[0]
+        state = np.random.SeedSequence([int(self.seed), self.epoch, *ids]).generate_state(
+            1, np.uint64
+        )[0]
         return torch.Generator().manual_seed(int(state >> 2))
 
     def _labels(self, features: Sequence[Mapping]) -> torch.Tensor | None:
@@ -210,7 +217,9 @@ class PXRDCollator:
                     )
                 if not np.isfinite(pattern).all():
                     point = int(np.flatnonzero(~np.isfinite(pattern))[0])
-                    raise ValueError(f"feature {i}: input_values[{point}] is {pattern[point]} (NaN or inf)")
+                    raise ValueError(
+                        f"feature {i}: input_values[{point}] is {pattern[point]} (NaN or inf)"
+                    )
             input_values[stored] = torch.from_numpy(np.stack(patterns))
         if to_render:
             peaks = []
@@ -222,7 +231,8 @@ class PXRDCollator:
                         f"it has {sorted(row)}"
                     )
                 two_theta, intensity = (
-                    _as_float64(row[key], f"feature {i}: {key}") for key in ("peak_two_theta", "peak_intensity")
+                    _as_float64(row[key], f"feature {i}: {key}")
+                    for key in ("peak_two_theta", "peak_intensity")
                 )
                 if two_theta.size == 0:  # its clean pattern would be all zero: no training signal
                     raise ValueError(f"feature {i} has no peaks (peak_two_theta is empty)")

@@ -390,5 +390,3 @@ def load_dataset_dict(path: str | os.PathLike) -> DatasetDict:
                 f"{path}: split {name!r} has columns {list(split.features)}, not physmoe's schema"
             )
     return dataset_dict
-
-

@@ -36,7 +36,12 @@ from .structures import Crystal
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["StructureArchive", "default_dataset", "read_structure_archive", "write_structure_archive"]
+__all__ = [
+    "StructureArchive",
+    "default_dataset",
+    "read_structure_archive",
+    "write_structure_archive",
+]
 
 _EMBEDDED_FILE = "default_structures.npz"
 

@@ -7,7 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["TwoThetaGrid", "CU_KA1", "CU_KA2", "bragg_d_spacing", "bragg_two_theta", "check_pattern_arrays"]
+__all__ = [
+    "TwoThetaGrid",
+    "CU_KA1",
+    "CU_KA2",
+    "bragg_d_spacing",
+    "bragg_two_theta",
+    "check_pattern_arrays",
+]
 
 #: Cu K-alpha1 and K-alpha2 wavelengths in Angstrom (Hoelzer et al. 1997, as in pymatgen).
 CU_KA1 = 1.54056
@@ -24,7 +31,9 @@ def bragg_two_theta(d_spacing: np.ndarray, wavelength: float) -> np.ndarray:
     reflection cannot be observed at that wavelength)."""
     sin_theta = wavelength / (2 * np.asarray(d_spacing, dtype=np.float64))
     with np.errstate(invalid="ignore"):
-        return np.where(sin_theta <= 1.0, np.degrees(2 * np.arcsin(np.minimum(sin_theta, 1.0))), np.nan)
+        return np.where(
+            sin_theta <= 1.0, np.degrees(2 * np.arcsin(np.minimum(sin_theta, 1.0))), np.nan
+        )
 
 
 def check_pattern_arrays(two_theta, intensity) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +79,9 @@ class TwoThetaGrid:
         if int(self.num_points) != self.num_points or self.num_points < 2:
             raise ValueError(f"num_points must be an integer >= 2, got {self.num_points}")
         if not (math.isfinite(self.wavelength) and self.wavelength > 0):
-            raise ValueError(f"wavelength must be a positive number of Angstrom, got {self.wavelength}")
+            raise ValueError(
+                f"wavelength must be a positive number of Angstrom, got {self.wavelength}"
+            )
 
     @property
     def step(self) -> float:

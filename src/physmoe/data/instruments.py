@@ -111,17 +111,27 @@ def _choose_wavelength(
                 f"{path}: wavelength must be a positive number of Angstrom, got {wavelength}"
             )
         if stated is not None and abs(stated[0] - wavelength) > 1e-4:
-            logger.info("%s: using the given wavelength %.6g A, not the file's %.6g A (%s)",
-                        path, wavelength, stated[0], stated[1])
+            logger.info(
+                "%s: using the given wavelength %.6g A, not the file's %.6g A (%s)",
+                path,
+                wavelength,
+                stated[0],
+                stated[1],
+            )
         return float(wavelength)
     for value, where in candidates:
         if value is not None and not _plausible(value):
-            logger.warning("%s: ignoring %s = %g: not an X-ray wavelength in Angstrom",
-                           path, where, value)
+            logger.warning(
+                "%s: ignoring %s = %g: not an X-ray wavelength in Angstrom", path, where, value
+            )
     if stated is None:
         return None
-    logger.warning("%s: using the wavelength %.6g A stated in the file (%s); pass wavelength= "
-                   "to override", path, stated[0], stated[1])
+    logger.warning(
+        "%s: using the wavelength %.6g A stated in the file (%s); pass wavelength= to override",
+        path,
+        stated[0],
+        stated[1],
+    )
     return float(stated[0])
 
 
@@ -137,25 +147,35 @@ def _check_two_theta(
     for name, values in (("2theta", two_theta), ("intensity", intensity)):
         bad = np.flatnonzero(~np.isfinite(values))
         if bad.size:
-            raise ValueError(f"{path}: non-finite {name} {values[bad[0]]} at point {bad[0] + 1} "
-                             f"of {values.size}")
+            raise ValueError(
+                f"{path}: non-finite {name} {values[bad[0]]} at point {bad[0] + 1} of {values.size}"
+            )
     bad = np.flatnonzero((two_theta <= 0) | (two_theta >= 180))
     if bad.size:
-        raise ValueError(f"{path}: 2theta {two_theta[bad[0]]:g} at point {bad[0] + 1} is outside "
-                         "(0, 180) degrees")
+        raise ValueError(
+            f"{path}: 2theta {two_theta[bad[0]]:g} at point {bad[0] + 1} is outside "
+            "(0, 180) degrees"
+        )
     if two_theta.size > 1 and np.ptp(two_theta) == 0:
         raise ValueError(f"{path}: 2theta is constant ({two_theta[0]:g} deg): not a 2theta scan")
     if two_theta.size > 1 and np.all(np.diff(two_theta) < 0):
         two_theta, intensity = two_theta[::-1], intensity[::-1]
     bad = np.flatnonzero(np.diff(two_theta) <= 0)
     if bad.size:
-        raise ValueError(f"{path}: 2theta is not strictly monotonic: {two_theta[bad[0] + 1]:g} "
-                         f"follows {two_theta[bad[0]]:g} (point {bad[0] + 2})")
+        raise ValueError(
+            f"{path}: 2theta is not strictly monotonic: {two_theta[bad[0] + 1]:g} "
+            f"follows {two_theta[bad[0]]:g} (point {bad[0] + 2})"
+        )
     return two_theta, intensity
 
 
-def _pattern(path: Path, two_theta: np.ndarray, intensity: np.ndarray,
-             candidates: Sequence[_Candidate], wavelength: float | None) -> Pattern:
+def _pattern(
+    path: Path,
+    two_theta: np.ndarray,
+    intensity: np.ndarray,
+    candidates: Sequence[_Candidate],
+    wavelength: float | None,
+) -> Pattern:
     """Check the arrays and choose the wavelength: the :class:`Pattern` a reader returns."""
     two_theta, intensity = _check_two_theta(
         path, np.asarray(two_theta, dtype=np.float64), np.asarray(intensity, dtype=np.float64)
@@ -184,8 +204,9 @@ def _is_number(token: str | bytes) -> bool:
 
 def _warn_ignored(path: Path, count: int, kind: str) -> None:
     if count > 1:
-        logger.warning("%s: %d %s; reading the first, ignoring the other %d",
-                       path, count, kind, count - 1)
+        logger.warning(
+            "%s: %d %s; reading the first, ignoring the other %d", path, count, kind, count - 1
+        )
 
 
 def _existing(path: str | os.PathLike) -> Path:
@@ -242,10 +263,15 @@ def read_xrdml(path: str | os.PathLike, *, wavelength: float | None = None) -> P
     path = _existing(path)
     root = _parse_xml(path, path.read_bytes())
     if _local(root.tag) != "xrdMeasurements":
-        raise ValueError(f"{path} is not an XRDML file: its root element is "
-                         f"<{_local(root.tag)}>, not <xrdMeasurements>")
-    scans = [(measurement, scan) for measurement in _children(root, "xrdMeasurement")
-             for scan in _children(measurement, "scan")]
+        raise ValueError(
+            f"{path} is not an XRDML file: its root element is "
+            f"<{_local(root.tag)}>, not <xrdMeasurements>"
+        )
+    scans = [
+        (measurement, scan)
+        for measurement in _children(root, "xrdMeasurement")
+        for scan in _children(measurement, "scan")
+    ]
     if not scans:
         raise ValueError(f"{path}: no <xrdMeasurement>/<scan> in the file")
     _warn_ignored(path, len(scans), "scans")
@@ -281,8 +307,9 @@ def _xrdml_rates(path: Path, points: ET.Element) -> np.ndarray:
     return values / times
 
 
-def _xrdml_per_point(path: Path, points: ET.Element, name: str, size: int,
-                     default: float | None = 1.0) -> np.ndarray | None:
+def _xrdml_per_point(
+    path: Path, points: ET.Element, name: str, size: int, default: float | None = 1.0
+) -> np.ndarray | None:
     """``common<Name>`` (one value) or ``<name>s`` (one per point) as ``[size]``."""
     common = _child(points, "common" + name)
     plural = _child(points, name[0].lower() + name[1:] + "s")
@@ -294,8 +321,9 @@ def _xrdml_per_point(path: Path, points: ET.Element, name: str, size: int,
     if plural is not None:
         values = _numbers(path, plural.text, f"<{_local(plural.tag)}>")
         if values.size != size:
-            raise ValueError(f"{path}: <{_local(plural.tag)}> has {values.size} values for "
-                             f"{size} intensities")
+            raise ValueError(
+                f"{path}: <{_local(plural.tag)}> has {values.size} values for {size} intensities"
+            )
         return values
     return None if default is None else np.full(size, default)
 
@@ -306,8 +334,10 @@ def _xrdml_two_theta(path: Path, points: ET.Element, size: int) -> np.ndarray:
     positions = axes.get("2Theta")
     if positions is None:
         named = ", ".join(str(axis) for axis in axes) or "none"
-        raise ValueError(f'{path}: the first scan has no 2theta axis (<positions axis="2Theta">);'
-                         f" its axes: {named}")
+        raise ValueError(
+            f'{path}: the first scan has no 2theta axis (<positions axis="2Theta">);'
+            f" its axes: {named}"
+        )
     unit = positions.get("unit", "deg")
     if unit not in ("deg", "degree", "degrees"):
         raise ValueError(f"{path}: the 2Theta positions are in {unit!r}, not degrees")
@@ -315,8 +345,9 @@ def _xrdml_two_theta(path: Path, points: ET.Element, size: int) -> np.ndarray:
     if listed is not None:
         values = _numbers(path, listed.text, "2Theta <listPositions>")
         if values.size != size:
-            raise ValueError(f"{path}: 2Theta <listPositions> has {values.size} values for "
-                             f"{size} intensities")
+            raise ValueError(
+                f"{path}: 2Theta <listPositions> has {values.size} values for {size} intensities"
+            )
         return values
     end = _child(positions, "endPosition")
     if start is not None and end is not None:
@@ -327,10 +358,13 @@ def _xrdml_two_theta(path: Path, points: ET.Element, size: int) -> np.ndarray:
         return np.linspace(first[0], last[0], size)
     fixed = _child(positions, "commonPosition")
     if fixed is not None:
-        raise ValueError(f"{path}: 2Theta is fixed at {(fixed.text or '').strip()} deg "
-                         "(commonPosition): the first scan is not a 2theta scan")
-    raise ValueError(f"{path}: the 2Theta positions give neither listPositions nor "
-                     "startPosition/endPosition")
+        raise ValueError(
+            f"{path}: 2Theta is fixed at {(fixed.text or '').strip()} deg "
+            "(commonPosition): the first scan is not a 2theta scan"
+        )
+    raise ValueError(
+        f"{path}: the 2Theta positions give neither listPositions nor startPosition/endPosition"
+    )
 
 
 def _xrdml_wavelengths(measurement: ET.Element) -> list[_Candidate]:
@@ -378,8 +412,9 @@ def read_brml(path: str | os.PathLike, *, wavelength: float | None = None) -> Pa
             if not any(_plausible(value) for value, _ in candidates):
                 candidates += _brml_container_wavelengths(path, archive, members[0])
     except zipfile.BadZipFile as error:
-        raise ValueError(f"{path} is not a readable zip archive (a .brml file is one): "
-                         f"{error}") from None
+        raise ValueError(
+            f"{path} is not a readable zip archive (a .brml file is one): {error}"
+        ) from None
     return _pattern(path, two_theta, intensity, candidates, wavelength)
 
 
@@ -399,8 +434,10 @@ def _brml_raw_members(path: Path, archive: zipfile.ZipFile) -> list[str]:
     ``RawData<n>.xml`` by folder and number."""
     names = archive.namelist()
     pattern = re.compile(r"(?:^|[/\\])RawData(\d+)\.xml$", re.IGNORECASE)
-    found = sorted((n for n in names if pattern.search(n)),
-                   key=lambda n: (n.rsplit("/", 1)[0], int(pattern.search(n).group(1))))
+    found = sorted(
+        (n for n in names if pattern.search(n)),
+        key=lambda n: (n.rsplit("/", 1)[0], int(pattern.search(n).group(1))),
+    )
     container = next((n for n in names if n.lower().endswith("datacontainer.xml")), None)
     if container is not None:
         try:
@@ -410,12 +447,15 @@ def _brml_raw_members(path: Path, archive: zipfile.ZipFile) -> list[str]:
             if in_order:
                 return in_order + [name for name in found if name not in in_order]
         except ET.ParseError:
-            logger.info("%s: %s is not well-formed XML; finding RawData files by name",
-                        path, container)
+            logger.info(
+                "%s: %s is not well-formed XML; finding RawData files by name", path, container
+            )
     if not found:
         shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "") or "none"
-        raise ValueError(f"{path}: no Experiment*/RawData*.xml in the archive (members: "
-                         f"{shown}): not a Bruker BRML file")
+        raise ValueError(
+            f"{path}: no Experiment*/RawData*.xml in the archive (members: "
+            f"{shown}): not a Bruker BRML file"
+        )
     return found
 
 
@@ -432,8 +472,10 @@ def _brml_scan(path: Path, root: ET.Element, member: str) -> tuple[np.ndarray, n
     if two_theta_column is None:
         two_theta = _brml_scan_axis(where, route, len(rows))
     elif two_theta_column >= rows.shape[1]:
-        raise ValueError(f"{where}: DataViews put 2theta in column {two_theta_column + 1} but "
-                         f"the rows have {rows.shape[1]} columns")
+        raise ValueError(
+            f"{where}: DataViews put 2theta in column {two_theta_column + 1} but "
+            f"the rows have {rows.shape[1]} columns"
+        )
     else:
         two_theta = rows[:, two_theta_column]
     if counts_column is None or counts_column >= rows.shape[1]:
@@ -453,14 +495,16 @@ def _brml_rows(where: str, texts: list[str]) -> np.ndarray:
     width = len(rows[0])
     uneven = next((i for i, row in enumerate(rows) if len(row) != width), None)
     if uneven is not None:
-        raise ValueError(f"{where}: <Datum> row {uneven + 1} has {len(rows[uneven])} values, "
-                         f"row 1 has {width}")
+        raise ValueError(
+            f"{where}: <Datum> row {uneven + 1} has {len(rows[uneven])} values, row 1 has {width}"
+        )
     try:
         return np.asarray(rows, dtype=np.float64)
     except ValueError:
         bad = next((i for i, row in enumerate(rows) if not all(map(_is_number, row))), 0)
-        raise ValueError(f"{where}: <Datum> row {bad + 1} ({texts[bad].strip()[:60]!r}) is not "
-                         "numbers") from None
+        raise ValueError(
+            f"{where}: <Datum> row {bad + 1} ({texts[bad].strip()[:60]!r}) is not numbers"
+        ) from None
 
 
 def _brml_check_steps(where: str, route: ET.Element, rows: int) -> None:
@@ -469,8 +513,9 @@ def _brml_check_steps(where: str, route: ET.Element, rows: int) -> None:
     if steps and all(step is not None and step.isdigit() for step in steps):
         expected = sum(int(step) for step in steps)
         if expected != rows:
-            raise ValueError(f"{where}: {rows} <Datum> rows but the scan announces {expected} "
-                             "measured steps")
+            raise ValueError(
+                f"{where}: {rows} <Datum> rows but the scan announces {expected} measured steps"
+            )
 
 
 def _brml_columns(route: ET.Element) -> tuple[int | None, int | None, int | None]:
@@ -499,8 +544,10 @@ def _brml_scan_axis(where: str, route: ET.Element, rows: int) -> np.ndarray:
     axis = next((a for a in axes if a.get("AxisId", "").lower() in _TWO_THETA_AXES), None)
     if axis is None:
         named = ", ".join(a.get("AxisId", "?") for a in axes) or "none"
-        raise ValueError(f"{where}: no 2theta axis: no TwoTheta column in DataViews and no "
-                         f"TwoTheta ScanAxisInfo (scan axes: {named})")
+        raise ValueError(
+            f"{where}: no 2theta axis: no TwoTheta column in DataViews and no "
+            f"TwoTheta ScanAxisInfo (scan axes: {named})"
+        )
     values = {}
     for name in ("Start", "Increment"):
         element = _child(axis, name)
@@ -526,8 +573,9 @@ def _brml_wavelengths(root: ET.Element) -> list[_Candidate]:
     return candidates
 
 
-def _brml_container_wavelengths(path: Path, archive: zipfile.ZipFile,
-                                member: str) -> list[_Candidate]:
+def _brml_container_wavelengths(
+    path: Path, archive: zipfile.ZipFile, member: str
+) -> list[_Candidate]:
     """Wavelength candidates of the ``MeasurementContainer.xml`` beside the raw data."""
     folder = member.rsplit("/", 1)[0] + "/" if "/" in member else ""
     name = folder + "MeasurementContainer.xml"
@@ -556,8 +604,14 @@ class _RawRange:
     used_wavelength: float
 
 
-_RAW_TWO_THETA_SCANS = ("locked coupled", "unlocked coupled", "detector scan", "2theta",
-                        "twotheta", "coupled twotheta/theta")
+_RAW_TWO_THETA_SCANS = (
+    "locked coupled",
+    "unlocked coupled",
+    "detector scan",
+    "2theta",
+    "twotheta",
+    "coupled twotheta/theta",
+)
 
 
 def read_bruker_raw(path: str | os.PathLike, *, wavelength: float | None = None) -> Pattern:
@@ -576,18 +630,27 @@ def read_bruker_raw(path: str | os.PathLike, *, wavelength: float | None = None)
         ranges, candidates = _raw_v4(path, data)
     elif data.startswith((b"RAW ", b"RAW2")):
         version = 1 if data.startswith(b"RAW ") else 2
-        raise ValueError(f"{path}: Bruker RAW version {version} (DIFFRAC-AT) is not supported; "
-                         "convert it to RAW1.01/RAW4.00 or export the scan as .xy")
+        raise ValueError(
+            f"{path}: Bruker RAW version {version} (DIFFRAC-AT) is not supported; "
+            "convert it to RAW1.01/RAW4.00 or export the scan as .xy"
+        )
     else:
-        raise ValueError(f"{path} is not a Bruker RAW file: it starts with {data[:8]!r}, not "
-                         "'RAW1.01' or 'RAW4.00'")
+        raise ValueError(
+            f"{path} is not a Bruker RAW file: it starts with {data[:8]!r}, not "
+            "'RAW1.01' or 'RAW4.00'"
+        )
     scans = [item for item in ranges if item.two_theta_scan]
     if not scans:
         kinds = ", ".join(repr(item.scan_type) for item in ranges) or "none"
         raise ValueError(f"{path}: no 2theta range (ranges: {kinds})")
     if len(ranges) > 1:
-        logger.warning("%s: %d ranges; reading the first 2theta range (%s), ignoring the other %d",
-                       path, len(ranges), scans[0].scan_type, len(ranges) - 1)
+        logger.warning(
+            "%s: %d ranges; reading the first 2theta range (%s), ignoring the other %d",
+            path,
+            len(ranges),
+            scans[0].scan_type,
+            len(ranges) - 1,
+        )
     first = scans[0]
     two_theta = first.start + first.step * np.arange(first.intensity.size)
     used = (first.used_wavelength, "the range's used wavelength")
@@ -599,8 +662,10 @@ def _unpack(path: Path, fmt: str, data: bytes, offset: int, what: str) -> tuple:
     """``struct.unpack_from`` that names the field and file when the file is too short."""
     size = struct.calcsize(fmt)
     if offset < 0 or offset + size > len(data):
-        raise ValueError(f"{path}: truncated: {what} at byte {offset} needs {size} bytes but the "
-                         f"file has {len(data)}")
+        raise ValueError(
+            f"{path}: truncated: {what} at byte {offset} needs {size} bytes but the "
+            f"file has {len(data)}"
+        )
     return struct.unpack_from(fmt, data, offset)
 
 
@@ -608,15 +673,18 @@ def _text(data: bytes) -> str:
     return data.split(b"\0", 1)[0].decode("latin-1").strip()
 
 
-def _raw_records(path: Path, data: bytes, offset: int, steps: int, size: int,
-                 what: str) -> np.ndarray:
+def _raw_records(
+    path: Path, data: bytes, offset: int, steps: int, size: int, what: str
+) -> np.ndarray:
     """The leading float32 of ``steps`` records of ``size`` bytes from ``offset``, as float64."""
     if size < 4:
         raise ValueError(f"{path}: {what}: data records of {size} bytes cannot hold a float32")
     end = offset + steps * size
     if end > len(data):
-        raise ValueError(f"{path}: truncated: {what} announces {steps} points of {size} bytes "
-                         f"from byte {offset} (to byte {end}), but the file has {len(data)}")
+        raise ValueError(
+            f"{path}: truncated: {what} announces {steps} points of {size} bytes "
+            f"from byte {offset} (to byte {end}), but the file has {len(data)}"
+        )
     view = np.ndarray((steps,), dtype="<f4", buffer=data, offset=offset, strides=(size,))
     return view.astype(np.float64)
 
@@ -632,8 +700,10 @@ def _raw_v3(path: Path, data: bytes) -> tuple[list[_RawRange], list[_Candidate]]
         what = f"range {index + 1} of {count}"
         header, steps = _unpack(path, "<2I", data, offset, f"{what} header")
         if header < 260:
-            raise ValueError(f"{path}: {what} header is {header} bytes, less than the 260 of a "
-                             "RAW1.01 range header: corrupt file")
+            raise ValueError(
+                f"{path}: {what} header is {header} bytes, less than the 260 of a "
+                "RAW1.01 range header: corrupt file"
+            )
         (start,) = _unpack(path, "<d", data, offset + 16, f"{what} start 2theta")
         (step,) = _unpack(path, "<d", data, offset + 176, f"{what} step")
         (used,) = _unpack(path, "<d", data, offset + 240, f"{what} wavelength")
@@ -654,14 +724,20 @@ def _raw_v4(path: Path, data: bytes) -> tuple[list[_RawRange], list[_Candidate]]
         offset = start + length
         if kind == 30 and length >= 120:  # hardware configuration
             (alpha1,) = _unpack(path, "<d", data, start + 80, "K-alpha1")
-            candidates = [(alpha1, "hardware configuration K-alpha1"),
-                          _anode(_text(data[start + 116:start + 120]), "the header")]
+            candidates = [
+                (alpha1, "hardware configuration K-alpha1"),
+                _anode(_text(data[start + 116 : start + 120]), "the header"),
+            ]
     ranges = []
     while offset + 4 <= len(data):
         (kind,) = _unpack(path, "<I", data, offset, "a range marker")
         if kind not in (0, 160):
-            logger.info("%s: %d bytes after the last range (segment type %d) ignored",
-                        path, len(data) - offset, kind)
+            logger.info(
+                "%s: %d bytes after the last range (segment type %d) ignored",
+                path,
+                len(data) - offset,
+                kind,
+            )
             break
         item, offset = _raw_v4_range(path, data, offset, len(ranges) + 1)
         ranges.append(item)
@@ -670,8 +746,9 @@ def _raw_v4(path: Path, data: bytes) -> tuple[list[_RawRange], list[_Candidate]]
     return ranges, candidates
 
 
-def _raw_segments(path: Path, data: bytes, offset: int, end: int,
-                  stop_at_range: bool = False) -> Iterator[tuple[int, int, int]]:
+def _raw_segments(
+    path: Path, data: bytes, offset: int, end: int, stop_at_range: bool = False
+) -> Iterator[tuple[int, int, int]]:
     """``(type, length, offset)`` of the segments from ``offset`` to ``end``; with
     ``stop_at_range``, up to the first range marker (type 0 or 160)."""
     while offset < end:
@@ -680,11 +757,15 @@ def _raw_segments(path: Path, data: bytes, offset: int, end: int,
             return
         (length,) = _unpack(path, "<I", data, offset + 4, "a segment length")
         if length < 8:
-            raise ValueError(f"{path}: segment of type {kind} at byte {offset} has length "
-                             f"{length} < 8: corrupt file")
+            raise ValueError(
+                f"{path}: segment of type {kind} at byte {offset} has length "
+                f"{length} < 8: corrupt file"
+            )
         if offset + length > min(end, len(data)):
-            raise ValueError(f"{path}: truncated: segment of type {kind} at byte {offset} has "
-                             f"{length} bytes but only {min(end, len(data)) - offset} are left")
+            raise ValueError(
+                f"{path}: truncated: segment of type {kind} at byte {offset} has "
+                f"{length} bytes but only {min(end, len(data)) - offset} are left"
+            )
         yield kind, length, offset
         offset += length
 
@@ -693,7 +774,7 @@ def _raw_v4_range(path: Path, data: bytes, offset: int, number: int) -> tuple[_R
     """The range whose 160-byte header starts at ``offset``, and the offset after its data."""
     what = f"range {number}"
     _unpack(path, "160s", data, offset, f"{what} header")
-    scan_type = _text(data[offset + 32:offset + 56])
+    scan_type = _text(data[offset + 32 : offset + 56])
     start, step = struct.unpack_from("<2d", data, offset + 72)
     (steps,) = struct.unpack_from("<I", data, offset + 88)
     (used,) = struct.unpack_from("<d", data, offset + 112)
@@ -701,7 +782,7 @@ def _raw_v4_range(path: Path, data: bytes, offset: int, number: int) -> tuple[_R
     drives = {}
     for kind, length, at in _raw_segments(path, data, offset + 160, offset + 160 + extra):
         if kind == 50 and length >= 64:  # a drive and its start position
-            drives[_text(data[at + 12:at + 36])] = struct.unpack_from("<d", data, at + 56)[0]
+            drives[_text(data[at + 12 : at + 36])] = struct.unpack_from("<d", data, at + 56)[0]
     begin = offset + 160 + extra
     intensity = _raw_records(path, data, begin, steps, record, what)
     two_theta = scan_type.lower() in _RAW_TWO_THETA_SCANS or (
@@ -726,8 +807,9 @@ class _RasScan:
 _RAS_KEY = re.compile(rb"^\*([A-Za-z0-9_\-]+)\s*(.*)$")
 
 
-def read_ras(path: str | os.PathLike, *, wavelength: float | None = None,
-             encoding: str | None = None) -> Pattern:
+def read_ras(
+    path: str | os.PathLike, *, wavelength: float | None = None, encoding: str | None = None
+) -> Pattern:
     """Read the first scan of a Rigaku ``.ras`` file (see the module docstring): intensity
     times the attenuation factor of the third column when there is one.
 
@@ -745,8 +827,9 @@ def read_ras(path: str | os.PathLike, *, wavelength: float | None = None,
     _warn_ignored(path, len(scans), "scans")
     scan = scans[0]
     if not scan.complete:
-        raise ValueError(f"{path}: the first scan has *RAS_INT_START but no *RAS_INT_END: "
-                         "truncated file?")
+        raise ValueError(
+            f"{path}: the first scan has *RAS_INT_START but no *RAS_INT_END: truncated file?"
+        )
     values = _ras_values(path, scan.rows)
     _ras_check_header(path, scan.header, len(values), encoding)
     intensity = values[:, 1] * values[:, 2] if values.shape[1] == 3 else values[:, 1]
@@ -757,8 +840,9 @@ def _ras_scans(path: Path, data: bytes) -> list[_RasScan]:
     """The scans of a RAS file (bytes split into lines; nothing decoded yet)."""
     data = data.removeprefix(b"\xef\xbb\xbf")
     if b"*RAS_HEADER_START" not in data and b"*RAS_INT_START" not in data:
-        raise ValueError(f"{path} is not a Rigaku RAS file: no *RAS_HEADER_START or "
-                         "*RAS_INT_START marker")
+        raise ValueError(
+            f"{path} is not a Rigaku RAS file: no *RAS_HEADER_START or *RAS_INT_START marker"
+        )
     scans: list[_RasScan] = []
     state = None
     for number, raw in enumerate(data.splitlines(), start=1):
@@ -789,16 +873,18 @@ def _ras_values(path: Path, rows: list[tuple[int, bytes]]) -> np.ndarray:
     width = len(rows[0][1].split())
     tokens = b" ".join(line for _, line in rows).split()
     if width not in (2, 3) or len(tokens) != width * len(rows):
-        number, line = next(((n, text) for n, text in rows if len(text.split()) != width),
-                            rows[0])
-        raise ValueError(f"{path}:{number}: expected 2 or 3 columns (2theta intensity "
-                         f"[attenuation]) like the first data row, got "
-                         f"{line[:60].decode('latin-1')!r}")
+        number, line = next(((n, text) for n, text in rows if len(text.split()) != width), rows[0])
+        raise ValueError(
+            f"{path}:{number}: expected 2 or 3 columns (2theta intensity "
+            f"[attenuation]) like the first data row, got "
+            f"{line[:60].decode('latin-1')!r}"
+        )
     try:
         return np.asarray(tokens, dtype=np.float64).reshape(len(rows), width)
     except ValueError:
-        number, line = next(((n, t) for n, t in rows if not all(map(_is_number, t.split()))),
-                            rows[0])
+        number, line = next(
+            ((n, t) for n, t in rows if not all(map(_is_number, t.split()))), rows[0]
+        )
         text = line[:60].decode("latin-1")
         raise ValueError(f"{path}:{number}: cannot parse {text!r} as numbers") from None
 
@@ -813,8 +899,9 @@ def _decode(value: bytes, encoding: str | None) -> str:
     return value.decode("latin-1")
 
 
-def _ras_check_header(path: Path, header: dict[str, bytes], rows: int,
-                      encoding: str | None) -> None:
+def _ras_check_header(
+    path: Path, header: dict[str, bytes], rows: int, encoding: str | None
+) -> None:
     """Refuse a point count that differs from ``MEAS_DATA_COUNT`` and non-2θ or non-degree
     scan axes."""
     count = header.get("MEAS_DATA_COUNT", b"").strip()
@@ -823,8 +910,9 @@ def _ras_check_header(path: Path, header: dict[str, bytes], rows: int,
     axis = _decode(header.get("MEAS_SCAN_AXIS_X", b""), encoding)
     normalized = re.sub(r"[^a-z0-9]", "", axis.lower())
     if axis and not any(name in normalized for name in _TWO_THETA_AXES):
-        raise ValueError(f"{path}: the first scan's axis is {axis!r} (MEAS_SCAN_AXIS_X), not "
-                         "2theta")
+        raise ValueError(
+            f"{path}: the first scan's axis is {axis!r} (MEAS_SCAN_AXIS_X), not 2theta"
+        )
     unit = _decode(header.get("MEAS_SCAN_UNIT_X", b""), encoding).strip().lower()
     if unit and unit not in ("deg", "degree", "degrees", "°"):
         raise ValueError(f"{path}: the scan axis is in {unit!r} (MEAS_SCAN_UNIT_X), not degrees")
@@ -855,15 +943,18 @@ _READERS: dict[str, Callable[..., Pattern]] = {
 INSTRUMENT_SUFFIXES = tuple(_READERS)
 
 
-def read_instrument_file(path: str | os.PathLike, *, wavelength: float | None = None,
-                         encoding: str | None = None) -> Pattern:
+def read_instrument_file(
+    path: str | os.PathLike, *, wavelength: float | None = None, encoding: str | None = None
+) -> Pattern:
     """Read a diffractometer file by its suffix (case-insensitive): ``.xrdml``, ``.brml``,
     ``.raw`` (Bruker) or ``.ras``. ``encoding`` applies to ``.ras`` header text only."""
     path = Path(path)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
-        raise ValueError(f"{path}: not an instrument file suffix (expected one of "
-                         f"{', '.join(INSTRUMENT_SUFFIXES)})")
+        raise ValueError(
+            f"{path}: not an instrument file suffix (expected one of "
+            f"{', '.join(INSTRUMENT_SUFFIXES)})"
+        )
     if reader is read_ras:
         return read_ras(path, wavelength=wavelength, encoding=encoding)
     return reader(path, wavelength=wavelength)

@@ -216,11 +216,17 @@ class RandomCrystalGenerator:
         """
         if isinstance(indices, str | bytes | int | np.integer) or not isinstance(indices, Iterable):
             # generate(5) would fail with "'int' object is not iterable"
-            raise TypeError(f"indices must be a sequence of ints (e.g. [5] or range(5)), got {indices!r}")
+            raise TypeError(
+                f"indices must be a sequence of ints (e.g. [5] or range(5)), got {indices!r}"
+            )
         if space_group is not None:
-            integral = isinstance(space_group, int | np.integer) and not isinstance(space_group, bool)
+            integral = isinstance(space_group, int | np.integer) and not isinstance(
+                space_group, bool
+            )
             if not (integral and 1 <= space_group <= NUM_SPACE_GROUPS):
-                raise ValueError(f"space_group must be an integer 1..230 or None, got {space_group!r}")
+                raise ValueError(
+                    f"space_group must be an integer 1..230 or None, got {space_group!r}"
+                )
             space_group = int(space_group)
             check_max_atoms(space_group, self.max_atoms)
         return [self._crystal(_check_int("index", i, 0), space_group) for i in indices]
@@ -500,8 +506,12 @@ def _build(
     if placement is None:
         return None
     orbits, lattice = placement
-    orbits, lattice = _compact(orbits, ops_list, dof, contacts, lattice, shifts, factor, volume, rng)
+    orbits, lattice = _compact(
+        orbits, ops_list, dof, contacts, lattice, shifts, factor, volume, rng
+    )
     if abs(np.linalg.det(lattice)) > _MAX_VOLUME_PER_ATOM * multiplicities.sum():
         return None
-    species = [element for element, orbit in zip(orbit_elements, orbits, strict=True) for _ in orbit]
+    species = [
+        element for element, orbit in zip(orbit_elements, orbits, strict=True) for _ in orbit
+    ]
     return lattice, species, np.concatenate(orbits)

@@ -77,10 +77,19 @@ _UNITLESS_ANGSTROM = (0.3, 3.0)
 #: K-alpha1 wavelengths in Angstrom of the usual anodes (Cu from physmoe.data.grid; the others
 #: Hoelzer et al. 1997, as in pymatgen). Headers that only name the anode get these.
 ANODE_KALPHA1 = {
-    "Cu": CU_KA1, "Co": 1.78897, "Mo": 0.70930, "Fe": 1.93604, "Cr": 2.28970, "Ag": 0.559421,
+    "Cu": CU_KA1,
+    "Co": 1.78897,
+    "Mo": 0.70930,
+    "Fe": 1.93604,
+    "Cr": 2.28970,
+    "Ag": 0.559421,
 }
 _ANODE_NAMES = {
-    "copper": "Cu", "cobalt": "Co", "molybdenum": "Mo", "iron": "Fe", "chromium": "Cr",
+    "copper": "Cu",
+    "cobalt": "Co",
+    "molybdenum": "Mo",
+    "iron": "Fe",
+    "chromium": "Cr",
     "silver": "Ag",
 }
 _ANODE_NAME = r"(Cu|Co|Mo|Fe|Cr|Ag|copper|cobalt|molybdenum|iron|chromium|silver)"
@@ -99,8 +108,13 @@ _LINE = re.compile(
 _ANODE_WORD = r"(?:anode|target|tube|radiation|source)\b"
 # "Anode: Cu", "Target Mo", and the other order, "Co anode", "Cu tube" (group 1 or 2).
 _ANODE_KEYWORD = re.compile(
-    _ANODE_WORD + r"[^,;|]*?(?<![A-Za-z])" + _ANODE
-    + r"|(?<![A-Za-z])" + _ANODE_NAME + r"[ _-]?" + _ANODE_WORD,
+    _ANODE_WORD
+    + r"[^,;|]*?(?<![A-Za-z])"
+    + _ANODE
+    + r"|(?<![A-Za-z])"
+    + _ANODE_NAME
+    + r"[ _-]?"
+    + _ANODE_WORD,
     re.IGNORECASE,
 )
 # A ratio ("Ratio K-Alpha2/K-Alpha1 0.5"): the numbers after the word are no wavelengths.
@@ -161,7 +175,7 @@ def _header_wavelengths(line: str, line_number: int) -> tuple[list[_Stated], lis
             masked[start:end] = "\0" * (end - start)
         ratio = _RATIO.search(clause)
         if ratio:
-            masked[ratio.start():] = " " * (len(clause) - ratio.start())
+            masked[ratio.start() :] = " " * (len(clause) - ratio.start())
         masked = "".join(masked)
         found, problems, previous_end = False, [], 0
         for number in _NUMBER.finditer(masked):
@@ -175,7 +189,7 @@ def _header_wavelengths(line: str, line_number: int) -> tuple[list[_Stated], lis
                 label = "a" + named[-1][1]  # lambda1 / lambda2
             if label is None:  # "1.54056 Å (Kα1)": a line name right after the value
                 after = _LINE.search(clause, previous_end)
-                gap = clause[previous_end:after.start()] if after else ""
+                gap = clause[previous_end : after.start()] if after else ""
                 if after and not gap.strip(" ()[]:="):
                     label = _line_label(after)
             prefix = masked[first:last]
@@ -268,7 +282,12 @@ def _resolve_header_wavelength(
         logger.warning(
             "%s: using the wavelength %.6g A stated on line %d (%s%s): %r; "
             "pass wavelength= to override",
-            path, chosen.value, chosen.line_number, chosen.how, note, chosen.text,
+            path,
+            chosen.value,
+            chosen.line_number,
+            chosen.how,
+            note,
+            chosen.text,
         )
         return chosen.value
     if symbols:
@@ -277,7 +296,11 @@ def _resolve_header_wavelength(
         logger.warning(
             "%s: using the wavelength %.6g A, %s K-alpha1, for the anode named on line %d: %r; "
             "pass wavelength= to override",
-            path, value, symbol, line_number, text,
+            path,
+            value,
+            symbol,
+            line_number,
+            text,
         )
         return value
     if unclear:
@@ -313,7 +336,9 @@ class Pattern:
         if self.sigma is not None:
             self.sigma = np.asarray(self.sigma, dtype=np.float64)
             if self.sigma.shape != self.two_theta.shape:
-                raise ValueError(f"sigma has shape {self.sigma.shape}, expected {self.two_theta.shape}")
+                raise ValueError(
+                    f"sigma has shape {self.sigma.shape}, expected {self.two_theta.shape}"
+                )
 
     def __len__(self) -> int:
         return len(self.two_theta)
@@ -321,7 +346,9 @@ class Pattern:
     def d_spacing(self) -> np.ndarray:
         """Bragg d-spacing of every point in Angstrom, ``[L]`` (needs the wavelength)."""
         if self.wavelength is None:
-            raise ValueError(f"{self.source or 'pattern'}: the wavelength is unknown; pass wavelength= when reading")
+            raise ValueError(
+                f"{self.source or 'pattern'}: the wavelength is unknown; pass wavelength= when reading"
+            )
         return bragg_d_spacing(self.two_theta, self.wavelength)
 
     def to_wavelength(self, wavelength: float) -> Pattern:
@@ -350,6 +377,7 @@ def _split_fields(line: str, delimiter: str | None) -> list[str]:
         if candidate in line:
             return [field.strip() for field in line.split(candidate) if field.strip()]
     return line.split()
+
 
 # Compressed files read transparently: magic bytes -> (name, decompress).
 _COMPRESSED = (
@@ -386,19 +414,25 @@ def _read_text(path: Path, encoding: str | None) -> str:
         raise ValueError(f"{path} is a zip archive, not a text pattern: extract it first")
     bom_encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), None)
     if bom_encoding is not None:
-        data = data[len(next(bom for bom, enc in _BOMS if enc == bom_encoding)):]
+        data = data[len(next(bom for bom, enc in _BOMS if enc == bom_encoding)) :]
         if encoding is not None and codecs.lookup(encoding).name.replace("_", "-") not in (
-            codecs.lookup(bom_encoding).name, "utf-8-sig", "utf-16", "utf-32"
+            codecs.lookup(bom_encoding).name,
+            "utf-8-sig",
+            "utf-16",
+            "utf-32",
         ):
             logger.warning(
                 "%s starts with a %s byte-order mark: reading it as %s, not %s",
-                path, bom_encoding, bom_encoding, encoding,
+                path,
+                bom_encoding,
+                bom_encoding,
+                encoding,
             )
         encoding = bom_encoding
     elif encoding is None:
         # Drop leading NULs in pairs: an odd one may be the high byte of big-endian UTF-16 text.
         padding = len(data) - len(data.lstrip(b"\x00"))
-        body = data[padding // 2 * 2:]
+        body = data[padding // 2 * 2 :]
         sample = body[:4096]
         if len(sample) >= 4 and sample.count(b"\x00") * 3 >= len(sample):
             odd = sample[1::2].count(b"\x00")
@@ -414,7 +448,9 @@ def _read_text(path: Path, encoding: str | None) -> str:
                 logger.warning(
                     "%s is not UTF-8 (byte %#x at offset %d): reading it as Latin-1; pass "
                     "encoding= if that is wrong",
-                    path, data[error.start], error.start,
+                    path,
+                    data[error.start],
+                    error.start,
                 )
                 encoding = "latin-1"
     try:
@@ -439,7 +475,9 @@ def _check_wavelength(wavelength: Any, where: str = "") -> None:
     if isinstance(wavelength, bool) or not isinstance(wavelength, numbers.Real):
         raise TypeError(f"{where}wavelength must be a number in Angstrom, got {wavelength!r}")
     if not (math.isfinite(wavelength) and wavelength > 0):
-        raise ValueError(f"{where}wavelength must be a positive number of Angstrom, got {wavelength}")
+        raise ValueError(
+            f"{where}wavelength must be a positive number of Angstrom, got {wavelength}"
+        )
 
 
 # A line before the data that starts like a number ("12.3x 100", "1,234.5 100"; not "2theta" or
@@ -565,7 +603,11 @@ def read_pattern(
                 first_unparsed = first_unparsed or (line_number, raw_line.strip())
                 continue
             # Before any data: say why the line was not skipped as a header.
-            why = "" if rows else " (no data lines before it; a line that starts with a number is no header)"
+            why = (
+                ""
+                if rows
+                else " (no data lines before it; a line that starts with a number is no header)"
+            )
             raise ValueError(
                 f"{path}:{line_number}: cannot parse {raw_line.strip()!r} as numbers{why}"
             ) from None
@@ -599,7 +641,9 @@ def read_pattern(
     two_theta = data[:, 0]
     bad = np.flatnonzero((two_theta <= 0) | (two_theta >= 180))
     if bad.size:
-        raise ValueError(f"{path}:{numbers[bad[0]]}: 2theta {two_theta[bad[0]]} is outside (0, 180) degrees")
+        raise ValueError(
+            f"{path}:{numbers[bad[0]]}: 2theta {two_theta[bad[0]]} is outside (0, 180) degrees"
+        )
     if len(data) > 1:
         step = np.diff(two_theta)
         if np.all(step < 0):
@@ -673,7 +717,9 @@ class SimXRDRecord:
 
     def to_pattern(self) -> Pattern:
         """As a :class:`Pattern` (for the feature extractor and plotting)."""
-        return Pattern(self.two_theta, self.intensity, None, self.wavelength, f"SimXRD row {self.row_id}")
+        return Pattern(
+            self.two_theta, self.intensity, None, self.wavelength, f"SimXRD row {self.row_id}"
+        )
 
 
 def _row_value(row: Any, key: str) -> Any:
@@ -694,11 +740,15 @@ def _parse_number_list(text: Any, key: str, where: str) -> np.ndarray:
         text = _NUMPY_SCALAR_REPR.sub(r"\1", text)
         tokens = text.strip().strip("[]()").replace(",", " ").split()
         if "..." in tokens:
-            raise ValueError(f"{where}: {key!r} is a truncated numpy print-out ('...'), not the full list")
+            raise ValueError(
+                f"{where}: {key!r} is a truncated numpy print-out ('...'), not the full list"
+            )
         try:
             values = np.asarray(tokens, dtype=np.float64)
         except ValueError as error:
-            raise ValueError(f"{where}: cannot parse {key!r} as a list of numbers ({error})") from None
+            raise ValueError(
+                f"{where}: cannot parse {key!r} as a list of numbers ({error})"
+            ) from None
     if values.size == 0 or not np.all(np.isfinite(values)):
         raise ValueError(f"{where}: {key!r} is empty or has non-finite values")
     return values
@@ -714,7 +764,9 @@ def _parse_tager(text: Any, where: str) -> tuple[int, int, str | None]:
     else:
         items = text
     if not isinstance(items, list | tuple) or len(items) < 2:
-        raise ValueError(f"{where}: 'tager' must be '[space_group, crystal_system, lattice_letter]', got {text!r}")
+        raise ValueError(
+            f"{where}: 'tager' must be '[space_group, crystal_system, lattice_letter]', got {text!r}"
+        )
     try:
         space_group, system = int(items[0]), int(items[1])
     except (TypeError, ValueError):
@@ -779,14 +831,18 @@ def iter_simxrd(
     try:
         from ase.db import connect
     except ImportError as error:
-        raise ImportError("reading SimXRD-4M databases needs ASE: pip install ase (or physmoe[sim])") from error
+        raise ImportError(
+            "reading SimXRD-4M databases needs ASE: pip install ase (or physmoe[sim])"
+        ) from error
 
     path = Path(path)
     if not path.is_file():  # ase.db.connect would silently create an empty database
         raise FileNotFoundError(f"SimXRD database not found: {path}")
     _check_wavelength(wavelength)
     # ase reads a limit of 0 or below as "no limit": that would return every row.
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0):
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0
+    ):
         raise ValueError(f"limit must be None or an integer >= 0, got {limit!r}")
     if limit == 0:
         return
@@ -807,7 +863,9 @@ def iter_simxrd(
         d_spacing = _parse_number_list(_row_value(row, "latt_dis"), "latt_dis", where)
         intensity = _parse_number_list(_row_value(row, "intensity"), "intensity", where)
         if d_spacing.shape != intensity.shape:
-            raise ValueError(f"{where}: latt_dis has {d_spacing.size} values but intensity has {intensity.size}")
+            raise ValueError(
+                f"{where}: latt_dis has {d_spacing.size} values but intensity has {intensity.size}"
+            )
         if np.any(d_spacing <= 0):
             raise ValueError(f"{where}: latt_dis has non-positive d-spacings")
         space_group, simxrd_system, letter = _parse_tager(_row_value(row, "tager"), where)

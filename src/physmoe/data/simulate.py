@@ -196,7 +196,9 @@ def _check_options(
     try:
         two_theta_range = tuple(two_theta_range)
     except TypeError:  # None, a single number
-        raise ValueError(f"two_theta_range must be (min, max) in degrees, got {two_theta_range!r}") from None
+        raise ValueError(
+            f"two_theta_range must be (min, max) in degrees, got {two_theta_range!r}"
+        ) from None
     key = (
         wavelength, two_theta_range, kalpha2, kalpha2_wavelength, kalpha2_ratio, merge_tol,
         min_intensity, form_factors, return_hkl,

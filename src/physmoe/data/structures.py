@@ -65,7 +65,9 @@ def element_symbol(name: str) -> str:
     raise ValueError(f"unknown chemical element in species name {name!r}")
 
 
-def lattice_matrix(a: float, b: float, c: float, alpha: float, beta: float, gamma: float) -> np.ndarray:
+def lattice_matrix(
+    a: float, b: float, c: float, alpha: float, beta: float, gamma: float
+) -> np.ndarray:
     """Lattice vectors as rows ``[3, 3]`` (Angstrom) from cell lengths and angles (degrees).
 
     Convention (as pymatgen's ``Lattice.from_parameters``): ``c`` along z, ``a`` in the xz plane.
@@ -112,7 +114,9 @@ class Crystal:
         self.species = [element_symbol(s) for s in self.species]
         n = len(self.species)
         self.occupancies = (
-            np.ones(n) if self.occupancies is None else np.asarray(self.occupancies, dtype=np.float64)
+            np.ones(n)
+            if self.occupancies is None
+            else np.asarray(self.occupancies, dtype=np.float64)
         )
         self.b_iso = np.zeros(n) if self.b_iso is None else np.asarray(self.b_iso, dtype=np.float64)
         if self.lattice.shape != (3, 3):
@@ -123,7 +127,11 @@ class Crystal:
             raise ValueError("lattice vectors are linearly dependent (cell volume ~ 0)")
         if n == 0:
             raise ValueError("a crystal needs at least one site")
-        for name, arr in (("frac_coords", self.frac_coords), ("occupancies", self.occupancies), ("b_iso", self.b_iso)):
+        for name, arr in (
+            ("frac_coords", self.frac_coords),
+            ("occupancies", self.occupancies),
+            ("b_iso", self.b_iso),
+        ):
             if arr.shape[0] != n:
                 raise ValueError(f"{name} has {arr.shape[0]} rows but there are {n} species")
             if not np.all(np.isfinite(arr)):
@@ -147,7 +155,9 @@ class Crystal:
     ) -> Crystal:
         """Build from ``(a, b, c, alpha, beta, gamma)`` (Angstrom, degrees)."""
         if len(lattice_parameters) != 6:
-            raise ValueError(f"need 6 lattice parameters (a, b, c, alpha, beta, gamma), got {len(lattice_parameters)}")
+            raise ValueError(
+                f"need 6 lattice parameters (a, b, c, alpha, beta, gamma), got {len(lattice_parameters)}"
+            )
         return cls(lattice_matrix(*lattice_parameters), species, frac_coords, **kwargs)
 
     @property
@@ -205,7 +215,13 @@ class Crystal:
                 b_iso.append(site_b)
         if not species:
             raise ValueError("the pymatgen structure has no sites")
-        return cls(np.asarray(structure.lattice.matrix), species, np.asarray(coords), np.asarray(occupancies), np.asarray(b_iso))
+        return cls(
+            np.asarray(structure.lattice.matrix),
+            species,
+            np.asarray(coords),
+            np.asarray(occupancies),
+            np.asarray(b_iso),
+        )
 
     def to_pymatgen(self) -> Any:
         """As a pymatgen ``Structure`` (pymatgen is imported lazily; it is an optional extra).
@@ -218,16 +234,30 @@ class Crystal:
 
         # Small O(N^2) grouping loop: conversions are for tests and oracles, not hot paths.
         groups: list[dict[str, Any]] = []
-        for element, xyz, occ, b in zip(self.species, self.frac_coords, self.occupancies, self.b_iso, strict=True):
+        for element, xyz, occ, b in zip(
+            self.species, self.frac_coords, self.occupancies, self.b_iso, strict=True
+        ):
             for group in groups:
                 delta = xyz - group["xyz"]
                 same_place = np.all(np.abs(delta - np.round(delta)) < 1e-4)
-                if same_place and group["b"] == b and element not in group["composition"] and group["total"] + occ <= 1 + 1e-6:
+                if (
+                    same_place
+                    and group["b"] == b
+                    and element not in group["composition"]
+                    and group["total"] + occ <= 1 + 1e-6
+                ):
                     group["composition"][element] = float(occ)
                     group["total"] += occ
                     break
             else:
-                groups.append({"xyz": xyz, "b": float(b), "composition": {element: float(occ)}, "total": float(occ)})
+                groups.append(
+                    {
+                        "xyz": xyz,
+                        "b": float(b),
+                        "composition": {element: float(occ)},
+                        "total": float(occ),
+                    }
+                )
         site_properties = {"b_iso": [g["b"] for g in groups]} if np.any(self.b_iso > 0) else None
         return Structure(
             Lattice(self.lattice),
@@ -267,7 +297,9 @@ class Crystal:
         """
         lattice = np.asarray(atoms.cell[:], dtype=np.float64)
         if lattice.shape != (3, 3) or abs(np.linalg.det(lattice)) < 1e-6:
-            raise ValueError("the ASE Atoms has no three-dimensional cell (set atoms.cell and pbc=True)")
+            raise ValueError(
+                "the ASE Atoms has no three-dimensional cell (set atoms.cell and pbc=True)"
+            )
         if len(atoms) == 0:
             raise ValueError("the ASE Atoms has no atoms")
         symbols = list(atoms.get_chemical_symbols())
@@ -295,8 +327,17 @@ class Crystal:
                             b_iso.append(b_iso[i])
         spacegroup = atoms.info.get("spacegroup")
         number = getattr(spacegroup, "no", spacegroup)
-        number = int(number) if isinstance(number, int | np.integer) and 1 <= number <= 230 else None
-        return cls(lattice, symbols, np.asarray(coords), np.asarray(occupancies), np.asarray(b_iso), space_group=number)
+        number = (
+            int(number) if isinstance(number, int | np.integer) and 1 <= number <= 230 else None
+        )
+        return cls(
+            lattice,
+            symbols,
+            np.asarray(coords),
+            np.asarray(occupancies),
+            np.asarray(b_iso),
+            space_group=number,
+        )
 
     @classmethod
     def from_gemmi(cls, small: gemmi.SmallStructure, source: str | None = None) -> Crystal:
@@ -318,7 +359,9 @@ class Crystal:
             small.determine_and_set_spacegroup("N")
             logger.warning(
                 "%sonly the space-group number %d is given: using its standard setting %s",
-                where, number_only, small.spacegroup.xhm() if small.spacegroup else "?",
+                where,
+                number_only,
+                small.spacegroup.xhm() if small.spacegroup else "?",
             )
         if small.spacegroup is None and not small.symops and small.spacegroup_hm.strip():
             raise ValueError(
@@ -347,7 +390,11 @@ class Crystal:
                 continue
             if site.occ > 1 + 1e-3:
                 raise ValueError(f"{where}site {site.label!r} has occupancy {site.occ} > 1")
-            name = site.element.name if site.element.atomic_number > 0 else site.type_symbol or site.label
+            name = (
+                site.element.name
+                if site.element.atomic_number > 0
+                else site.type_symbol or site.label
+            )
             try:
                 species.append(element_symbol(name))
             except ValueError as error:
@@ -355,14 +402,23 @@ class Crystal:
             u_iso = site.u_iso
             if u_iso <= 0 and site.aniso.nonzero():
                 u = np.array(site.aniso.as_mat33().tolist())
-                u_iso = float(np.sum(u * np.outer(reciprocal_lengths, reciprocal_lengths) * metric) / 3)
+                u_iso = float(
+                    np.sum(u * np.outer(reciprocal_lengths, reciprocal_lengths) * metric) / 3
+                )
             coords.append(site.fract.tolist())
             occupancies.append(min(float(site.occ), 1.0))
             b_iso.append(8 * math.pi**2 * max(u_iso, 0.0))
         if not species:
             raise ValueError(f"{where}no atom sites with non-zero occupancy")
         number = small.spacegroup.number if small.spacegroup is not None else None
-        return cls(lattice, species, np.mod(coords, 1.0), np.asarray(occupancies), np.asarray(b_iso), space_group=number)
+        return cls(
+            lattice,
+            species,
+            np.mod(coords, 1.0),
+            np.asarray(occupancies),
+            np.asarray(b_iso),
+            space_group=number,
+        )
 
     @classmethod
     def from_cif(cls, path: str | os.PathLike) -> Crystal:
@@ -410,9 +466,15 @@ class Crystal:
                 f"{path}: gemmi could not parse the CIF ({gemmi_error}); install pymatgen for a "
                 "lenient fallback parser"
             ) from gemmi_error
-        logger.warning("%s: gemmi could not parse the CIF (%s); using pymatgen's CifParser", path, gemmi_error)
+        logger.warning(
+            "%s: gemmi could not parse the CIF (%s); using pymatgen's CifParser", path, gemmi_error
+        )
         # pymatgen, too, stumbles over a byte-order mark: give it the text without one.
-        source = io.StringIO(data[3:].decode("utf-8", "replace")) if data.startswith(codecs.BOM_UTF8) else str(path)
+        source = (
+            io.StringIO(data[3:].decode("utf-8", "replace"))
+            if data.startswith(codecs.BOM_UTF8)
+            else str(path)
+        )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -434,7 +496,7 @@ def _cif_block(data: bytes, path: Path) -> gemmi.cif.Block:
     """The block of a CIF that gemmi.read_small_structure would read: the first with fractional
     sites, else the first with Cartesian sites, else the first (IndexError if there is none)."""
     if data.startswith(codecs.BOM_UTF8):  # gemmi refuses a byte-order mark
-        document = gemmi.cif.read_string(data[len(codecs.BOM_UTF8):])
+        document = gemmi.cif.read_string(data[len(codecs.BOM_UTF8) :])
     else:
         document = gemmi.cif.read(str(path))  # also reads .gz
     for tag in ("_atom_site_fract_x", "_atom_site_Cartn_x"):
@@ -453,10 +515,14 @@ def _check_space_group_number(block: gemmi.cif.Block, path: Path) -> None:
             continue
         text = gemmi.cif.as_string(value)
         if not (re.fullmatch(r"\+?\d+", text.strip()) and 1 <= int(text) <= 230):
-            raise ValueError(f"{path}: {tag} is {text!r}; a space-group number must be an integer 1..230")
+            raise ValueError(
+                f"{path}: {tag} is {text!r}; a space-group number must be an integer 1..230"
+            )
 
 
-def _set_fractional_from_cartesian(small: gemmi.SmallStructure, block: gemmi.cif.Block, path: Path) -> None:
+def _set_fractional_from_cartesian(
+    small: gemmi.SmallStructure, block: gemmi.cif.Block, path: Path
+) -> None:
     """Fill the fractional coordinates of sites the CIF gives only in Cartesian coordinates
     (gemmi leaves them at 0, which would put every atom at the origin)."""
     columns = [block.find_values(tag) for tag in _CARTESIAN_TAGS]
@@ -466,7 +532,9 @@ def _set_fractional_from_cartesian(small: gemmi.SmallStructure, block: gemmi.cif
             "_atom_site_Cartn_x/y/z loop"
         )
     cartesian = np.array([[gemmi.cif.as_number(v) for v in column] for column in columns]).T
-    matrix = [block.find_value(f"_atom_sites_Cartn_tran_matrix_{i}{j}") for i in "123" for j in "123"]
+    matrix = [
+        block.find_value(f"_atom_sites_Cartn_tran_matrix_{i}{j}") for i in "123" for j in "123"
+    ]
     if all(value is not None for value in matrix):  # Cartesian = M @ fractional (core CIF)
         to_cartesian = np.array([gemmi.cif.as_number(v) for v in matrix]).reshape(3, 3)
     else:  # no matrix: gemmi's orthogonalisation, the mmCIF default (a along x)
@@ -479,7 +547,10 @@ def _set_fractional_from_cartesian(small: gemmi.SmallStructure, block: gemmi.cif
 
 def _is_instance_of(obj: Any, module_prefix: str, class_names: tuple[str, ...]) -> bool:
     """Duck-typed isinstance that does not import the (slow, optional) library."""
-    return any(cls.__module__.startswith(module_prefix) and cls.__name__ in class_names for cls in type(obj).__mro__)
+    return any(
+        cls.__module__.startswith(module_prefix) and cls.__name__ in class_names
+        for cls in type(obj).__mro__
+    )
 
 
 def as_crystal(structure: Any) -> Crystal:

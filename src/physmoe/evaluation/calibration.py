@@ -38,7 +38,9 @@ def top1_confidence_bins(
     upper_edges = torch.arange(1, num_bins + 1, dtype=torch.float64) / num_bins
     bin_index = torch.bucketize(confidence, upper_edges, right=False).clamp_max(num_bins - 1)
     count = torch.bincount(bin_index, minlength=num_bins).to(torch.float64)
-    confidence_sum = torch.bincount(bin_index, weights=confidence.to(torch.float64), minlength=num_bins)
+    confidence_sum = torch.bincount(
+        bin_index, weights=confidence.to(torch.float64), minlength=num_bins
+    )
     correct_sum = torch.bincount(bin_index, weights=correct.to(torch.float64), minlength=num_bins)
     return count, confidence_sum, correct_sum
 
@@ -145,7 +147,9 @@ class TemperatureScaler:
         # value: when it masked the true class, that sample's probability is 0 (below float64's
         # range) at every T in the bounds, its NLL infinite whatever T is. It says nothing about T.
         true_logit = logits.gather(1, labels[:, None]).squeeze(1)
-        hopeless = (logits.amax(dim=1) - true_logit) / t_max > -math.log(torch.finfo(torch.float64).tiny)
+        hopeless = (logits.amax(dim=1) - true_logit) / t_max > -math.log(
+            torch.finfo(torch.float64).tiny
+        )
         if bool(hopeless.all()):
             raise ValueError(
                 "every sample's true class has probability 0 at every temperature (masked out by hard "
@@ -154,7 +158,9 @@ class TemperatureScaler:
         if bool(hopeless.any()):
             logger.info(
                 "temperature fit leaves out %d of %d samples whose true class has probability 0 at every "
-                "temperature (masked out by hard hierarchical inference)", int(hopeless.sum()), len(labels)
+                "temperature (masked out by hard hierarchical inference)",
+                int(hopeless.sum()),
+                len(labels),
             )
             logits, labels = logits[~hopeless], labels[~hopeless]
         low, high = 1.0 / t_max, 1.0 / t_min  # bracket on beta

@@ -269,7 +269,9 @@ def _given_system_correct(
     ``[N]``. Strictly: where hard hierarchical inference masked out the whole true system, its
     groups tie at the lowest value and none of them counts as chosen."""
     true_system = sg_to_sys[labels]
-    rivals = (sg_to_sys[None, :] == true_system[:, None]) & (torch.arange(scores.shape[1]) != labels[:, None])
+    rivals = (sg_to_sys[None, :] == true_system[:, None]) & (
+        torch.arange(scores.shape[1]) != labels[:, None]
+    )
     true_score = scores.gather(1, labels[:, None]).squeeze(1)
     return true_score > scores.masked_fill(~rivals, float("-inf")).amax(dim=1)
 
@@ -402,8 +404,15 @@ def compute_metrics(
                 f"expert_predictions must have shape [{num_samples}, K], got {tuple(expert_predictions.shape)}"
             )
         # Flattened, the [N, K] predictions are N * K labels: one validation of dtype and range.
-        flat = as_labels(expert_predictions.reshape(-1), expert_predictions.numel(), num_classes, "expert_predictions")
-        expert_accuracy = (flat.view_as(expert_predictions) == labels[:, None]).to(torch.float64).mean(dim=0)
+        flat = as_labels(
+            expert_predictions.reshape(-1),
+            expert_predictions.numel(),
+            num_classes,
+            "expert_predictions",
+        )
+        expert_accuracy = (
+            (flat.view_as(expert_predictions) == labels[:, None]).to(torch.float64).mean(dim=0)
+        )
         for k, value in enumerate(expert_accuracy.tolist()):
             metrics[f"expert_{k}_top1_accuracy"] = value
     return metrics
@@ -546,7 +555,13 @@ def two_stage_bootstrap(correct, labels, classes, n_boot: int = 1000, seed: int 
 
 
 def bucket_accuracy_ci(
-    logits, labels, train_class_counts, bucket: str = "few_shot", n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
+    logits,
+    labels,
+    train_class_counts,
+    bucket: str = "few_shot",
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
 ) -> ConfidenceInterval | None:
     """Class-mean accuracy of a training-frequency bucket (e.g. ``"few_shot"``) with a
     :func:`two_stage_bootstrap` percentile interval; None when no class of the bucket is present."""

@@ -342,9 +342,7 @@ def run_real_benchmark(
         head = getattr(output, "crystal_system_logits", None)
         system_logits.append(None if head is None else head.float().cpu())
     heads = None if any(h is None for h in system_logits) else torch.cat(system_logits)
-    logger.info(
-        "real-structure benchmark: %d structures, %s conditions", len(patterns), conditions
-    )
+    logger.info("real-structure benchmark: %d structures, %s conditions", len(patterns), conditions)
     metrics = real_benchmark_metrics(torch.cat(logits), inputs["labels"], heads, temperature)
     return {"conditions": conditions, "seed": int(seed), **metrics}
 
@@ -382,13 +380,22 @@ def format_real_benchmark(metrics: dict, title: str | None = None) -> str:
     rows = [
         ("top-1 accuracy", "top1_accuracy", "baseline_prior_top1_accuracy"),
         ("top-5 accuracy", "top5_accuracy", "baseline_prior_top5_accuracy"),
-        ("powder-set accuracy (indistinguishable groups)", "powder_set_accuracy",
-         "baseline_prior_powder_set_accuracy"),
-        ("crystal-system accuracy (predicted group)", "crystal_system_accuracy_from_sg",
-         "baseline_prior_crystal_system_accuracy"),
+        (
+            "powder-set accuracy (indistinguishable groups)",
+            "powder_set_accuracy",
+            "baseline_prior_powder_set_accuracy",
+        ),
+        (
+            "crystal-system accuracy (predicted group)",
+            "crystal_system_accuracy_from_sg",
+            "baseline_prior_crystal_system_accuracy",
+        ),
         ("crystal-system accuracy (system head)", "crystal_system_accuracy_head", None),
-        ("crystal-system accuracy (most frequent system)", None,
-         "baseline_majority_system_accuracy"),
+        (
+            "crystal-system accuracy (most frequent system)",
+            None,
+            "baseline_majority_system_accuracy",
+        ),
         ("balanced accuracy", "balanced_accuracy", None),
         ("expected calibration error", "ece", None),
         ("risk-coverage AURC (lower is better)", "aurc", None),

@@ -634,8 +634,13 @@ def physics_terms(
     temperature: float,
     rule_threshold: float,
     validate: bool,
-) -> tuple[np.ndarray, np.ndarray, PhysicsContrastiveLoss | None, HierarchicalLoss,
-           CenterRegularizationLoss | None]:
+) -> tuple[
+    np.ndarray,
+    np.ndarray,
+    PhysicsContrastiveLoss | None,
+    HierarchicalLoss,
+    CenterRegularizationLoss | None,
+]:
     """The PhysMoE terms the loss wrappers share: the checked rule matrix ``[C, C]`` and
     space-group -> crystal-system map ``[C]`` (host copies), the physics contrastive loss (None
     when ``lambda_scl`` is 0), the hierarchical loss and the centre regularisation (None when
@@ -751,7 +756,10 @@ class PhysMoELossWrapper(nn.Module):
             "tau": tau,
         }
         check_loss_weights(
-            {("tau" if name == "tau" else f"lambda_{name}"): value for name, value in weights.items()}
+            {
+                ("tau" if name == "tau" else f"lambda_{name}"): value
+                for name, value in weights.items()
+            }
         )
         self.lambda_scl, self.lambda_dol, self.lambda_col = (
             float(lambda_scl),

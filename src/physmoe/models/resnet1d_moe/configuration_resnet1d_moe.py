@@ -45,11 +45,20 @@ HIERARCHICAL_INFERENCE_MODES = ("soft", "hard", "none")
 POOL_TYPES = ("max", "avg", "none")
 #: Keyword arguments that PretrainedConfig.__post_init__ consumes or that saved configs carry
 #: without being fields; any other keyword that is no field is probably a typo.
-_BASE_KWARGS = frozenset({
-    "num_labels", "torch_dtype", "name_or_path", "output_attentions", "attn_implementation",
-    "experts_implementation", "per_layer_config", "auto_map", "model_type",
-    "use_cache",  # the Trainer sets config.use_cache = False on every model it trains
-})
+_BASE_KWARGS = frozenset(
+    {
+        "num_labels",
+        "torch_dtype",
+        "name_or_path",
+        "output_attentions",
+        "attn_implementation",
+        "experts_implementation",
+        "per_layer_config",
+        "auto_map",
+        "model_type",
+        "use_cache",  # the Trainer sets config.use_cache = False on every model it trains
+    }
+)
 
 # The published trunk: 13 residual blocks; max pooling after the first four, average pooling
 # (some with one zero of padding) after the rest, taking 8500 points to exactly 1.
@@ -397,7 +406,9 @@ class ResNet1DMoEConfig(PretrainedConfig):
         self._validate_experts()
         self._validate_loss()
         if not (_is_number(self.calibration_temperature) and self.calibration_temperature > 0):
-            raise ValueError(f"calibration_temperature must be a positive number, got {self.calibration_temperature!r}")
+            raise ValueError(
+                f"calibration_temperature must be a positive number, got {self.calibration_temperature!r}"
+            )
         if self.hierarchical_inference not in HIERARCHICAL_INFERENCE_MODES:
             raise ValueError(
                 f"hierarchical_inference must be one of {HIERARCHICAL_INFERENCE_MODES}, "
@@ -426,14 +437,18 @@ class ResNet1DMoEConfig(PretrainedConfig):
                 f"{self.two_theta_min} and {self.two_theta_max}"
             )
         if not self.wavelength > 0:
-            raise ValueError(f"wavelength must be a positive number of Angstrom, got {self.wavelength}")
+            raise ValueError(
+                f"wavelength must be a positive number of Angstrom, got {self.wavelength}"
+            )
         if not _is_int(self.num_points) or self.num_points < 2:
             raise ValueError(f"num_points must be an integer >= 2, got {self.num_points!r}")
 
     def _validate_trunk(self) -> None:
         sizes = self.hidden_sizes
         if not sizes or any(size < 1 for size in sizes):
-            raise ValueError(f"hidden_sizes must be a non-empty list of positive widths, got {sizes}")
+            raise ValueError(
+                f"hidden_sizes must be a non-empty list of positive widths, got {sizes}"
+            )
         for name in ("pool_types", "pool_paddings"):
             if len(getattr(self, name)) != len(sizes):
                 raise ValueError(
@@ -446,17 +461,29 @@ class ResNet1DMoEConfig(PretrainedConfig):
             raise ValueError(f"pool_paddings must be 0 or 1, got {self.pool_paddings}")
         bad_dropout = [i for i in self.dropout_blocks if not 0 <= i < len(sizes)]
         if bad_dropout:
-            raise ValueError(f"dropout_blocks must index the {len(sizes)} blocks, got {bad_dropout}")
+            raise ValueError(
+                f"dropout_blocks must index the {len(sizes)} blocks, got {bad_dropout}"
+            )
         if not (_is_number(self.hidden_dropout_prob) and 0 <= self.hidden_dropout_prob < 1):
-            raise ValueError(f"hidden_dropout_prob must lie in [0, 1), got {self.hidden_dropout_prob!r}")
+            raise ValueError(
+                f"hidden_dropout_prob must lie in [0, 1), got {self.hidden_dropout_prob!r}"
+            )
         if not (_is_number(self.negative_slope) and self.negative_slope >= 0):
             raise ValueError(f"negative_slope must be a number >= 0, got {self.negative_slope!r}")
         if not _is_int(self.stem_channels) or self.stem_channels < 0:
-            raise ValueError(f"stem_channels must be an int >= 0 (0 = no stem), got {self.stem_channels!r}")
+            raise ValueError(
+                f"stem_channels must be an int >= 0 (0 = no stem), got {self.stem_channels!r}"
+            )
         if not _is_int(self.stem_stride) or self.stem_stride < 1:
             raise ValueError(f"stem_stride must be an int >= 1, got {self.stem_stride!r}")
-        if not _is_int(self.stem_kernel_size) or self.stem_kernel_size < 1 or self.stem_kernel_size % 2 == 0:
-            raise ValueError(f"stem_kernel_size must be an odd int >= 1, got {self.stem_kernel_size!r}")
+        if (
+            not _is_int(self.stem_kernel_size)
+            or self.stem_kernel_size < 1
+            or self.stem_kernel_size % 2 == 0
+        ):
+            raise ValueError(
+                f"stem_kernel_size must be an odd int >= 1, got {self.stem_kernel_size!r}"
+            )
         if self.stem_channels == 0 and self.stem_stride != 1:
             raise ValueError("stem_stride > 1 needs a stem: set stem_channels > 0")
         if self.feature_dim != sizes[-1]:
@@ -494,13 +521,19 @@ class ResNet1DMoEConfig(PretrainedConfig):
 
     def _validate_loss(self) -> None:
         if self.loss_preset not in LOSS_PRESET_NAMES:
-            raise ValueError(f"loss_preset must be one of {LOSS_PRESET_NAMES}, got {self.loss_preset!r}")
+            raise ValueError(
+                f"loss_preset must be one of {LOSS_PRESET_NAMES}, got {self.loss_preset!r}"
+            )
         if self.rule_matrix not in RULE_MATRIX_SOURCES:
-            raise ValueError(f"rule_matrix must be one of {RULE_MATRIX_SOURCES}, got {self.rule_matrix!r}")
+            raise ValueError(
+                f"rule_matrix must be one of {RULE_MATRIX_SOURCES}, got {self.rule_matrix!r}"
+            )
         for name in _LOSS_OVERRIDE_FIELDS:
             value = getattr(self, name)
             if value is not None and not (_is_number(value) and value >= 0):
-                raise ValueError(f"{name} must be None (preset value) or a finite number >= 0, got {value!r}")
+                raise ValueError(
+                    f"{name} must be None (preset value) or a finite number >= 0, got {value!r}"
+                )
         if self.detach_ensemble is not None and not isinstance(self.detach_ensemble, bool):
             raise TypeError(f"detach_ensemble must be None or a bool, got {self.detach_ensemble!r}")
         for name in ("contrastive_temperature", "hnm_temperature", "prior_floor"):
@@ -514,7 +547,9 @@ class ResNet1DMoEConfig(PretrainedConfig):
         if self.num_labels is None or self.num_labels < 2:
             raise ValueError(f"num_labels must be >= 2, got {self.num_labels}")
         if not (_is_number(self.inference_prior_weight) and 0 <= self.inference_prior_weight <= 1):
-            raise ValueError(f"inference_prior_weight must lie in [0, 1], got {self.inference_prior_weight!r}")
+            raise ValueError(
+                f"inference_prior_weight must lie in [0, 1], got {self.inference_prior_weight!r}"
+            )
         if self.inference_prior_weight and self.loss_preset != "balanced_experts":
             raise ValueError(
                 f"inference_prior_weight={self.inference_prior_weight!r} applies to loss_preset='balanced_experts' "
@@ -526,9 +561,13 @@ class ResNet1DMoEConfig(PretrainedConfig):
         if self.class_prior is not None:
             prior = self.class_prior
             if len(prior) != self.num_labels:
-                raise ValueError(f"class_prior has {len(prior)} entries, num_labels is {self.num_labels}")
+                raise ValueError(
+                    f"class_prior has {len(prior)} entries, num_labels is {self.num_labels}"
+                )
             if not all(_is_number(p) and p >= 0 for p in prior) or not sum(prior) > 0:
-                raise ValueError("class_prior must hold finite non-negative counts or probabilities with a positive sum")
+                raise ValueError(
+                    "class_prior must hold finite non-negative counts or probabilities with a positive sum"
+                )
 
     # -- derived quantities ---------------------------------------------------------------------
 
@@ -619,7 +658,9 @@ class ResNet1DMoEConfig(PretrainedConfig):
         """A configuration from a named preset (``"reference"``, ``"base"``, ``"small"``) with
         ``overrides`` applied, e.g. ``from_preset("small", num_points=1024)``."""
         if name not in RESNET1D_MOE_PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(RESNET1D_MOE_PRESETS)}")
+            raise ValueError(
+                f"unknown preset {name!r}; choose one of {sorted(RESNET1D_MOE_PRESETS)}"
+            )
         return cls(**{**RESNET1D_MOE_PRESETS[name], **overrides})
 
 

@@ -46,7 +46,11 @@ def _inference(module: nn.Module) -> bool:
 
 
 def _conv(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int = 1, padding: int = 0
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: int = 1,
+    padding: int = 0,
 ) -> torch.Tensor:
     """Convolve ``[B, C, 1, L]`` (channels-last) along L with ``weight`` ``[O, C, 1, K]``.
 
@@ -82,8 +86,12 @@ def _conv_as_matmul(
     else:
         rows = F.pad(rows, (0, 0, padding, padding))
         taps = [rows[:, k : k + out_length] for k in range(kernel)]
-        columns = torch.stack(taps, dim=2 if taps_outer else 3).reshape(batch * out_length, kernel * channels)
-        matrix = (weight.permute(0, 2, 3, 1) if taps_outer else weight).reshape(out_channels, kernel * channels)
+        columns = torch.stack(taps, dim=2 if taps_outer else 3).reshape(
+            batch * out_length, kernel * channels
+        )
+        matrix = (weight.permute(0, 2, 3, 1) if taps_outer else weight).reshape(
+            out_channels, kernel * channels
+        )
     out = F.linear(columns, matrix, bias)
     return out.view(batch, 1, out_length, out_channels).permute(0, 3, 1, 2)
 
@@ -118,7 +126,9 @@ def _compute_dtype(tensor: torch.Tensor, parameter: torch.Tensor) -> torch.dtype
     return parameter.dtype
 
 
-def _fold_batch_norm(weight: torch.Tensor, norm: nn.BatchNorm1d) -> tuple[torch.Tensor, torch.Tensor]:
+def _fold_batch_norm(
+    weight: torch.Tensor, norm: nn.BatchNorm1d
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``norm(x @ weight)`` in eval mode as one affine map ``(weight', bias)`` in fp32 (torch's
     conv-BN fusion, which scales the output rows, dim 0, of a weight of any rank)."""
     weight, bias = fuse_conv_bn_weights(
@@ -150,7 +160,9 @@ class InferenceWeights:
         self.key: tuple | None = None
         self.value: tuple[torch.Tensor | None, ...] | None = None
 
-    def get(self, module: nn.Module, dtype: torch.dtype, build: Any) -> tuple[torch.Tensor | None, ...]:
+    def get(
+        self, module: nn.Module, dtype: torch.dtype, build: Any
+    ) -> tuple[torch.Tensor | None, ...]:
         sources = [*module.parameters(), *module.buffers()]
         key = (dtype, tuple((t.data_ptr(), t._version) for t in sources))
         if key != self.key:
@@ -188,7 +200,9 @@ def _stem(stem: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
     stride, padding = stem.conv.stride[0], stem.conv.padding[0]
     if _inference(stem):
         weight, bias = _cached(
-            stem, _compute_dtype(hidden, stem.conv.weight), lambda: _fold_conv_norm(stem.conv, stem.norm)
+            stem,
+            _compute_dtype(hidden, stem.conv.weight),
+            lambda: _fold_conv_norm(stem.conv, stem.norm),
         )
         out = _conv(hidden.to(weight.dtype), weight, bias, stride, padding)
     else:
@@ -198,7 +212,11 @@ def _stem(stem: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 def _fold_block(block: nn.Module) -> tuple[torch.Tensor | None, ...]:
     shortcut = None if block.shortcut is None else _channels_last_weight(block.shortcut.weight)
-    return (shortcut, *_fold_conv_norm(block.conv1, block.norm1), *_fold_conv_norm(block.conv2, block.norm2))
+    return (
+        shortcut,
+        *_fold_conv_norm(block.conv1, block.norm1),
+        *_fold_conv_norm(block.conv2, block.norm2),
+    )
 
 
 def _residual_block(block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -239,7 +257,9 @@ def encode(
     for index, block in enumerate(trunk.blocks):
         if hidden_states is not None:
             hidden_states.append(hidden[:, :, 0])
-        hidden = _pool(_residual_block(block, hidden), config.pool_types[index], config.pool_paddings[index])
+        hidden = _pool(
+            _residual_block(block, hidden), config.pool_types[index], config.pool_paddings[index]
+        )
         if index in dropout_blocks:
             hidden = trunk.dropout(hidden)
     if hidden_states is not None:
@@ -267,7 +287,9 @@ def expert_stages(stages: nn.Module, features: torch.Tensor) -> torch.Tensor:
         )
         features = features.to(weight1.dtype)
         hidden = F.leaky_relu(F.linear(features, weight1, bias1), slope, inplace=True)
-        hidden = torch.baddbmm(bias2.unsqueeze(1), hidden.view(batch, num_stages, dim).transpose(0, 1), weight2)
+        hidden = torch.baddbmm(
+            bias2.unsqueeze(1), hidden.view(batch, num_stages, dim).transpose(0, 1), weight2
+        )
         hidden = hidden.transpose(0, 1)  # [B, K, D]
     else:
         dtype = _compute_dtype(features, stages.weight1)
@@ -276,6 +298,8 @@ def expert_stages(stages: nn.Module, features: torch.Tensor) -> torch.Tensor:
         # Cast before transposing: autocast would otherwise copy a strided (transposed) view.
         weight2 = stages.weight2.to(dtype).transpose(1, 2)
         hidden = torch.bmm(hidden.view(batch, num_stages, dim).transpose(0, 1).to(dtype), weight2)
-        hidden = stages.norm2(hidden.transpose(0, 1).reshape(batch, num_stages * dim)).view(batch, num_stages, dim)
+        hidden = stages.norm2(hidden.transpose(0, 1).reshape(batch, num_stages * dim)).view(
+            batch, num_stages, dim
+        )
     hidden = hidden.add_(features.unsqueeze(1).to(hidden.dtype))
     return F.leaky_relu(hidden, slope, inplace=True)

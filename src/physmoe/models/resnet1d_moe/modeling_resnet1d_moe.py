@@ -188,7 +188,12 @@ class ResNet1DMoEStem(nn.Module):
         super().__init__()
         kernel = config.stem_kernel_size
         self.conv = nn.Conv1d(
-            1, config.stem_channels, kernel, stride=config.stem_stride, padding=kernel // 2, bias=False
+            1,
+            config.stem_channels,
+            kernel,
+            stride=config.stem_stride,
+            padding=kernel // 2,
+            bias=False,
         )
         self.norm = ResNet1DMoEBatchNorm(config.stem_channels)
         self.negative_slope = float(config.negative_slope)
@@ -204,7 +209,9 @@ class ResNet1DMoEResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, negative_slope: float) -> None:
         super().__init__()
         self.shortcut = (
-            nn.Conv1d(in_channels, out_channels, 1, bias=False) if in_channels != out_channels else None
+            nn.Conv1d(in_channels, out_channels, 1, bias=False)
+            if in_channels != out_channels
+            else None
         )
         self.conv1 = nn.Conv1d(out_channels, out_channels, 3, padding=1, bias=False)
         self.norm1 = ResNet1DMoEBatchNorm(out_channels)
@@ -264,11 +271,17 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
         raise a ValueError naming the tensors (transformers raises a bare RuntimeError)."""
         location = pretrained_model_name_or_path
         hub = _import_physmoe("physmoe.hub")
-        if hub is not None and isinstance(location, (str, os.PathLike)) and kwargs.get("config") is None:
+        if (
+            hub is not None
+            and isinstance(location, (str, os.PathLike))
+            and kwargs.get("config") is None
+        ):
             # Offline, a Hub id that is no local path may still be in the cache: transformers decides.
             from huggingface_hub import constants
 
-            if not constants.is_offline_mode() or os.path.exists(os.path.expanduser(os.fspath(location))):
+            if not constants.is_offline_mode() or os.path.exists(
+                os.path.expanduser(os.fspath(location))
+            ):
                 location = hub.check_checkpoint_location(location)
         try:
             return super().from_pretrained(location, *args, **kwargs)
@@ -286,16 +299,23 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
         intro = f"the weights in {location} do not fit its config (config.json)"
         try:
             config = kwargs.get("config") or cls.config_class.from_pretrained(location)
-            weights = cached_file(os.fspath(location), SAFE_WEIGHTS_NAME, subfolder=kwargs.get("subfolder", ""))
+            weights = cached_file(
+                os.fspath(location), SAFE_WEIGHTS_NAME, subfolder=kwargs.get("subfolder", "")
+            )
             with torch.device("meta"):
                 expected = {name: tuple(t.shape) for name, t in cls(config).state_dict().items()}
             with safe_open(weights, framework="pt") as tensors:
-                stored = {name: tuple(tensors.get_slice(name).get_shape()) for name in tensors.keys()}
+                stored = {
+                    name: tuple(tensors.get_slice(name).get_shape()) for name in tensors.keys()
+                }
         except Exception:  # noqa: BLE001 - only the details of an error that is raised anyway
             return f"{intro}; pass ignore_mismatched_sizes=True to re-initialise the layers that differ"
-        mismatched = [name for name in expected if name in stored and stored[name] != expected[name]]
+        mismatched = [
+            name for name in expected if name in stored and stored[name] != expected[name]
+        ]
         listed = "; ".join(
-            f"{name}: checkpoint {list(stored[name])}, config {list(expected[name])}" for name in mismatched[:5]
+            f"{name}: checkpoint {list(stored[name])}, config {list(expected[name])}"
+            for name in mismatched[:5]
         )
         more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
         return (
@@ -392,7 +412,9 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
         """Validate ``[B, L]`` / ``[B, 1, L]`` inputs; return ``[B, 1, L]`` in the parameters' dtype."""
         num_points = self.config.num_points
         if not isinstance(input_values, torch.Tensor):
-            raise TypeError(f"input_values must be a torch.Tensor, got {type(input_values).__name__}")
+            raise TypeError(
+                f"input_values must be a torch.Tensor, got {type(input_values).__name__}"
+            )
         shape = tuple(input_values.shape)
         if input_values.dim() == 3 and shape[1] == 1:
             input_values = input_values[:, 0]
@@ -409,7 +431,9 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
         if input_values.shape[0] == 0:
             raise ValueError("input_values is an empty batch")
         if input_values.is_complex() or input_values.dtype == torch.bool:
-            raise TypeError(f"input_values must be real intensities, got dtype {input_values.dtype}")
+            raise TypeError(
+                f"input_values must be real intensities, got dtype {input_values.dtype}"
+            )
         if self.training and input_values.shape[0] == 1:
             raise ValueError(
                 "a batch of 1 in training mode: BatchNorm needs more than one sample per batch "
@@ -419,7 +443,9 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
         if self._checks_values() and input_values.is_floating_point():
             # A sum is ~30x cheaper than isfinite() on CPU and is NaN/inf whenever an entry is;
             # the exact check runs only if the sum is not finite (or overflowed).
-            if not bool(torch.isfinite(input_values.sum())) and not bool(torch.isfinite(input_values).all()):
+            if not bool(torch.isfinite(input_values.sum())) and not bool(
+                torch.isfinite(input_values).all()
+            ):
                 raise ValueError("input_values contain NaN or inf")
         dtype = self._parameter_dtype()
         return input_values.to(dtype)[:, None, :]
@@ -500,10 +526,14 @@ class ResNet1DMoEModel(ResNet1DMoEPreTrainedModel):
             return_dict (`bool`, *optional*): return a :class:`ResNet1DMoEModelOutput` (default).
         """
         output_hidden_states = (
-            self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+            self.config.output_hidden_states
+            if output_hidden_states is None
+            else output_hidden_states
         )
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        hidden, hidden_states = self._encode(self._check_input_values(input_values), output_hidden_states)
+        hidden, hidden_states = self._encode(
+            self._check_input_values(input_values), output_hidden_states
+        )
         output = ResNet1DMoEModelOutput(
             last_hidden_state=hidden,
             pooler_output=hidden.mean(dim=2).float(),
@@ -544,8 +574,12 @@ class ResNet1DMoEExpertStages(nn.Module):
         batch, stages, dim = features.shape[0], self.num_stages, self.dim
         hidden = F.linear(features, self.weight1.reshape(stages * dim, dim))  # [B, K*D]
         hidden = F.leaky_relu(self.norm1(hidden), self.negative_slope)
-        hidden = torch.bmm(hidden.view(batch, stages, dim).transpose(0, 1), self.weight2.transpose(1, 2))
-        hidden = self.norm2(hidden.transpose(0, 1).reshape(batch, stages * dim)).view(batch, stages, dim)
+        hidden = torch.bmm(
+            hidden.view(batch, stages, dim).transpose(0, 1), self.weight2.transpose(1, 2)
+        )
+        hidden = self.norm2(hidden.transpose(0, 1).reshape(batch, stages * dim)).view(
+            batch, stages, dim
+        )
         return F.leaky_relu(hidden + features.unsqueeze(1), self.negative_slope)
 
     def extra_repr(self) -> str:
@@ -594,7 +628,9 @@ class ResNet1DMoECosineClassifier(nn.Module):
         weight = F.normalize(self.weight.to(inputs.dtype), dim=2)
         inputs = F.normalize(inputs, dim=-1)
         if inputs.dim() == 2:
-            logits = (inputs @ weight.reshape(heads * num_classes, in_features).T).view(-1, heads, num_classes)
+            logits = (inputs @ weight.reshape(heads * num_classes, in_features).T).view(
+                -1, heads, num_classes
+            )
         else:
             logits = torch.einsum("bhi,hci->bhc", inputs, weight)
         return self.scale * logits
@@ -612,7 +648,9 @@ class ResNet1DMoEHardNegativeMinerState(nn.Module):
     def __init__(self, num_classes: int, feat_dim: int) -> None:
         super().__init__()
         self.register_buffer("prototypes", torch.zeros(num_classes, feat_dim, dtype=torch.float32))
-        self.register_buffer("confusion_matrix", torch.zeros(num_classes, num_classes, dtype=torch.float32))
+        self.register_buffer(
+            "confusion_matrix", torch.zeros(num_classes, num_classes, dtype=torch.float32)
+        )
 
 
 def hierarchical_space_group_logits(
@@ -640,15 +678,21 @@ def hierarchical_space_group_logits(
     systems = torch.arange(NUM_CRYSTAL_SYSTEMS, device=label_crystal_systems.device)
     members = systems[:, None] == label_crystal_systems[None, :]  # [7, C]
     present = members.any(dim=1)  # [7]
-    system_logits = crystal_system_logits.masked_fill(~present, torch.finfo(crystal_system_logits.dtype).min)
+    system_logits = crystal_system_logits.masked_fill(
+        ~present, torch.finfo(crystal_system_logits.dtype).min
+    )
     if mode == "hard":
         predicted = system_logits.argmax(dim=1)  # [B]
         allowed = label_crystal_systems[None, :] == predicted[:, None]  # [B, C]
         return ensemble_logits.masked_fill(~allowed, torch.finfo(ensemble_logits.dtype).min)
     if mode != "soft":
-        raise ValueError(f"hierarchical inference mode must be 'soft', 'hard' or 'none', got {mode!r}")
+        raise ValueError(
+            f"hierarchical inference mode must be 'soft', 'hard' or 'none', got {mode!r}"
+        )
     log_p_system = torch.log_softmax(system_logits, dim=1)  # [B, 7]
-    per_system = ensemble_logits.unsqueeze(1).masked_fill(~members, torch.finfo(ensemble_logits.dtype).min)
+    per_system = ensemble_logits.unsqueeze(1).masked_fill(
+        ~members, torch.finfo(ensemble_logits.dtype).min
+    )
     log_normaliser = torch.logsumexp(per_system, dim=2)  # [B, 7]
     return (
         log_p_system.index_select(1, label_crystal_systems)
@@ -688,7 +732,9 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
             num_experts if independent else 1, dim, config.negative_slope
         )
         # Shared mode projects the shared stage with the crystal-system projection (as published).
-        self.expert_projection = ResNet1DMoEBatchedLinear(num_experts, dim, proj) if independent else None
+        self.expert_projection = (
+            ResNet1DMoEBatchedLinear(num_experts, dim, proj) if independent else None
+        )
         self.expert_classifier = ResNet1DMoECosineClassifier(
             num_experts, proj, config.num_labels, config.logit_scale
         )
@@ -702,7 +748,9 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
             )
         self._label_crystal_systems = label_systems or [0] * config.num_labels
         self.register_buffer(
-            "label_crystal_systems", torch.tensor(self._label_crystal_systems, dtype=torch.long), persistent=False
+            "label_crystal_systems",
+            torch.tensor(self._label_crystal_systems, dtype=torch.long),
+            persistent=False,
         )
         # "balanced_experts": the experts' logit adjustments and the training log prior, for the
         # balanced ensemble (from the config, so inference needs no physmoe).
@@ -763,7 +811,13 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         overrides = config.loss_overrides()
         try:
             return loss_module.build_loss(
-                config.loss_preset, config, rule_matrix, sg_to_sys, class_prior=class_prior, validate=False, **overrides
+                config.loss_preset,
+                config,
+                rule_matrix,
+                sg_to_sys,
+                class_prior=class_prior,
+                validate=False,
+                **overrides,
             )
         except TypeError as error:
             raise ValueError(
@@ -775,8 +829,12 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         if self.config.rule_bias_init is None:
             init.zeros_(self.rule_bias)
         else:
-            init.copy_(self.rule_bias, torch.tensor(self.config.rule_bias_init, dtype=self.rule_bias.dtype))
-        init.copy_(self.label_crystal_systems, torch.tensor(self._label_crystal_systems, dtype=torch.long))
+            init.copy_(
+                self.rule_bias, torch.tensor(self.config.rule_bias_init, dtype=self.rule_bias.dtype)
+            )
+        init.copy_(
+            self.label_crystal_systems, torch.tensor(self._label_crystal_systems, dtype=torch.long)
+        )
         if self._balanced_experts is not None:
             init.copy_(self.expert_taus, torch.from_numpy(self._balanced_experts[0]))
             init.copy_(self.log_class_prior, torch.from_numpy(self._balanced_experts[1]))
@@ -812,7 +870,9 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
             if self.expert_projection is not None:
                 expert_embeddings = self.expert_projection(stage_output.float())  # [B, K, P]
             else:
-                expert_embeddings = _linear_fp32(self.crystal_system_projection, stage_output[:, 0].float())
+                expert_embeddings = _linear_fp32(
+                    self.crystal_system_projection, stage_output[:, 0].float()
+                )
             expert_logits = self.expert_classifier(expert_embeddings)  # [B, K, C]
             ensemble_logits = torch.einsum("bk,bkc->bc", gating_weights, expert_logits)
             if self._balanced_experts is not None:
@@ -823,7 +883,10 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
                 prior_weight = mean_tau - 1.0 + float(config.inference_prior_weight)
                 ensemble_logits = ensemble_logits + prior_weight[:, None] * log_prior
             logits = hierarchical_space_group_logits(
-                ensemble_logits, crystal_system_logits, self.label_crystal_systems, config.hierarchical_inference
+                ensemble_logits,
+                crystal_system_logits,
+                self.label_crystal_systems,
+                config.hierarchical_inference,
             )
         return {
             "logits": logits,
@@ -869,7 +932,9 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
                 {"labels": labels},
                 hard_negative_miner=self.hard_negative_miner,
             )
-        output = SpaceGroupClassifierOutput(loss=loss, features=features, loss_components=loss_components, **head)
+        output = SpaceGroupClassifierOutput(
+            loss=loss, features=features, loss_components=loss_components, **head
+        )
         return output if return_dict else output.to_tuple()
 
     def _check_labels(self, labels: torch.Tensor, input_values: torch.Tensor) -> torch.Tensor:
@@ -879,7 +944,9 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
                 "(pip install physmoe); inference without labels works without it"
             )
         if not isinstance(labels, torch.Tensor):
-            raise TypeError(f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}")
+            raise TypeError(
+                f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}"
+            )
         if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
             raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
         batch = input_values.shape[0] if isinstance(input_values, torch.Tensor) else None
@@ -909,7 +976,9 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         """
         miner = self.hard_negative_miner
         if not hasattr(miner, "update_prototypes"):
-            raise ImportError("updating the hard-negative miner needs the physmoe package (pip install physmoe)")
+            raise ImportError(
+                "updating the hard-negative miner needs the physmoe package (pip install physmoe)"
+            )
         labels = labels.detach().long()
         miner.update_prototypes(features.detach().float(), labels)
         # Keywords: the miner's positional order is the seed's (predicted, labels); these names
@@ -921,7 +990,9 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         """Decay the miner's confusion counts once per epoch (``*= 1 - momentum``)."""
         miner = self.hard_negative_miner
         if not hasattr(miner, "apply_epoch_momentum"):
-            raise ImportError("updating the hard-negative miner needs the physmoe package (pip install physmoe)")
+            raise ImportError(
+                "updating the hard-negative miner needs the physmoe package (pip install physmoe)"
+            )
         miner.apply_epoch_momentum()
 
     # -- saving ---------------------------------------------------------------------------------
