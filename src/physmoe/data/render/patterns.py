@@ -11,7 +11,7 @@ import torch
 from ..grid import CU_KA1, TwoThetaGrid
 from .conditions import MeasurementConditions, SampledConditions
 from .engine import _device_generator, _render_chunk, _render_sticks
-from .padding import _pad
+from .padding import _pad, _PaddedPeaks
 from .physics import convert_two_theta
 
 _MODES = ("profile", "sticks")
@@ -63,21 +63,50 @@ def render_padded(
     """
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
+    device = torch.device(device) if device is not None else two_theta.device
+    peaks = _checked_peaks(two_theta, intensity, mask, hkl, d_spacing, device)
+    batch = peaks.two_theta.shape[0]
+    if batch == 0:
+        return torch.zeros(0, grid.num_points, dtype=torch.float32, device=device)
+    if mode == "sticks":
+        position = convert_two_theta(peaks.two_theta, peaks_wavelength, grid.wavelength)
+        valid = peaks.mask & torch.isfinite(position)
+        return _render_sticks(torch.nan_to_num(position), peaks.intensity, valid, grid)
+
+    generator = _device_generator(generator, device)
+    cond = _sampled_conditions(conditions, batch, generator, device)
+    patterns = torch.empty(batch, grid.num_points, dtype=torch.float32, device=device)
+    for rows, width in _chunks(peaks.mask):
+        patterns[rows] = _render_chunk(
+            *(None if t is None else t[rows, :width] for t in peaks),
+            cond.select(rows),
+            grid,
+            generator,
+            peaks_wavelength,
+        )
+    return patterns
+
+
+def _checked_peaks(two_theta, intensity, mask, hkl, d_spacing, device) -> _PaddedPeaks:
+    """The peak tensors on ``device`` in float64 (mask bool), shapes and values checked once."""
     if two_theta.ndim != 2 or intensity.shape != two_theta.shape:
         raise ValueError(
-            f"two_theta and intensity must both be [batch, peaks], got {tuple(two_theta.shape)} and "
-            f"{tuple(intensity.shape)}"
+            "two_theta and intensity must both be [batch, peaks], got "
+            f"{tuple(two_theta.shape)} and {tuple(intensity.shape)}"
         )
-    device = torch.device(device) if device is not None else two_theta.device
-    two_theta = two_theta.to(device=device, dtype=torch.float64)
-    intensity = intensity.to(device=device, dtype=torch.float64)
+    shape = tuple(two_theta.shape)
+    for name, value, expected in (
+        ("mask", mask, shape), ("hkl", hkl, (*shape, 3)), ("d_spacing", d_spacing, shape)
+    ):  # fmt: skip
+        if value is not None and tuple(value.shape) != expected:
+            raise ValueError(f"{name} must be {expected}, got {tuple(value.shape)}")
+    two_theta, intensity, hkl, d_spacing = (
+        None if t is None else t.to(device=device, dtype=torch.float64)
+        for t in (two_theta, intensity, hkl, d_spacing)
+    )
     if mask is None:
-        mask = torch.ones(two_theta.shape, dtype=torch.bool, device=device)
-    elif mask.shape != two_theta.shape:
-        raise ValueError(f"mask must be {tuple(two_theta.shape)}, got {tuple(mask.shape)}")
+        mask = torch.ones(shape, dtype=torch.bool, device=device)
     mask = mask.to(device=device, dtype=torch.bool)
-    if hkl is not None and hkl.shape != (*two_theta.shape, 3):
-        raise ValueError(f"hkl must be {(*two_theta.shape, 3)}, got {tuple(hkl.shape)}")
     bad = mask & ~(
         (two_theta > 0) & (two_theta < 180) & torch.isfinite(intensity) & (intensity >= 0)
     )
@@ -87,64 +116,47 @@ def render_padded(
             f"pattern {row}, peak {col}: need 0 < two_theta < 180 and finite intensity >= 0, got "
             f"two_theta={float(two_theta[row, col])}, intensity={float(intensity[row, col])}"
         )
-    batch = two_theta.shape[0]
-    if batch == 0:
-        return torch.zeros(0, grid.num_points, dtype=torch.float32, device=device)
+    return _PaddedPeaks(two_theta, intensity, mask, hkl, d_spacing)
 
-    if mode == "sticks":
-        position = convert_two_theta(two_theta, peaks_wavelength, grid.wavelength)
-        valid = mask & torch.isfinite(position)
-        return _render_sticks(torch.nan_to_num(position), intensity, valid, grid)
 
-    generator = _device_generator(generator, device)
+def _sampled_conditions(
+    conditions: MeasurementConditions | SampledConditions | None,
+    batch: int,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> SampledConditions:
+    """Per-pattern values: drawn from ``conditions`` ranges (clean when None) or as given."""
     if conditions is None:
         conditions = MeasurementConditions.clean()
     if isinstance(conditions, MeasurementConditions):
-        cond = conditions.sample(batch, generator=generator, device=device)
-    elif isinstance(conditions, SampledConditions):
+        return conditions.sample(batch, generator=generator, device=device)
+    if isinstance(conditions, SampledConditions):
         if conditions.batch_size != batch:
             raise ValueError(
                 f"conditions were sampled for {conditions.batch_size} patterns, got {batch}"
             )
-        cond = conditions.to(device)
-    else:
-        raise TypeError(
-            f"conditions must be MeasurementConditions or SampledConditions, got {type(conditions).__name__}"
-        )
+        return conditions.to(device)
+    raise TypeError(
+        "conditions must be MeasurementConditions or SampledConditions, got "
+        f"{type(conditions).__name__}"
+    )
 
-    if hkl is not None:
-        hkl = hkl.to(device=device, dtype=torch.float64)
-    if d_spacing is not None:
-        if d_spacing.shape != two_theta.shape:
-            raise ValueError(
-                f"d_spacing must be {tuple(two_theta.shape)}, got {tuple(d_spacing.shape)}"
-            )
-        d_spacing = d_spacing.to(device=device, dtype=torch.float64)
 
-    patterns = torch.empty(batch, grid.num_points, dtype=torch.float32, device=device)
-    if device.type == "cpu":
-        # Chunks of rows with similar peak counts, each cut to its own longest list: rows are
-        # padded to the batch's longest (thousands of lines for a large low-symmetry cell, ~100
-        # for the median), and padding costs as much as peaks.
-        counts = torch.where(mask, torch.arange(1, mask.shape[1] + 1, device=device), 0).amax(dim=1)
-        order = torch.argsort(counts, stable=True)
-        chunks = [order[start : start + _CHUNK_ROWS] for start in range(0, batch, _CHUNK_ROWS)]
-        widths = [max(int(counts[rows[-1]]), 1) for rows in chunks]
-    else:
-        chunks, widths = [slice(0, batch)], [two_theta.shape[1]]
-    for rows, width in zip(chunks, widths, strict=True):
-        patterns[rows] = _render_chunk(
-            two_theta[rows, :width],
-            intensity[rows, :width],
-            mask[rows, :width],
-            None if hkl is None else hkl[rows, :width],
-            None if d_spacing is None else d_spacing[rows, :width],
-            cond.select(rows),
-            grid,
-            generator,
-            peaks_wavelength,
-        )
-    return patterns
+def _chunks(mask: torch.Tensor) -> list[tuple[torch.Tensor | slice, int]]:
+    """``(rows, width)`` pieces of the batch to render together, rows cut to ``width`` peaks.
+
+    On the CPU: chunks of :data:`_CHUNK_ROWS` rows with similar peak counts, each cut to its own
+    longest list (rows are padded to the batch's longest, thousands of lines for a large
+    low-symmetry cell against ~100 for the median, and padding costs as much as peaks). On other
+    devices the whole batch at once.
+    """
+    if mask.device.type != "cpu":
+        return [(slice(0, mask.shape[0]), mask.shape[1])]
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    counts = torch.where(mask, positions, 0).amax(dim=1)
+    order = torch.argsort(counts, stable=True)
+    chunks = [order[start : start + _CHUNK_ROWS] for start in range(0, len(order), _CHUNK_ROWS)]
+    return [(rows, max(int(counts[rows[-1]]), 1)) for rows in chunks]
 
 
 def render_patterns(
@@ -169,8 +181,10 @@ def render_patterns(
     Example::
 
         >>> grid = TwoThetaGrid()
-        >>> patterns = render_patterns([(two_theta, intensity)], grid, MeasurementConditions.default(),
-        ...                            generator=torch.Generator().manual_seed(0))
+        >>> patterns = render_patterns(
+        ...     [(two_theta, intensity)], grid, MeasurementConditions.default(),
+        ...     generator=torch.Generator().manual_seed(0),
+        ... )
     """
     padded = _pad(peaks, peaks_wavelength, device)
     return render_padded(
