@@ -210,7 +210,10 @@ def benchmark_simulation(structures: list, repeats: int) -> list:
 
 def print_simulation_table(rows: list) -> None:
     print("\nPeak-list simulation, Cu Ka1, 2theta 5-90 deg (best of repeats, ms per structure)")
-    header = f"{'crystal system':<14} {'n':>3} {'atoms':>6} {'lines':>6} {'physmoe':>8} {'pymatgen':>9} {'speed-up':>9} {'max |d2th|':>11} {'min cos':>8}"
+    header = (
+        f"{'crystal system':<14} {'n':>3} {'atoms':>6} {'lines':>6} {'physmoe':>8} {'pymatgen':>9} "
+        f"{'speed-up':>9} {'max |d2th|':>11} {'min cos':>8}"
+    )
     print(header)
     print("-" * len(header))
     for system in range(7):
@@ -220,9 +223,11 @@ def print_simulation_table(rows: list) -> None:
         ours = statistics.mean(r["ours"] for r in part) * 1e3
         theirs = statistics.mean(r["pymatgen"] for r in part) * 1e3
         print(
-            f"{CRYSTAL_SYSTEMS[system]:<14} {len(part):>3} {statistics.mean(r['atoms'] for r in part):>6.1f} "
-            f"{statistics.mean(r['lines'] for r in part):>6.0f} {ours:>8.2f} {theirs:>9.2f} {theirs / ours:>8.1f}x "
-            f"{max(r['shift'] for r in part):>11.1e} {min(r['cosine'] for r in part):>8.5f}"
+            f"{CRYSTAL_SYSTEMS[system]:<14} {len(part):>3} "
+            f"{statistics.mean(r['atoms'] for r in part):>6.1f} "
+            f"{statistics.mean(r['lines'] for r in part):>6.0f} {ours:>8.2f} {theirs:>9.2f} "
+            f"{theirs / ours:>8.1f}x {max(r['shift'] for r in part):>11.1e} "
+            f"{min(r['cosine'] for r in part):>8.5f}"
         )
     total_ours = sum(r["ours"] for r in rows)
     total_convert = sum(r["convert"] for r in rows)
@@ -236,8 +241,8 @@ def print_simulation_table(rows: list) -> None:
     )
     print(
         f"\npeak lists per second: physmoe {len(rows) / total_ours:,.0f} "
-        f"({len(rows) / (total_ours + total_convert):,.0f} including pymatgen -> Crystal conversion), "
-        f"pymatgen XRDCalculator {len(rows) / total_theirs:,.1f}"
+        f"({len(rows) / (total_ours + total_convert):,.0f} including pymatgen -> Crystal "
+        f"conversion), pymatgen XRDCalculator {len(rows) / total_theirs:,.1f}"
     )
     ratios = sorted(r["pymatgen"] / r["ours"] for r in rows)
     print(
@@ -246,8 +251,8 @@ def print_simulation_table(rows: list) -> None:
     )
     slowest = max(rows, key=lambda r: r["ours"])
     print(
-        f"slowest physmoe structure: space group {slowest['space_group']}, {slowest['atoms']} atoms, "
-        f"{slowest['ours'] * 1e3:.2f} ms"
+        f"slowest physmoe structure: space group {slowest['space_group']}, {slowest['atoms']} "
+        f"atoms, {slowest['ours'] * 1e3:.2f} ms"
     )
 
 
@@ -373,7 +378,8 @@ def benchmark_rendering(
     grid = TwoThetaGrid()
     batch = [peak_lists[i % len(peak_lists)] for i in range(batch_size)]
     print(
-        f"\nRendering on the {grid.num_points}-point grid, batch {batch_size}, {torch.get_num_threads()} thread(s)"
+        f"\nRendering on the {grid.num_points}-point grid, batch {batch_size}, "
+        f"{torch.get_num_threads()} thread(s)"
     )
     print(f"{'mode / conditions':<28} {'ms per batch':>13} {'patterns/s':>11}")
     cases = [
@@ -452,7 +458,8 @@ def main() -> None:
     structures = random_structures(args.num_structures, args.seed)
     assert all(crystal_system_index(number) == system for system, number, _ in structures)
     print(
-        f"{len(structures)} pyxtal structures (seed {args.seed}) in {time.perf_counter() - start:.1f} s"
+        f"{len(structures)} pyxtal structures (seed {args.seed}) in "
+        f"{time.perf_counter() - start:.1f} s"
     )
     extra = simple_structures() + supercells(structures, 4)
     rows = benchmark_simulation(structures + extra, args.repeats)

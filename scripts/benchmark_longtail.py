@@ -186,7 +186,8 @@ def run_method(
     results_file = run_dir / "all_results.json"
     if results_file.exists():
         return json.loads(results_file.read_text())
-    # Validations spread evenly over training (a fraction of the total steps when several per epoch).
+    # Validations spread evenly over training (a fraction of the total steps when several per
+    # epoch).
     every = (
         {"eval_strategy": "epoch", "save_strategy": "epoch"}
         if scale.evals_per_epoch == 1
@@ -581,16 +582,22 @@ def markdown(summary: dict) -> str:
     lines = [
         f"### Long-tail benchmark ({summary['scale']} scale)",
         "",
-        f"Preset `{s['preset']}` with overrides `{json.dumps(s['model_overrides'])}`; ICSD-prior dataset `{summary['dataset']}` "
-        f"({sizes['train']} / {sizes['validation']} / {sizes['test']} train / validation / test structures, "
-        f"{sizes['train_classes']} space groups in training, {sizes.get('train_few_shot_classes', '?')} of them with < 20 structures; "
-        f"generator `{s.get('generator', 'pyxtal')}`); {s['epochs']} epochs, batch {s['batch_size']}, AdamW lr {s['learning_rate']}, "
-        f"seeds {list(s['seeds'])}. Test split, checkpoint chosen on validation balanced accuracy, temperature fitted on "
-        "validation; mean ± sd over seeds; few-shot = classes with < 20 training structures; crystal system = the system "
-        "of the predicted space group (the single-head baselines have no trained system head). Intervals: 95% two-stage "
-        "bootstrap of the seed mean over test classes and the structures within them.",
+        f"Preset `{s['preset']}` with overrides `{json.dumps(s['model_overrides'])}`; "
+        f"ICSD-prior dataset `{summary['dataset']}` ({sizes['train']} / {sizes['validation']} "
+        f"/ {sizes['test']} train / validation / test structures, {sizes['train_classes']} "
+        f"space groups in training, {sizes.get('train_few_shot_classes', '?')} of them with < "
+        f"20 structures; generator `{s.get('generator', 'pyxtal')}`); {s['epochs']} epochs, "
+        f"batch {s['batch_size']}, AdamW lr {s['learning_rate']}, seeds {list(s['seeds'])}. "
+        "Test split, checkpoint chosen on validation balanced accuracy, temperature fitted on "
+        "validation; mean ± sd over seeds; few-shot = classes with < 20 training structures; "
+        "crystal system = the system of the predicted space group (the single-head baselines "
+        "have no trained system head). Intervals: 95% two-stage bootstrap of the seed mean "
+        "over test classes and the structures within them.",
         "",
-        "| method | top-1 | top-5 | balanced [95% CI] | macro-F1 | many-shot | medium-shot | few-shot [95% CI] | crystal system | ECE | train time (s) |",
+        (
+            "| method | top-1 | top-5 | balanced [95% CI] | macro-F1 | many-shot | medium-shot | "
+            "few-shot [95% CI] | crystal system | ECE | train time (s) |"
+        ),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary["table"].items():
@@ -627,8 +634,8 @@ def markdown(summary: dict) -> str:
     if summary.get("real"):
         lines += [
             "",
-            "Real structures (419 experimental CIFs, clean simulated patterns; test only, never trained or tuned on; "
-            "`physmoe evaluate --real` on each seed's checkpoint):",
+            "Real structures (419 experimental CIFs, clean simulated patterns; test only, never "
+            "trained or tuned on; `physmoe evaluate --real` on each seed's checkpoint):",
             "",
             "| method | top-1 | top-5 | balanced | crystal system | ECE |",
             "|---|---|---|---|---|---|",
@@ -639,7 +646,8 @@ def markdown(summary: dict) -> str:
         lines += [
             "",
             "`balanced_experts` checkpoints with the training prior added back at inference "
-            "(`inference_prior_weight` w: 0 balanced, the default; 1 the training frequencies), test split and real structures:",
+            "(`inference_prior_weight` w: 0 balanced, the default; 1 the training frequencies), "
+            "test split and real structures:",
             "",
             "| run (w) | top-1 | balanced | many-shot | medium-shot | few-shot | real top-1 |",
             "|---|---|---|---|---|---|---|",
@@ -653,7 +661,10 @@ def markdown(summary: dict) -> str:
         verdict = {True: "met", False: "not met", None: "-"}
         lines += [
             "",
-            f"Issue-12 targets for the best Phys-MoE method on validation (`{summary['best_physmoe']}`): "
+            (
+                "Issue-12 targets for the best Phys-MoE method on validation "
+                f"(`{summary['best_physmoe']}`): "
+            )
             + "; ".join(
                 f"{k.replace('_', ' ')}: {verdict[v]}" for k, v in summary["targets"].items()
             )
@@ -664,13 +675,18 @@ def markdown(summary: dict) -> str:
             "",
             f"Hierarchical inference of `{summary['best_physmoe']}` (same checkpoints):",
             "",
-            "| mode | validation balanced | test top-1 | test balanced | test few-shot | test crystal system |",
+            (
+                "| mode | validation balanced | test top-1 | test balanced | test few-shot | "
+                "test crystal system |"
+            ),
             "|---|---|---|---|---|---|",
         ]
         for mode, row in summary["hierarchical_inference"].items():
             lines.append(
-                f"| {mode} | {_cell(row['validation_balanced_accuracy'])} | {_cell(row['test_top1_accuracy'])} | "
-                f"{_cell(row['test_balanced_accuracy'])} | {_cell(row['test_few_shot_accuracy'])} | {_cell(row['test_crystal_system_accuracy_from_sg'])} |"
+                f"| {mode} | {_cell(row['validation_balanced_accuracy'])} | "
+                f"{_cell(row['test_top1_accuracy'])} | {_cell(row['test_balanced_accuracy'])} | "
+                f"{_cell(row['test_few_shot_accuracy'])} | "
+                f"{_cell(row['test_crystal_system_accuracy_from_sg'])} |"
             )
     return "\n".join(lines) + "\n"
 
@@ -833,7 +849,8 @@ def main() -> int:
     )
     print(markdown(summary))
     print(
-        f"total {time.time() - started:.0f} s; results in {args.out or f'results/longtail_{args.scale}'}/results.md"
+        f"total {time.time() - started:.0f} s; results in "
+        f"{args.out or f'results/longtail_{args.scale}'}/results.md"
     )
     return 0
 

@@ -6,9 +6,10 @@
 
 Each case runs ``--warmup`` untimed iterations, then ``--repeats`` timed ones (forward +
 backward of the total loss, gradients zeroed in between), the cases alternating; the table
-gives the median, the minimum and the 90th percentile in milliseconds. The target is a median below 20 ms for
-``physmoe`` at the default sizes on our 2-core CPU. Inputs are random; labels are validated
-once (``validate=False``), as a training loop that validated its data would run the loss.
+gives the median, the minimum and the 90th percentile in milliseconds. The target is a median
+below 20 ms for ``physmoe`` at the default sizes on our 2-core CPU. Inputs are random; labels are
+validated once (``validate=False``), as a training loop that validated its data would run the
+loss.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def main() -> None:
     print(
         f"forward + backward, B={args.batch_size} K={args.num_experts} C={num_classes} "
         f"D={args.feat_dim}, device={device}, threads={torch.get_num_threads()}, "
-        f"autocast={'bf16' if args.autocast else 'off'}, {args.repeats} repeats after {args.warmup} warm-up"
+        f"autocast={'bf16' if args.autocast else 'off'}, {args.repeats} repeats "
+        f"after {args.warmup} warm-up"
     )
     width = max(len(row[0]) for row in rows)
     print(f"{'case':<{width}}  {'median ms':>9}  {'min ms':>8}  {'p90 ms':>8}")

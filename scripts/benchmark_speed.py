@@ -449,7 +449,8 @@ def cuda_peak_memory(spec: dict, device: torch.device) -> tuple[float, float]:
 def format_table(rows: list[dict]) -> str:
     header = (
         "| device | model | preset | precision | params (M) | train step (s) | train patterns/s | "
-        "inference patterns/s | batch-1 latency (ms) | peak MB train / infer | speed-up train / infer |"
+        "inference patterns/s | batch-1 latency (ms) | peak MB train / infer | "
+        "speed-up train / infer |"
     )
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
@@ -457,9 +458,10 @@ def format_table(rows: list[dict]) -> str:
         if row.get("train_peak_mb") is not None:
             memory = f"{row['train_peak_mb']:.0f} / {row['infer_peak_mb']:.0f}"
         lines.append(
-            f"| {row['device']} | {row['model']} | {row['preset']} | {row['precision']} | {row['params_m']:.1f} | "
-            f"{row['train_step_s']:.3f} | {row['train_patterns_s']:.1f} | {row['infer_patterns_s']:.1f} | "
-            f"{row['latency_ms']:.1f} | {memory} | {row['speedup_train']:.2f}x / {row['speedup_infer']:.2f}x |"
+            f"| {row['device']} | {row['model']} | {row['preset']} | {row['precision']} | "
+            f"{row['params_m']:.1f} | {row['train_step_s']:.3f} | {row['train_patterns_s']:.1f} | "
+            f"{row['infer_patterns_s']:.1f} | {row['latency_ms']:.1f} | {memory} | "
+            f"{row['speedup_train']:.2f}x / {row['speedup_infer']:.2f}x |"
         )
     return "\n".join(lines)
 
@@ -525,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} CPU threads, batch {args.batch_size}, {args.repeats} repeats (median)"
+        f"{torch.get_num_threads()} CPU threads, batch {args.batch_size}, "
+        f"{args.repeats} repeats (median)"
     )
     malloc_state = {name: os.environ.get(name) for name in MALLOC_ENV}
     print(

@@ -1,6 +1,7 @@
 """Build the embedded default structure set, src/physmoe/resources/default_structures.npz.
 
-    python scripts/build_default_structures.py [--num-structures 12000] [--min-per-group 15] [--num-proc 2]
+    python scripts/build_default_structures.py [--num-structures 12000] [--min-per-group 15] \
+        [--num-proc 2]
     python scripts/build_default_structures.py --generator fast   # RandomCrystalGenerator, ~1 min
 
 Deterministic (fixed seed; every structure depends only on its own derived seed). Two phases:
@@ -19,8 +20,9 @@ group g in round r (max_atoms 64, 64, 128, 192, 192: the F-centred cubic groups 
 within 64 atoms all have a supergroup's symmetry need larger cells), the long tail its crystals
 from 10_000_000 on, from the ICSD prior with max_atoms 64 (as the pyxtal build). The quickstart
 trained on such a set is as good on real structures as on the shipped pyxtal set within one
-seed's noise (README, *Random crystals without limit*), so the shipped set stays. Prints the per-bucket counts, the agreement of
-requested and detected groups, the time taken and the file size.
+seed's noise (README, *Random crystals without limit*), so the shipped set stays. Prints the
+per-bucket counts, the agreement of requested and detected groups, the time taken and the file
+size.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ SEED = 2026
 OUTPUT = (
     Path(__file__).resolve().parents[1] / "src" / "physmoe" / "resources" / "default_structures.npz"
 )
-# Structure indices: coverage requests for group g use g * 10_000 + j; long-tail ones 10_000_000 + i.
+# Structure indices: coverage requests for group g use g * 10_000 + j; long-tail ones
+# 10_000_000 + i.
 COVERAGE_STRIDE = 10_000
 TAIL_OFFSET = 10_000_000
 MAX_ATOMS_BY_ROUND = (64, 64, 64, 128, 128, 128, 192, 192, 192, 192, 192, 192)
@@ -157,14 +160,15 @@ def _write_and_report(args, structures: list[GeneratedStructure], elapsed: float
     sites = np.array([len(s.crystal.species) for s in structures])
     print(f"{len(structures)} structures in {elapsed:.0f} s; requested == detected for {agree:.1%}")
     print(
-        f"groups with >= {args.min_per_group} structures: {(counts >= args.min_per_group).sum()} / 230; "
-        f"min {counts.min()}, median {np.median(counts):.0f}, max {counts.max()}"
+        f"groups with >= {args.min_per_group} structures: {(counts >= args.min_per_group).sum()} / "
+        f"230; min {counts.min()}, median {np.median(counts):.0f}, max {counts.max()}"
     )
     for low, high in ((100, None), (20, 99), (args.min_per_group, 19), (0, args.min_per_group - 1)):
         in_bucket = (counts >= low) & (counts <= (high if high is not None else counts.max()))
         label = f">={low}" if high is None else f"{low}-{high}"
         print(
-            f"  groups with {label:>6} structures: {in_bucket.sum():3d} ({counts[in_bucket].sum()} structures)"
+            f"  groups with {label:>6} structures: {in_bucket.sum():3d} "
+            f"({counts[in_bucket].sum()} structures)"
         )
     print(f"sites per structure: mean {sites.mean():.1f}, max {sites.max()}")
     print(f"wrote {args.output} ({args.output.stat().st_size / 1e6:.2f} MB)")

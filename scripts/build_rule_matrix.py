@@ -45,7 +45,8 @@ def main() -> int:
         np.save(handle, matrix)
     os.replace(tmp, TARGET)
     print(
-        f"wrote {TARGET} ({matrix.shape[0]}x{matrix.shape[1]}, {int((np.triu(matrix, 1) > 0.8).sum())} pairs above 0.8)"
+        f"wrote {TARGET} ({matrix.shape[0]}x{matrix.shape[1]}, "
+        f"{int((np.triu(matrix, 1) > 0.8).sum())} pairs above 0.8)"
     )
     return 0
 

@@ -401,7 +401,10 @@ def _describe(result) -> str:
     if hasattr(result, "best") and hasattr(result, "candidates"):
         return f"best {result.best.symbol} p={result.best.probability:.3f}"
     if isinstance(result, list) and result and hasattr(result[0], "best"):
-        return f"{len(result)} predictions, first best {result[0].best.symbol} p={result[0].best.probability:.3f}"
+        return (
+            f"{len(result)} predictions, first best {result[0].best.symbol} "
+            f"p={result[0].best.probability:.3f}"
+        )
     if hasattr(result, "two_theta") and hasattr(result, "intensity"):
         wavelength = getattr(result, "wavelength", None)
         return (
@@ -619,7 +622,8 @@ def child_case(
             while tb.tb_next is not None:
                 tb = tb.tb_next
             where = tb.tb_frame.f_code.co_filename.split("/")[-1] + ":" + tb.tb_frame.f_code.co_name
-            print(json.dumps({{"ok": False, "type": type(error).__name__, "mro": [c.__name__ for c in type(error).__mro__],
+            print(json.dumps({{"ok": False, "type": type(error).__name__,
+                               "mro": [c.__name__ for c in type(error).__mro__],
                                "message": str(error)[:500], "where": where}}))
         """
     ).format(memory=memory_gb, body=textwrap.indent(textwrap.dedent(code), "    "))
@@ -973,7 +977,8 @@ def group_setup() -> None:
         FX.clean_input = FX.predictor.pattern_from_cif(NACL)
         FX.clean_result = FX.predictor.predict_input_values(FX.clean_input)[0]
     print(
-        f"   reference: NaCl -> {FX.clean_result.best.symbol} p={FX.clean_result.best.probability:.3f} "
+        f"   reference: NaCl -> {FX.clean_result.best.symbol} "
+        f"p={FX.clean_result.best.probability:.3f} "
         f"({'trained' if FX.trained else 'UNTRAINED fallback'} model)",
         file=sys.__stdout__,
         flush=True,
@@ -1211,7 +1216,10 @@ def group_read_pattern() -> None:
         thousands,
         "error",
         fragment=("1,234", "line 1"),
-        should="an error naming line 1 (or all 5 points read), never the first lines dropped as a header",
+        should=(
+            "an error naming line 1 (or all 5 points read), never the "
+            "first lines dropped as a header"
+        ),
     )
     typo = write_text(root / "typo_first.xy", "10.0 12a\n" + xy_text(tt[10:20], inten[10:20]))
     case(
@@ -1334,7 +1342,10 @@ def cif(
 CUBIC_CELL = "".join(f"_cell_length_{a} 5.64\n" for a in "abc") + "".join(
     f"_cell_angle_{a} 90\n" for a in ("alpha", "beta", "gamma")
 )
-SITES_HEADER = "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n_atom_site_occupancy\n"
+SITES_HEADER = (
+    "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+    "_atom_site_fract_z\n_atom_site_occupancy\n"
+)
 
 
 def group_read_cif() -> None:
@@ -1451,7 +1462,10 @@ def group_read_cif() -> None:
         "cell lengths a, b only (c missing)",
         cif(
             "n",
-            "_cell_length_a 5.64\n_cell_length_b 5.64\n_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n",
+            (
+                "_cell_length_a 5.64\n_cell_length_b 5.64\n_cell_angle_alpha 90\n"
+                "_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+            ),
             nacl_sites,
         ),
         "error",
@@ -1532,7 +1546,10 @@ def group_read_cif() -> None:
         cif("n", CUBIC_CELL, nacl_sites, symmetry="_symmetry_Int_Tables_number 231\n"),
         "error",
         fragment="231",
-        should="a clear error naming 231 (today: P1 with the warning 'no space group or symmetry operations given')",
+        should=(
+            "a clear error naming 231 (today: P1 with the warning 'no space group "
+            "or symmetry operations given')"
+        ),
     )
     case("no atom-site loop", cif("n", CUBIC_CELL, ""), "error", fragment="atom")
     case(
@@ -1540,7 +1557,10 @@ def group_read_cif() -> None:
         cif(
             "n",
             CUBIC_CELL,
-            "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_Cartn_x\n_atom_site_Cartn_y\n_atom_site_Cartn_z\nNa1 Na 0 0 0\nCl1 Cl 2.82 2.82 2.82\n",
+            (
+                "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_Cartn_x\n"
+                "_atom_site_Cartn_y\n_atom_site_Cartn_z\nNa1 Na 0 0 0\nCl1 Cl 2.82 2.82 2.82\n"
+            ),
         ),
         "ok",
         check=lambda r, c: (
@@ -2159,7 +2179,10 @@ def group_predict_file() -> None:
                     f"misleading: wavelength note {result.wavelength_note!r} does not say {note!r}"
                 )
             if note is None and result.wavelength_note is not None:
-                return f"misleading: note {result.wavelength_note!r} although the caller gave the wavelength"
+                return (
+                    f"misleading: note {result.wavelength_note!r} although "
+                    "the caller gave the wavelength"
+                )
             return None
 
         return check
@@ -2475,7 +2498,10 @@ def group_from_pretrained() -> None:
         expect="error",
         fragment="preprocessor_config.json",
         protect=[bad_pre],
-        should="a clear error, or the model grid with a warning that the file is invalid (not 'missing')",
+        should=(
+            "a clear error, or the model grid with a warning that the "
+            "file is invalid (not 'missing')"
+        ),
     )
 
     def other_grid(path):
@@ -2611,14 +2637,20 @@ def group_config() -> None:
         "error",
         fragment="class_prior",
         class_prior=[1.0] * 5,
-        should="a clear error from the config (today only the model constructor says 'class_prior has 5 entries, num_labels is 230')",
+        should=(
+            "a clear error from the config (today only the model constructor says 'class_prior has "
+            "5 entries, num_labels is 230')"
+        ),
     )
     case(
         "label_space_groups of 10 for 230 labels",
         "error",
         fragment="label_space_groups",
         label_space_groups=list(range(1, 11)),
-        should="a clear error from the config (today only the model constructor / space_group_numbers refuse it)",
+        should=(
+            "a clear error from the config (today only the model constructor / "
+            "space_group_numbers refuse it)"
+        ),
     )
     case(
         "num_labels=10 without label_space_groups",
@@ -3220,7 +3252,7 @@ def group_collator() -> None:
     )
 
 
-# ------------------------------------------------------------------------------ RandomCrystalGenerator
+# -------------------------------------------------------------------------- RandomCrystalGenerator
 
 
 def group_generator() -> None:
@@ -3476,7 +3508,9 @@ def group_simulate_peaks() -> None:
         import numpy as np
         from physmoe.data import Crystal
         nacl = read_cif({str(NACL)!r})
-        crystal = Crystal(nacl.lattice * 100.0, nacl.species, nacl.frac_coords, nacl.occupancies, nacl.b_iso)  # a = 564: pm as Angstrom
+        crystal = Crystal(
+            nacl.lattice * 100.0, nacl.species, nacl.frac_coords, nacl.occupancies, nacl.b_iso
+        )  # a = 564: pm as Angstrom
         result = len(simulate_peaks(crystal))
     """
     child_case(
@@ -4007,7 +4041,10 @@ def group_cli_simulate() -> None:
     NOT_SURVEYED.append(
         (
             "physmoe simulate --generator pyxtal",
-            "pyxtal generation of even a few structures takes minutes on this machine; the argument checks are shared with the fast generator",
+            (
+                "pyxtal generation of even a few structures takes minutes on this machine; the "
+                "argument checks are shared with the fast generator"
+            ),
         )
     )
 
@@ -4406,7 +4443,10 @@ def group_cli_train() -> None:
     NOT_SURVEYED.append(
         (
             "physmoe train with an empty YAML",
-            "it would start the default full training (default dataset, small preset) in ./trainer_output",
+            (
+                "it would start the default full training (default dataset, "
+                "small preset) in ./trainer_output"
+            ),
         )
     )
 
@@ -4438,7 +4478,10 @@ def _xrdml(
 
 def _ras(
     rows: str,
-    header: str = '*HW_XG_TARGET_NAME "Cu"\n*HW_XG_WAVE_LENGTH_ALPHA1 "1.540593"\n*HW_XG_WAVE_LENGTH_UNIT "Angstrom"\n',
+    header: str = (
+        '*HW_XG_TARGET_NAME "Cu"\n*HW_XG_WAVE_LENGTH_ALPHA1 "1.540593"\n'
+        '*HW_XG_WAVE_LENGTH_UNIT "Angstrom"\n'
+    ),
 ) -> str:
     return (
         "*RAS_DATA_START\n*RAS_HEADER_START\n"
@@ -4469,7 +4512,10 @@ def group_instrument_files() -> None:
         NOT_SURVEYED.append(
             (
                 f"read_pattern on instrument files ({', '.join(missing)})",
-                "read_pattern does not dispatch these suffixes yet (they would be read as text); to be surveyed once the readers land",
+                (
+                    "read_pattern does not dispatch these suffixes yet (they would be read as "
+                    "text); to be surveyed once the readers land"
+                ),
             )
         )
     if not suffixes:
@@ -4818,37 +4864,59 @@ LIKELY_CAUSES = [
     (
         "CenterRegularizationLoss",
         "label",
-        "loss/physics_contrast_loss.py:CenterRegularizationLoss.forward calls check_labels(..., check_range=False) -> range-check (honour a validate flag like PhysicsContrastiveLoss)",
+        (
+            "loss/physics_contrast_loss.py:CenterRegularizationLoss.forward calls "
+            "check_labels(..., check_range=False) -> range-check (honour a validate flag "
+            "like PhysicsContrastiveLoss)"
+        ),
     ),
     (
         "HierarchicalLoss",
         "label",
-        "loss/physics_contrast_loss.py:HierarchicalLoss.forward calls check_labels(..., check_range=False) -> range-check (validate flag)",
+        (
+            "loss/physics_contrast_loss.py:HierarchicalLoss.forward calls check_labels(..., "
+            "check_range=False) -> range-check (validate flag)"
+        ),
     ),
     (
         "soft_entropy",
         "hard target",
-        "loss/moe_loss.py:soft_entropy gathers hard targets unchecked -> check_labels(target, input.shape[1]) first",
+        (
+            "loss/moe_loss.py:soft_entropy gathers hard targets unchecked -> "
+            "check_labels(target, input.shape[1]) first"
+        ),
     ),
     (
         "PhysicsContrastiveLoss",
         "integer features",
-        "loss/physics_contrast_loss.py:PhysicsContrastiveLoss.forward -> refuse non-floating features (as output_tensor does)",
+        (
+            "loss/physics_contrast_loss.py:PhysicsContrastiveLoss.forward -> refuse non-floating "
+            "features (as output_tensor does)"
+        ),
     ),
     (
         "PhysicsContrastiveLoss",
         "rule_matrix a numpy",
-        "loss/physics_contrast_loss.py:PhysicsContrastiveLoss.forward -> check_tensor(rule_matrix, 'rule_matrix') before .dim()",
+        (
+            "loss/physics_contrast_loss.py:PhysicsContrastiveLoss.forward -> "
+            "check_tensor(rule_matrix, 'rule_matrix') before .dim()"
+        ),
     ),
     (
         "PXRDCollator",
         "no peaks",
-        "data/collator.py:PXRDCollator.__call__ (render_patterns) -> refuse a row with no peak (its clean pattern is all zero)",
+        (
+            "data/collator.py:PXRDCollator.__call__ (render_patterns) -> refuse a row with no peak "
+            "(its clean pattern is all zero)"
+        ),
     ),
     (
         "PXRDCollator",
         "peak_two_theta a string",
-        "data/render/padding.py:_as_numpy -> wrap the float conversion in a ValueError naming peak_two_theta / peak_intensity and the row",
+        (
+            "data/render/padding.py:_as_numpy -> wrap the float conversion in a ValueError naming "
+            "peak_two_theta / peak_intensity and the row"
+        ),
     ),
     (
         "PXRDCollator",
@@ -4863,72 +4931,117 @@ LIKELY_CAUSES = [
     (
         "ResNet1DMoEConfig",
         "class_prior",
-        "models/resnet1d_moe/configuration_resnet1d_moe.py:_validate_loss -> check len(class_prior) == num_labels (now only the model constructor does)",
+        (
+            "models/resnet1d_moe/configuration_resnet1d_moe.py:_validate_loss -> check "
+            "len(class_prior) == num_labels (now only the model constructor does)"
+        ),
     ),
     (
         "ResNet1DMoEConfig",
         "label_space_groups",
-        "configuration_resnet1d_moe.py:_validate -> check len(label_space_groups) == num_labels (now only space_group_numbers does)",
+        (
+            "configuration_resnet1d_moe.py:_validate -> check len(label_space_groups) == "
+            "num_labels (now only space_group_numbers does)"
+        ),
     ),
     (
         "ResNet1DMoEConfig",
         "unknown field",
-        "configuration_resnet1d_moe.py:ResNet1DMoEConfig.__post_init__ passes unknown kwargs to PretrainedConfig -> raise (or warn) with a did-you-mean, as build_model does",
+        (
+            "configuration_resnet1d_moe.py:ResNet1DMoEConfig.__post_init__ passes unknown kwargs "
+            "to PretrainedConfig -> raise (or warn) with a did-you-mean, as build_model does"
+        ),
     ),
     (
         "read_cif",
         "space-group number 231",
-        "data/structures.py:Crystal.from_gemmi treats a number outside 1..230 as 'not given' (P1) -> raise naming the number",
+        (
+            "data/structures.py:Crystal.from_gemmi treats a number outside 1..230 as 'not given' "
+            "(P1) -> raise naming the number"
+        ),
     ),
     (
         "read_cif",
         "Cartesian",
-        "data/structures.py:Crystal.from_cif/from_gemmi: gemmi leaves fract = 0 when only _atom_site_Cartn_* exist -> refuse (or convert with the cell) when _atom_site_fract_x is absent",
+        (
+            "data/structures.py:Crystal.from_cif/from_gemmi: gemmi leaves fract = 0 when only "
+            "_atom_site_Cartn_* exist -> refuse (or convert with the cell) when "
+            "_atom_site_fract_x is absent"
+        ),
     ),
     (
         "read_cif",
         "UTF-8 byte-order",
-        "data/structures.py:Crystal.from_cif passes the path to gemmi, which rejects a BOM -> read bytes, strip the BOM, gemmi.cif.read_string",
+        (
+            "data/structures.py:Crystal.from_cif passes the path to gemmi, which rejects a BOM -> "
+            "read bytes, strip the BOM, gemmi.cif.read_string"
+        ),
     ),
     (
         "read_pattern",
         "anode after element",
-        "data/readers.py:_ANODE_KEYWORD matches only 'anode/target/tube ... Co' -> also '<element> anode|target|tube'",
+        (
+            "data/readers.py:_ANODE_KEYWORD matches only 'anode/target/tube ... Co' -> also "
+            "'<element> anode|target|tube'"
+        ),
     ),
     (
         "read_pattern",
         "thousands separators",
-        "data/readers.py:read_pattern skips every unparsable line before the first data line as header -> refuse (naming the line) a 'header' line that starts with a number",
+        (
+            "data/readers.py:read_pattern skips every unparsable line before the first data line "
+            "as header -> refuse (naming the line) a 'header' line that starts with a number"
+        ),
     ),
     (
         "read_pattern",
         "typo in the first",
-        "data/readers.py:read_pattern (same header skip) -> refuse a numeric-looking line before the data, naming it",
+        (
+            "data/readers.py:read_pattern (same header skip) -> refuse a numeric-looking "
+            "line before the data, naming it"
+        ),
     ),
     (
         "read_pattern",
         "wavelength=True",
-        "data/readers.py:read_pattern final wavelength check -> refuse bool / non-real wavelengths with a message naming wavelength",
+        (
+            "data/readers.py:read_pattern final wavelength check -> refuse bool / non-real "
+            "wavelengths with a message naming wavelength"
+        ),
     ),
     (
         "read_pattern",
         "wavelength='1.54'",
-        "data/readers.py:read_pattern math.isfinite(wavelength) -> check the type first (ValueError/TypeError naming wavelength)",
+        (
+            "data/readers.py:read_pattern math.isfinite(wavelength) -> check the type first "
+            "(ValueError/TypeError naming wavelength)"
+        ),
     ),
     (
         "read_pattern",
         "PANalytical",
-        "data/readers.py:_header_wavelengths takes the unitless 0.5 after 'K-Alpha2/K-Alpha1' as a Kα1 value -> ignore numbers in a clause naming a ratio (or require a unitless value to follow its keyword directly)",
+        (
+            "data/readers.py:_header_wavelengths takes the unitless 0.5 after 'K-Alpha2/K-Alpha1' "
+            "as a Kα1 value -> ignore numbers in a clause naming a ratio (or require a unitless "
+            "value to follow its keyword directly)"
+        ),
     ),
     (
         "read_pattern",
         "UTF-16 BE",
-        "data/readers.py:_read_text tests NUL parity on data.lstrip(b'\\x00'), which eats the first (high) NUL byte of big-endian text -> strip only an even number of NULs before the test",
+        (
+            "data/readers.py:_read_text tests NUL parity on data.lstrip(b'\\x00'), which "
+            "eats the first (high) NUL byte of big-endian text -> strip only an even "
+            "number of NULs before the test"
+        ),
     ),
     (
         "read_simxrd",
         "limit",
-        "data/readers.py:iter_simxrd passes limit to ase, which reads 0 / negative as 'no limit' -> validate limit >= 0 and yield nothing for 0",
+        (
+            "data/readers.py:iter_simxrd passes limit to ase, which reads 0 / negative as 'no "
+            "limit' -> validate limit >= 0 and yield nothing for 0"
+        ),
     ),
     (
         "read_simxrd",
@@ -4938,52 +5051,86 @@ LIKELY_CAUSES = [
     (
         "read_simxrd",
         "wavelength='1.54'",
-        "data/readers.py:iter_simxrd math.isfinite(wavelength) -> type check with a message naming wavelength",
+        (
+            "data/readers.py:iter_simxrd math.isfinite(wavelength) -> type check "
+            "with a message naming wavelength"
+        ),
     ),
     (
         "read_reference_npy",
         "a text file",
-        "data/readers.py:read_reference_npy maps every np.load 'allow_pickle' error to 'holds pickled objects' -> check the magic (\\x93NUMPY / PK) first: 'not a .npy/.npz file'",
+        (
+            "data/readers.py:read_reference_npy maps every np.load 'allow_pickle' error to 'holds "
+            "pickled objects' -> check the magic (\\x93NUMPY / PK) first: 'not a .npy/.npz file'"
+        ),
     ),
     (
         "read_reference_npy",
         "empty .npy",
-        "data/readers.py:read_reference_npy -> catch EOFError / UnpicklingError from np.load: ValueError naming the file (empty or not .npy)",
+        (
+            "data/readers.py:read_reference_npy -> catch EOFError / UnpicklingError from np.load: "
+            "ValueError naming the file (empty or not .npy)"
+        ),
     ),
     (
         "read_reference_npy",
         "truncated .npz",
-        "data/readers.py:read_reference_npy -> catch zipfile.BadZipFile: ValueError 'not a readable .npz (truncated?)'",
+        (
+            "data/readers.py:read_reference_npy -> catch zipfile.BadZipFile: ValueError "
+            "'not a readable .npz (truncated?)'"
+        ),
     ),
     (
         "ResNet1D_MoE.from_pretrained",
         "config num_experts",
-        "transformers' load report raises RuntimeError('ignore_mismatched_sizes ...') -> override from_pretrained to raise ValueError listing the tensors whose shapes differ from config.json",
+        (
+            "transformers' load report raises RuntimeError('ignore_mismatched_sizes ...') "
+            "-> override from_pretrained to raise ValueError listing the tensors whose "
+            "shapes differ from config.json"
+        ),
     ),
     (
         "ResNet1D_MoE.from_pretrained",
         "config hidden_sizes",
-        "as above (RuntimeError from transformers' load report -> ValueError naming the mismatched tensors)",
+        (
+            "as above (RuntimeError from transformers' load report -> ValueError "
+            "naming the mismatched tensors)"
+        ),
     ),
     (
         "ResNet1D_MoE.from_pretrained",
         "config.json a JSON list",
-        "hub.py:check_checkpoint_location (run it from an overridden from_pretrained) -> refuse a config.json that is not a JSON object",
+        (
+            "hub.py:check_checkpoint_location (run it from an overridden from_pretrained) -> "
+            "refuse a config.json that is not a JSON object"
+        ),
     ),
     (
         "ResNet1D_MoE.from_pretrained",
         "",
-        "models/resnet1d_moe/modeling_resnet1d_moe.py: the model uses PreTrainedModel.from_pretrained unchecked -> override it to run physmoe.hub.check_checkpoint_location on local paths first (as SpaceGroupPredictor does)",
+        (
+            "models/resnet1d_moe/modeling_resnet1d_moe.py: the model uses "
+            "PreTrainedModel.from_pretrained unchecked -> override it to "
+            "run physmoe.hub.check_checkpoint_location on local paths "
+            "first (as SpaceGroupPredictor does)"
+        ),
     ),
     (
         "SpaceGroupPredictor.from_pretrained",
         "config.json a JSON list",
-        "hub.py:check_checkpoint_location -> parse config.json and refuse anything but a JSON object, naming the file",
+        (
+            "hub.py:check_checkpoint_location -> parse config.json and refuse anything but a "
+            "JSON object, naming the file"
+        ),
     ),
     (
         "SpaceGroupPredictor.from_pretrained",
         "config num_experts",
-        "transformers' load report raises RuntimeError('ignore_mismatched_sizes ...') -> catch it in from_pretrained and raise ValueError listing the mismatched tensors (config.json vs model.safetensors)",
+        (
+            "transformers' load report raises RuntimeError('ignore_mismatched_sizes ...') -> catch "
+            "it in from_pretrained and raise ValueError listing the mismatched tensors "
+            "(config.json vs model.safetensors)"
+        ),
     ),
     (
         "SpaceGroupPredictor.from_pretrained",
@@ -4993,32 +5140,52 @@ LIKELY_CAUSES = [
     (
         "SpaceGroupPredictor.from_pretrained",
         "corrupt preprocessor",
-        "inference.py:SpaceGroupPredictor.from_pretrained catches every OSError as 'no preprocessor_config.json' -> only a missing file falls back; a corrupt one raises naming it",
+        (
+            "inference.py:SpaceGroupPredictor.from_pretrained catches every OSError as "
+            "'no preprocessor_config.json' -> only a missing file falls back; a "
+            "corrupt one raises naming it"
+        ),
     ),
     (
         "SpaceGroupPredictor.from_pretrained",
         "preprocessor grid",
-        "inference.py:SpaceGroupPredictor.__init__ -> compare feature_extractor.grid with the model config's grid and refuse a mismatch naming preprocessor_config.json",
+        (
+            "inference.py:SpaceGroupPredictor.__init__ -> compare feature_extractor.grid with the "
+            "model config's grid and refuse a mismatch naming preprocessor_config.json"
+        ),
     ),
     (
         "physmoe predict",
         "model whose weights",
-        "cli.py:main catches only ValueError/TypeError/OSError; the transformers RuntimeError escapes -> convert it in from_pretrained (above)",
+        (
+            "cli.py:main catches only ValueError/TypeError/OSError; the transformers RuntimeError "
+            "escapes -> convert it in from_pretrained (above)"
+        ),
     ),
     (
         "physmoe evaluate",
         "--real with a missing",
-        "evaluation/real.py:evaluate_real_checkpoint -> call hub.check_checkpoint_location before from_pretrained",
+        (
+            "evaluation/real.py:evaluate_real_checkpoint -> call "
+            "hub.check_checkpoint_location before from_pretrained"
+        ),
     ),
     (
         "physmoe evaluate",
         "--split",
-        "workflow.py:evaluate_checkpoint/load_data: Dataset.shuffle(seed).select() writes cache-*.arrow into the dataset folder -> shuffle(..., keep_in_memory=True) (or select numpy-permuted indices in memory)",
+        (
+            "workflow.py:evaluate_checkpoint/load_data: Dataset.shuffle(seed).select() writes "
+            "cache-*.arrow into the dataset folder -> shuffle(..., keep_in_memory=True) (or select "
+            "numpy-permuted indices in memory)"
+        ),
     ),
     (
         "physmoe train",
         "max_train_samples 16",
-        "workflow.py:load_data: Dataset.shuffle(seed).select() writes cache-*.arrow into the dataset folder -> keep_in_memory=True",
+        (
+            "workflow.py:load_data: Dataset.shuffle(seed).select() writes cache-*.arrow into the "
+            "dataset folder -> keep_in_memory=True"
+        ),
     ),
     (
         "physmoe train",
@@ -5028,17 +5195,26 @@ LIKELY_CAUSES = [
     (
         "physmoe train",
         "model_overrides broken",
-        "workflow.py:build_model json.loads without context -> ValueError 'model_overrides must be a JSON object: <error>'",
+        (
+            "workflow.py:build_model json.loads without context -> ValueError 'model_overrides "
+            "must be a JSON object: <error>'"
+        ),
     ),
     (
         "physmoe train",
         "model_overrides a YAML list",
-        "cli.py:_train json-dumps only dict overrides; workflow.py:build_model json.loads(list) -> refuse non-mapping model_overrides naming the setting",
+        (
+            "cli.py:_train json-dumps only dict overrides; workflow.py:build_model "
+            "json.loads(list) -> refuse non-mapping model_overrides naming the setting"
+        ),
     ),
     (
         "physmoe train",
         "model_name_or_path missing",
-        "workflow.py:build_model -> call hub.check_checkpoint_location(model_name_or_path) before ResNet1DMoEConfig.from_pretrained",
+        (
+            "workflow.py:build_model -> call hub.check_checkpoint_location(model_name_or_path) "
+            "before ResNet1DMoEConfig.from_pretrained"
+        ),
     ),
     (
         "physmoe train",
@@ -5053,17 +5229,26 @@ LIKELY_CAUSES = [
     (
         "physmoe train",
         "metric_for_best_model",
-        "workflow.py:train_and_evaluate -> check metric_for_best_model against the metrics PhysMoETrainer computes before training; cli.py:main lets the KeyError escape",
+        (
+            "workflow.py:train_and_evaluate -> check metric_for_best_model against the metrics "
+            "PhysMoETrainer computes before training; cli.py:main lets the KeyError escape"
+        ),
     ),
     (
         "physmoe train",
         "predict_files",
-        "workflow.py:train_and_evaluate (or cli.py:_train) -> check that every predict_files path exists before training",
+        (
+            "workflow.py:train_and_evaluate (or cli.py:_train) -> check that every "
+            "predict_files path exists before training"
+        ),
     ),
     (
         "predict_input_values",
         "a string",
-        "inference.py:normalize_input_values torch.as_tensor -> wrap: ValueError 'input_values must be numbers, got str'",
+        (
+            "inference.py:normalize_input_values torch.as_tensor -> wrap: ValueError "
+            "'input_values must be numbers, got str'"
+        ),
     ),
     (
         "predict_input_values",
@@ -5078,12 +5263,18 @@ LIKELY_CAUSES = [
     (
         "RandomCrystalGenerator",
         "generate(5)",
-        "data/random_crystals.py:RandomCrystalGenerator.generate -> refuse a non-iterable indices naming it",
+        (
+            "data/random_crystals.py:RandomCrystalGenerator.generate -> refuse a "
+            "non-iterable indices naming it"
+        ),
     ),
     (
         "simulate_peaks",
         "two_theta_range",
-        "data/simulate.py:_check_options/_build_options unpack two_theta_range unchecked -> ValueError 'two_theta_range must be (min, max) numbers, got ...'",
+        (
+            "data/simulate.py:_check_options/_build_options unpack two_theta_range unchecked -> "
+            "ValueError 'two_theta_range must be (min, max) numbers, got ...'"
+        ),
     ),
     (
         "simulate_peaks",
@@ -5093,12 +5284,18 @@ LIKELY_CAUSES = [
     (
         "simulate_peaks",
         "NaCl with a = 564",
-        "data/simulate.py:_reciprocal_points builds the whole hkl box (meshgrid) -> estimate (H+1)(2K+1)(2L+1) first and refuse above a limit, naming cell and wavelength",
+        (
+            "data/simulate.py:_reciprocal_points builds the whole hkl box (meshgrid) -> estimate "
+            "(H+1)(2K+1)(2L+1) first and refuse above a limit, naming cell and wavelength"
+        ),
     ),
     (
         "simulate_peaks",
         "wavelength=1e-3",
-        "data/simulate.py:_reciprocal_points (same) -> refuse a box beyond a limit, naming the wavelength",
+        (
+            "data/simulate.py:_reciprocal_points (same) -> refuse a box beyond a "
+            "limit, naming the wavelength"
+        ),
     ),
 ]
 
@@ -5129,11 +5326,12 @@ def write_report(path: Path, seconds: float, command: str) -> str:
         "",
         f"Command: `{command}`",
         "",
-        f"physmoe {physmoe.__version__}, torch {torch.__version__}, transformers {transformers.__version__}; "
-        f"{len(RESULTS)} cases in {seconds / 60:.1f} min (wall, niced, beside a training job). "
-        "Generated by `scripts/survey_bad_inputs.py` (its docstring defines the categories). More cases "
-        "than the 150-300 first aimed at: most are cheap programmatic variants (header forms, config "
-        "fields, file truncations); `--only GROUP` runs a subset.",
+        f"physmoe {physmoe.__version__}, torch {torch.__version__}, transformers "
+        f"{transformers.__version__}; {len(RESULTS)} cases in {seconds / 60:.1f} min (wall, "
+        "niced, beside a training job). Generated by `scripts/survey_bad_inputs.py` (its "
+        "docstring defines the categories). More cases than the 150-300 first aimed at: most "
+        "are cheap programmatic variants (header forms, config fields, file truncations); "
+        "`--only GROUP` runs a subset.",
         "",
         "| category | cases |",
         "|---|---|",
@@ -5160,15 +5358,18 @@ def write_report(path: Path, seconds: float, command: str) -> str:
         lines += [
             "The last column is the surveyor's reading of the source (not verified by a fix).",
             "",
-            "| # | category | entry | input | what happened | what should happen | likely cause -> proposed fix |",
+            (
+                "| # | category | entry | input | what happened | what should happen | "
+                "likely cause -> proposed fix |"
+            ),
             "|---|---|---|---|---|---|---|",
         ]
         for index, r in enumerate(
             sorted(failing, key=lambda r: (CATEGORIES.index(r.category), r.entry)), 1
         ):
             lines.append(
-                f"| {index} | {r.category} | {_md(r.entry)} | {_md(r.name)} | {_md(r.happened)} | {_md(r.should)} "
-                f"| {_md(likely_cause(r))} |"
+                f"| {index} | {r.category} | {_md(r.entry)} | {_md(r.name)} | {_md(r.happened)} | "
+                f"{_md(r.should)} | {_md(likely_cause(r))} |"
             )
     else:
         lines.append("None.")
@@ -5179,14 +5380,15 @@ def write_report(path: Path, seconds: float, command: str) -> str:
         "",
         "## Method",
         "",
-        "Every case runs in a temporary directory (also HF_HOME, PHYSMOE_CACHE, MPLCONFIGDIR, the working "
-        "directory), with HF_HUB_OFFLINE=1. Library calls are classified by exception type and message; "
-        "`physmoe` commands run in-process through `physmoe.cli.main` (return code, `error:` on stderr, no "
-        "traceback). Inputs a call must not change (pattern files, databases, model folders, a finished "
-        "model under `--overwrite_output`) are hashed before and after. Prediction cases use a tiny model "
-        "(tests/tiny_models.py) that the survey trains with `physmoe train` on 60 embedded structures of 4 "
-        "space groups, and compare against the answer for the clean input. Two simulations that may exhaust "
-        "memory run in a child process with a 3 GiB address-space limit and a time limit.",
+        "Every case runs in a temporary directory (also HF_HOME, PHYSMOE_CACHE, MPLCONFIGDIR, the "
+        "working directory), with HF_HUB_OFFLINE=1. Library calls are classified by exception type "
+        "and message; `physmoe` commands run in-process through `physmoe.cli.main` (return code, "
+        "`error:` on stderr, no traceback). Inputs a call must not change (pattern files, "
+        "databases, model folders, a finished model under `--overwrite_output`) are hashed before "
+        "and after. Prediction cases use a tiny model (tests/tiny_models.py) that the survey "
+        "trains with `physmoe train` on 60 embedded structures of 4 space groups, and compare "
+        "against the answer for the clean input. Two simulations that may exhaust memory run in a "
+        "child process with a 3 GiB address-space limit and a time limit.",
         "",
     ]
     text = "\n".join(lines)
@@ -5245,7 +5447,10 @@ def main() -> int:
             )
     finally:
         seconds = time.perf_counter() - START
-        command = "cd /work/main && HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python scripts/survey_bad_inputs.py"
+        command = (
+            "cd /work/main && HF_HUB_OFFLINE=1 nice -n 19 .venv/bin/python "
+            "scripts/survey_bad_inputs.py"
+        )
         if args.only:
             command += "".join(f" --only {word}" for word in args.only)
         write_report(output, seconds, command)

@@ -100,13 +100,13 @@ def sweep(steps: int, out: Path) -> None:
     text = (
         f"Sweep on generated validation crystals (1,000 crystals, ICSD prior with a 10% uniform "
         f"floor), small preset, {steps} steps of 64 patterns each, bf16 autocast, 2 CPU cores.\n"
-        f"`python scripts/train_pretrained.py sweep --steps {steps}`. The first two rows settle the "
-        "logit adjustment (tau 1 against 0); each later row changes one thing of "
+        f"`python scripts/train_pretrained.py sweep --steps {steps}`. The first two rows settle "
+        "the logit adjustment (tau 1 against 0); each later row changes one thing of "
         "`no_logit_adjustment`. 1,000 validation crystals: a difference under ~0.03 in top-1 is "
         "within about two standard errors. Validation patterns are clean (the Trainer renders "
         "evaluation without measurement realism), which favours clean_augmentation; it was not "
-        "chosen because measured patterns carry that realism. Wall times are from a machine shared with other "
-        "work and compare poorly.\n\n" + "\n".join(lines) + "\n"
+        "chosen because measured patterns carry that realism. Wall times are from a machine shared "
+        "with other work and compare poorly.\n\n" + "\n".join(lines) + "\n"
     )
     (RESULTS / "sweep.md").write_text(text)
     print(text)
@@ -130,9 +130,10 @@ def _learning_curve(run_dir: Path) -> str:
     ]
     for entry in rows:
         lines.append(
-            f"| {entry['step']} | {entry['eval_top1_accuracy']:.3f} | {entry['eval_top5_accuracy']:.3f} "
-            f"| {entry['eval_balanced_accuracy']:.3f} | {entry['eval_crystal_system_accuracy']:.3f} "
-            f"| {entry.get('eval_loss', float('nan')):.3f} |"
+            f"| {entry['step']} | {entry['eval_top1_accuracy']:.3f} | "
+            f"{entry['eval_top5_accuracy']:.3f} | {entry['eval_balanced_accuracy']:.3f} | "
+            f"{entry['eval_crystal_system_accuracy']:.3f} | "
+            f"{entry.get('eval_loss', float('nan')):.3f} |"
         )
     return "\n".join(lines)
 

@@ -1,4 +1,5 @@
-"""A loopback Hugging Face Hub for tests: real client code pushes and pulls, nothing leaves the host.
+"""A loopback Hugging Face Hub for tests: real client code pushes and pulls, nothing leaves the
+host.
 
 `LoopbackHub` is a standard-library HTTP server bound to 127.0.0.1 on an ephemeral port. It keeps
 model repositories as git-like commits (blob ids are git blob SHA-1s, commit ids are SHA-1s of the
@@ -21,8 +22,9 @@ Errors carry the ``X-Error-Code`` header the client maps to its exceptions (``Re
 repos are invisible without it, as on the Hub. Unknown routes answer 404 and are recorded in
 `LoopbackHub.unhandled` so a test can assert that the client asked for nothing unexpected.
 
-The ``hub_server`` pytest fixture (import `hub_server_fixture` into a test module) starts a hub, points `huggingface_hub` and `transformers` at it
-in-process (endpoint, token, a temporary HF_HOME, offline mode off) and undoes all of it at teardown.
+The ``hub_server`` pytest fixture (import `hub_server_fixture` into a test module) starts a hub,
+points `huggingface_hub` and `transformers` at it in-process (endpoint, token, a temporary
+HF_HOME, offline mode off) and undoes all of it at teardown.
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ MALLOC_SCRIPT = textwrap.dedent(
 
     default = faults_per_cycle()
     result = configure_malloc()
-    print(json.dumps({"default": default, "configured": faults_per_cycle(), "method": result["method"]}))
+    print(json.dumps({
+        "default": default, "configured": faults_per_cycle(), "method": result["method"]
+    }))
     """
 )
 

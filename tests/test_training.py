@@ -100,7 +100,8 @@ def test_trainer_surfaces_the_physmoe_loss_and_logs_averaged_components(tmp_path
 
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path):
     # Cross-entropy is a mean over independent samples once BatchNorm is frozen: accumulating two
-    # batches of 4 must give the update of one batch of 8 (the Trainer's GA-scaling trap doubles it).
+    # batches of 4 must give the update of one batch of 8 (the Trainer's GA-scaling trap doubles
+    # it).
     data = stored_rows(8)
     finals = []
     for batch_size, accumulation in ((8, 1), (4, 2)):

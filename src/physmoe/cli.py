@@ -125,7 +125,8 @@ def _train(argv: Sequence[str]) -> int:
         return 0
     if not argv or argv[0].startswith("-"):
         print(
-            "usage: physmoe train CONFIG.yaml [--field value ...]  (physmoe train --help lists the fields)",
+            "usage: physmoe train CONFIG.yaml [--field value ...]  "
+            "(physmoe train --help lists the fields)",
             file=sys.stderr,
         )
         return 2
@@ -202,7 +203,8 @@ def _train(argv: Sequence[str]) -> int:
     if training_args.process_index == 0:
         print(_metrics_table(results, "test_", f"test split ({training_args.output_dir})"))
         print(
-            f"calibration temperature (fitted on validation): {results['calibration_temperature']:.3f}"
+            "calibration temperature (fitted on validation): "
+            f"{results['calibration_temperature']:.3f}"
         )
         if results.get("hnm_most_confused_pairs"):
             print(_confused_pairs_table(results["hnm_most_confused_pairs"]))
@@ -277,7 +279,8 @@ def _predict(args: argparse.Namespace) -> int:
         if config.loss_preset != "balanced_experts":
             raise ValueError(
                 f"--prior-weight applies to models trained with loss_preset='balanced_experts'; "
-                f"{checkpoint} was trained with {config.loss_preset!r}, whose probabilities already "
+                f"{checkpoint} was trained with {config.loss_preset!r}, "
+                "whose probabilities already "
                 "follow the training frequencies"
             )
         if not 0 <= args.prior_weight <= 1:
@@ -428,7 +431,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--prior-weight",
         type=float,
         default=None,
-        help="balanced_experts models: weight of the training frequencies, 0 (balanced, the default) to 1",
+        help=(
+            "balanced_experts models: weight of the training frequencies, "
+            "0 (balanced, the default) to 1"
+        ),
     )
 
     push = commands.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")

@@ -1,8 +1,8 @@
 """Crystallographic tables for the 230 space groups.
 
 Everything here is computed from gemmi's and spglib's space-group tables (standard settings,
-origin choice 1, hexagonal axes for the rhombohedral groups); nothing is typed by hand. Class labels are 0-based:
-``label = space_group_number - 1``.
+origin choice 1, hexagonal axes for the rhombohedral groups); nothing is typed by hand. Class
+labels are 0-based: ``label = space_group_number - 1``.
 
 Crystal systems are indexed 0..6 in the order of :data:`CRYSTAL_SYSTEMS`
 (triclinic, monoclinic, orthorhombic, tetragonal, trigonal, hexagonal, cubic).

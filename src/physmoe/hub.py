@@ -560,7 +560,8 @@ def _check_config_json(path: Path) -> None:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(config, dict):
         raise ValueError(
-            f"{path} must hold a JSON object (the model settings), got a JSON {type(config).__name__}"
+            f"{path} must hold a JSON object (the model settings), "
+            f"got a JSON {type(config).__name__}"
         )
 
 

@@ -176,7 +176,8 @@ def _same_grid(first: TwoThetaGrid, second: TwoThetaGrid) -> bool:
 
 
 def check_top_k(top_k: int) -> int:
-    """``top_k`` as an int >= 1 (an integral float is accepted); a TypeError/ValueError otherwise."""
+    """``top_k`` as an int >= 1 (an integral float is accepted); a TypeError/ValueError
+    otherwise."""
     integral = isinstance(top_k, numbers.Integral) or (
         isinstance(top_k, float) and top_k.is_integer()
     )
@@ -238,7 +239,8 @@ class SpaceGroupPredictor:
         if not _same_grid(self.feature_extractor.grid, self.grid):
             # Its patterns would not fit the model (or be converted to the wrong wavelength).
             raise ValueError(
-                f"the feature extractor's grid ({FEATURE_EXTRACTOR_NAME}) {self.feature_extractor.grid} "
+                f"the feature extractor's grid ({FEATURE_EXTRACTOR_NAME}) "
+                f"{self.feature_extractor.grid} "
                 f"differs from the model config's grid {self.grid}"
             )
         if temperature is None:
@@ -390,7 +392,8 @@ class SpaceGroupPredictor:
         """
         if input_values is None or isinstance(input_values, (str, bytes)):
             raise TypeError(
-                f"input_values must be a tensor or array of intensities, got {type(input_values).__name__}"
+                "input_values must be a tensor or array of intensities, "
+                f"got {type(input_values).__name__}"
             )
         try:
             values = torch.as_tensor(input_values)
@@ -472,7 +475,8 @@ class SpaceGroupPredictor:
         )
         if len(peaks.two_theta) == 0:
             raise ValueError(
-                f"{path}: the structure has no reflection between {self.grid.two_theta_min} and {self.grid.two_theta_max} deg"
+                f"{path}: the structure has no reflection between {self.grid.two_theta_min} "
+                f"and {self.grid.two_theta_max} deg"
             )
         return render_patterns(
             [peaks], self.grid, MeasurementConditions.clean(), peaks_wavelength=self.grid.wavelength
@@ -547,7 +551,8 @@ def format_predictions(predictions: Sequence[SpaceGroupPrediction]) -> str:
         lines.append("-" * len(header))
         for c in prediction.candidates:
             lines.append(
-                f"{c.rank:>4}  {c.symbol:<18} {c.space_group:>4}  {c.crystal_system:<14} {c.probability:>11.3f}"
+                f"{c.rank:>4}  {c.symbol:<18} {c.space_group:>4}  "
+                f"{c.crystal_system:<14} {c.probability:>11.3f}"
             )
         if prediction.indistinguishable:
             line = f"indistinguishable by powder: {', '.join(prediction.indistinguishable)}"

@@ -342,7 +342,8 @@ class PhysMoETrainer(Trainer):
             # Plain TrainingArguments default to True, which drops the peak columns the collator
             # renders from (they are no forward arguments) and fails with "no columns match".
             logger.warning(
-                "remove_unused_columns=True would drop the peak columns PXRDCollator renders from; using False "
+                "remove_unused_columns=True would drop the peak columns PXRDCollator renders from; "
+                "using False "
                 "(PhysMoETrainingArguments has physmoe's defaults)"
             )
             args = replace_args(args, remove_unused_columns=False)
@@ -530,7 +531,8 @@ class PhysMoETrainer(Trainer):
             and hasattr(self.data_collator, "set_epoch")
         ):
             logger.warning(
-                "dataloader_persistent_workers keeps each worker's copy of the collator from the first epoch: "
+                "dataloader_persistent_workers keeps each worker's copy of the collator "
+                "from the first epoch: "
                 "training batches get the same measurement conditions every epoch"
             )
         with self._swapped(args=args):

@@ -298,8 +298,10 @@ def build_model(model_args: ModelArguments, train_class_counts: np.ndarray) -> R
         config = ResNet1DMoEConfig.from_dict({**loaded.to_dict(), **overrides})
         if config.space_group_numbers != list(range(1, NUM_SPACE_GROUPS + 1)):
             raise ValueError(
-                f"{model_args.model_name_or_path} predicts {config.num_labels} labels, not the 230 space groups in "
-                "order (label = number - 1) that physmoe train's datasets use; fine-tune it in your own loop"
+                f"{model_args.model_name_or_path} predicts {config.num_labels} labels, "
+                "not the 230 space groups in "
+                "order (label = number - 1) that physmoe train's datasets use; "
+                "fine-tune it in your own loop"
             )
     else:
         config = ResNet1DMoEConfig.from_preset(model_args.preset, **overrides)
@@ -332,7 +334,10 @@ def longtail_markdown_table(metrics: dict, prefix: str = "test_") -> str:
         accuracy = metrics.get(f"{prefix}{key}_accuracy")
         shown = "-" if accuracy is None else f"{accuracy:.3f}"
         if key == "few_shot" and f"{prefix}few_shot_accuracy_ci_low" in metrics:
-            shown += f" (95% CI {metrics[f'{prefix}few_shot_accuracy_ci_low']:.3f}-{metrics[f'{prefix}few_shot_accuracy_ci_high']:.3f})"
+            shown += (
+                f" (95% CI {metrics[f'{prefix}few_shot_accuracy_ci_low']:.3f}-"
+                f"{metrics[f'{prefix}few_shot_accuracy_ci_high']:.3f})"
+            )
         lines.append(f"| {name} | {'-' if count is None else int(count)} | {shown} |")
     return "\n".join(lines)
 

@@ -75,7 +75,9 @@ def test_rock_salt_row_against_bragg_law():
         {
             h * h + k * k + m * m
             for h in range(12) for k in range(12) for m in range(12)
-            if (h % 2 == k % 2 == m % 2) and 0 < h * h + k * k + m * m and a / math.sqrt(h * h + k * k + m * m) >= d_min
+            if (h % 2 == k % 2 == m % 2)
+            and 0 < h * h + k * k + m * m
+            and a / math.sqrt(h * h + k * k + m * m) >= d_min
         }
     )  # fmt: skip
     expected = [2 * math.degrees(math.asin(wavelength * math.sqrt(n) / (2 * a))) for n in lines]
@@ -89,7 +91,8 @@ def test_rock_salt_row_against_bragg_law():
 
 def test_crystal_from_row_round_trip():
     crystal = Crystal.from_parameters(
-        (4.1, 5.2, 6.3, 80.0, 95.0, 101.0), ["Si", "O", "O"], [[0.1, 0.2, 0.3], [0.7, 0.1, 0.45], [0.3, 0.8, 0.9]],
+        (4.1, 5.2, 6.3, 80.0, 95.0, 101.0), ["Si", "O", "O"],
+        [[0.1, 0.2, 0.3], [0.7, 0.1, 0.45], [0.3, 0.8, 0.9]],
         occupancies=[1.0, 0.5, 1.0],
     )  # fmt: skip
     row = structure_row("tri", crystal, 1, source="test")

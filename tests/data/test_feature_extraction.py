@@ -208,8 +208,9 @@ def test_from_config():
 
 
 def test_auto_feature_extractor_registration(tmp_path):
-    """The way the lead wires it (``AutoFeatureExtractor.register(ConfigClass, XRDFeatureExtractor)``)
-    loads our saved preprocessor_config.json; here with a throwaway config class."""
+    """The way the lead wires it
+    (``AutoFeatureExtractor.register(ConfigClass, XRDFeatureExtractor)``) loads our saved
+    preprocessor_config.json; here with a throwaway config class."""
     from transformers import AutoConfig, AutoFeatureExtractor, PretrainedConfig
 
     class _XRDTestConfig(PretrainedConfig):

@@ -254,9 +254,12 @@ def test_read_cif(tmp_path):
     path = write(
         tmp_path,
         "cscl.cif",
-        "data_CsCl\n_cell_length_a 4.12\n_cell_length_b 4.12\n_cell_length_c 4.12\n_cell_angle_alpha 90\n"
-        "_cell_angle_beta 90\n_cell_angle_gamma 90\n_symmetry_space_group_name_H-M 'P m -3 m'\nloop_\n"
-        "_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\nCs1 0 0 0\nCl1 0.5 0.5 0.5\n",
+        "data_CsCl\n_cell_length_a 4.12\n_cell_length_b 4.12\n"
+        "_cell_length_c 4.12\n_cell_angle_alpha 90\n"
+        "_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+        "_symmetry_space_group_name_H-M 'P m -3 m'\nloop_\n"
+        "_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\n"
+        "Cs1 0 0 0\nCl1 0.5 0.5 0.5\n",
     )
     crystal = read_cif(path)
     assert crystal.species == ["Cs", "Cl"] and crystal.space_group == 221

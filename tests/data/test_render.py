@@ -83,7 +83,8 @@ def centroid(pattern, grid, around, half_width):
 
 
 def measured_fwhm(pattern, grid):
-    """FWHM of the single peak in ``pattern`` from linear interpolation of the half-maximum crossings."""
+    """FWHM of the single peak in ``pattern`` from linear interpolation of the half-maximum
+    crossings."""
     x = grid.values()
     top = int(pattern.argmax())
     half = pattern[top] / 2

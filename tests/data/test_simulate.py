@@ -132,7 +132,8 @@ def test_positions_and_profiles_match_pymatgen(test_structures):
         assert cosine >= 0.999, (item.name, cosine)
         worst_position, worst_cosine = max(worst_position, shift), min(worst_cosine, cosine)
     print(
-        f"worst position difference {worst_position:.2e} deg, worst profile cosine {worst_cosine:.6f}"
+        f"worst position difference {worst_position:.2e} deg, "
+        f"worst profile cosine {worst_cosine:.6f}"
     )
 
 

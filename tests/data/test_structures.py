@@ -13,7 +13,10 @@ import pytest
 
 from physmoe.data.structures import Crystal, as_crystal, element_symbol, lattice_matrix
 
-CELL = "_cell_length_a {a}\n_cell_length_b {b}\n_cell_length_c {c}\n_cell_angle_alpha 90\n_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+CELL = (
+    "_cell_length_a {a}\n_cell_length_b {b}\n_cell_length_c {c}\n_cell_angle_alpha 90\n"
+    "_cell_angle_beta 90\n_cell_angle_gamma 90\n"
+)
 
 NACL_CIF = (
     "data_NaCl\n"
@@ -233,7 +236,8 @@ def test_cif_errors(tmp_path):
     unknown = tmp_path / "unknown_group.cif"
     unknown.write_text(
         "data_x\n" + CELL.format(a=5, b=5, c=5) + "_symmetry_space_group_name_H-M 'Q 9 z'\n"
-        "loop_\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\nNa1 0.1 0.2 0.3\n"
+        "loop_\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n"
+        "_atom_site_fract_z\nNa1 0.1 0.2 0.3\n"
     )
     with pytest.raises(
         ValueError, match=r"unknown_group\.cif: space group 'Q 9 z' is not recognised"

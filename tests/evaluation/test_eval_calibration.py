@@ -14,7 +14,8 @@ from physmoe.evaluation import TemperatureScaler, compute_metrics, expected_cali
 
 
 def synthetic(num_samples=20_000, num_classes=10, sharpen=1.0, seed=0):
-    """Labels drawn from softmax(z): ``z`` is calibrated, ``sharpen * z`` over- or under-confident."""
+    """Labels drawn from softmax(z): ``z`` is calibrated, ``sharpen * z`` over- or
+    under-confident."""
     rng = np.random.default_rng(seed)
     z = rng.normal(scale=2.0, size=(num_samples, num_classes))
     p = np.exp(z - logsumexp(z, axis=1, keepdims=True))

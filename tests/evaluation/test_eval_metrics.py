@@ -29,7 +29,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:y_pred contains classes not in y
 
 
 def long_tailed_split(num_samples=3000, num_classes=C, accuracy=0.7, seed=0):
-    """Zipf-distributed test labels, logits that favour the true class for about ``accuracy`` of rows."""
+    """Zipf-distributed test labels, logits that favour the true class for about ``accuracy``
+    of rows."""
     rng = np.random.default_rng(seed)
     prior = 1.0 / np.arange(1, num_classes + 1) ** 1.1
     prior = prior[rng.permutation(num_classes)]
@@ -243,7 +244,8 @@ def test_hand_computed_example():
     assert m["crystal_system_accuracy"] == 1.0
     # Within the true system rows 0, 1, 2, 4, 5 are right (row 3 is not).
     assert m["sg_accuracy_given_correct_system"] == pytest.approx(5 / 6)
-    # Shot buckets from train counts [150, 5, 50, 0]: many {0} 0.5, medium {2} 1.0, few {1, 3} (0.5 + 0) / 2.
+    # Shot buckets from train counts [150, 5, 50, 0]: many {0} 0.5, medium {2} 1.0, few {1, 3}
+    # (0.5 + 0) / 2.
     assert (
         m["many_shot_accuracy"],
         m["medium_shot_accuracy"],
@@ -254,7 +256,8 @@ def test_hand_computed_example():
         m["medium_shot_num_classes"],
         m["few_shot_num_classes"],
     ) == (1, 1, 2)
-    # Reference buckets at scale 0.1: head > 100 {0}, medium [10, 100] {2}, tail < 10 {1, 3}, extreme < 2 {3}.
+    # Reference buckets at scale 0.1: head > 100 {0}, medium [10, 100] {2}, tail < 10 {1, 3},
+    # extreme < 2 {3}.
     assert m["reference_bucket_scale"] == 0.1
     assert (
         m["head_accuracy"],
@@ -262,10 +265,12 @@ def test_hand_computed_example():
         m["tail_accuracy"],
         m["extreme_tail_accuracy"],
     ) == pytest.approx((0.5, 1.0, 0.25, 0.0))
-    # Top-1 probabilities: rows 0, 2: e^2/(e^2+3); rows 1, 3: e^3/(e^3+e+2); row 4: e/(e+3); row 5: e/(2e+2).
+    # Top-1 probabilities: rows 0, 2: e^2/(e^2+3); rows 1, 3: e^3/(e^3+e+2); row 4: e/(e+3);
+    # row 5: e/(2e+2).
     e = math.e
     c0, c1, c4, c5 = e**2 / (e**2 + 3), e**3 / (e**3 + e + 2), e / (e + 3), e / (2 * e + 2)
-    # Bins of width 1/4: (.25,.5] = rows 4 (right), 5 (wrong); (.5,.75] = rows 0, 2 (right); (.75,1] = rows 1, 3 (wrong).
+    # Bins of width 1/4: (.25,.5] = rows 4 (right), 5 (wrong); (.5,.75] = rows 0, 2 (right);
+    # (.75,1] = rows 1, 3 (wrong).
     assert m["ece"] == pytest.approx(
         (abs(1 - c4 - c5) + abs(2 - 2 * c0) + abs(0 - 2 * c1)) / 6, abs=1e-12
     )
@@ -394,7 +399,8 @@ def test_probabilities_give_the_same_metrics_as_logits():
 
 
 def test_per_batch_macro_f1_differs_from_the_whole_split_value():
-    """The reference averages macro-F1 over batches; on a long tail that is not the split's value."""
+    """The reference averages macro-F1 over batches; on a long tail that is not the split's
+    value."""
     logits, labels, _ = long_tailed_split(num_samples=4096, accuracy=0.6, seed=6)
     pred = logits.argmax(1)
     whole = skm.f1_score(labels, pred, average="macro", labels=np.unique(labels), zero_division=0)

@@ -753,14 +753,18 @@ def _edit_config(folder, **changes):
         (
             "fewer_experts",
             lambda f: _edit_config(f, num_experts=2, tail_expert_ids=[1]),
-            r"fewer_experts do not fit its config.*gate\.weight: checkpoint \[4, 6\], config \[2, 6\]",
+            (
+                r"fewer_experts do not fit its config.*gate\.weight: "
+                r"checkpoint \[4, 6\], config \[2, 6\]"
+            ),
         ),
     ],
 )
 def test_from_pretrained_names_what_is_wrong_with_a_folder(
     trained_folder, tmp_path, name, break_it, match
 ):
-    # Each used to raise transformers' or safetensors' own error (RuntimeError, SafetensorError, ...).
+    # Each used to raise transformers' or safetensors' own error (RuntimeError, SafetensorError,
+    # ...).
     broken = _broken_copy(trained_folder[0], name, tmp_path, break_it)
     with pytest.raises(ValueError, match=match):
         ResNet1D_MoE.from_pretrained(broken)
@@ -948,7 +952,8 @@ REMOTE_SCRIPT = textwrap.dedent(
         training_error = str(error)
     trunk = AutoModel.from_pretrained(folder, trust_remote_code=True)
     print(json.dumps({
-        "same_logits": same, "miner_keys": miner, "miner_equal": miner_equal, "class": type(model).__name__,
+        "same_logits": same, "miner_keys": miner, "miner_equal": miner_equal,
+        "class": type(model).__name__,
         "training_error": training_error, "trunk": type(trunk).__name__,
         "physmoe_imported": any(name.startswith("physmoe") for name in sys.modules),
     }))

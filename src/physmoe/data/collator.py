@@ -179,7 +179,8 @@ class PXRDCollator:
             )
             if not integral:
                 raise ValueError(
-                    f"feature {index} has label {row[key]!r}; labels must be 0-based space-group labels (integers)"
+                    f"feature {index} has label {row[key]!r}; "
+                    "labels must be 0-based space-group labels (integers)"
                 )
             labels[index] = int(value)
         bad = (labels < 0) | (labels >= self.num_labels)
@@ -194,7 +195,8 @@ class PXRDCollator:
                     "space-group numbers: subtract 1 (or store them as 'labels')"
                 )
             raise ValueError(
-                f"feature {index} has label {labels[index]}; labels must be 0-based space-group labels in "
+                f"feature {index} has label {labels[index]}; "
+                "labels must be 0-based space-group labels in "
                 f"[0, {self.num_labels})"
             )
         return torch.from_numpy(labels)
@@ -213,7 +215,8 @@ class PXRDCollator:
             for i, pattern in zip(stored, patterns, strict=True):
                 if pattern.shape[0] != self.grid.num_points:
                     raise ValueError(
-                        f"feature {i}: input_values has {pattern.shape[0]} points, the grid has {self.grid.num_points}"
+                        f"feature {i}: input_values has {pattern.shape[0]} points, "
+                        f"the grid has {self.grid.num_points}"
                     )
                 if not np.isfinite(pattern).all():
                     point = int(np.flatnonzero(~np.isfinite(pattern))[0])
@@ -227,7 +230,8 @@ class PXRDCollator:
                 row = features[i]
                 if "peak_two_theta" not in row or "peak_intensity" not in row:
                     raise ValueError(
-                        f"feature {i} needs 'peak_two_theta' and 'peak_intensity' (or 'input_values'); "
+                        f"feature {i} needs 'peak_two_theta' and 'peak_intensity' "
+                        "(or 'input_values'); "
                         f"it has {sorted(row)}"
                     )
                 two_theta, intensity = (

@@ -188,7 +188,8 @@ def default_dataset(
     seed 2026) holds 12,000 structures. Every one of the 230 space groups has at least 15 (so
     each appears in train, validation and test); the rest follow the ICSD prior, leaving a long
     tail: 23 groups with >= 100 structures (6,056 in all), 110 with 20-99 (4,346), 97 with 15-19
-    (1,598). spglib's group equals the requested one for 95.3%. Building needs no optional dependency and no download (~15 s on one core). The result is cached in
+    (1,598). spglib's group equals the requested one for 95.3%. Building needs no optional
+    dependency and no download (~15 s on one core). The result is cached in
     ``cache_dir/default-<hash>`` (default ``$PHYSMOE_CACHE`` or ``~/.cache/physmoe``); the hash
     covers the archive, physmoe's version and the split settings, so a changed archive or
     simulator rebuilds.

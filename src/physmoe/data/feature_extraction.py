@@ -11,7 +11,9 @@ Example::
 
     >>> extractor = XRDFeatureExtractor.from_pretrained("path/to/model")
     >>> two_theta, intensity = np.loadtxt("sample.xy", unpack=True)
-    >>> inputs = extractor(two_theta, intensity, wavelength=1.78897, return_tensors="pt")  # Co K-alpha
+    >>> inputs = extractor(
+    ...     two_theta, intensity, wavelength=1.78897, return_tensors="pt"
+    ... )  # Co K-alpha
     >>> logits = model(**inputs).logits
 """
 
@@ -44,7 +46,8 @@ def _as_list(values, name: str) -> tuple[list[np.ndarray], bool]:
         if values.ndim == 2:
             return [row.astype(np.float64) for row in values], False
         raise ValueError(
-            f"{name} must be 1-D (one pattern) or 2-D / a list of 1-D arrays, got shape {values.shape}"
+            f"{name} must be 1-D (one pattern) or 2-D / a list of 1-D arrays, "
+            f"got shape {values.shape}"
         )
     if isinstance(values, Sequence) and not isinstance(values, str):
         if len(values) > 0 and all(np.ndim(v) == 0 for v in values):
@@ -183,7 +186,8 @@ class XRDFeatureExtractor(SequenceFeatureExtractor):
         bad = ~(np.isfinite(wavelengths) & (wavelengths > 0))
         if bad.any():
             raise ValueError(
-                f"wavelength of pattern {int(np.flatnonzero(bad)[0])} must be positive, got {wavelengths[bad][0]}"
+                f"wavelength of pattern {int(np.flatnonzero(bad)[0])} must be positive, "
+                f"got {wavelengths[bad][0]}"
             )
         return wavelengths
 
@@ -248,8 +252,10 @@ class XRDFeatureExtractor(SequenceFeatureExtractor):
                 else f"has no point observable at the model's wavelength {grid.wavelength} A"
             )
             raise ValueError(
-                f"pattern {i} (measured at {wavelengths[i]} A) {covered}: {float(coverage[i]):.1%} of the model grid "
-                f"{grid.two_theta_min}-{grid.two_theta_max} deg; at least {self.min_coverage:.0%} is required"
+                f"pattern {i} (measured at {wavelengths[i]} A) {covered}: "
+                f"{float(coverage[i]):.1%} of the model grid "
+                f"{grid.two_theta_min}-{grid.two_theta_max} deg; "
+                f"at least {self.min_coverage:.0%} is required"
             )
         right = torch.searchsorted(converted, target, right=True).clamp(1, width - 1)
         right = torch.minimum(right, (counts - 1).clamp_min(1)[:, None])

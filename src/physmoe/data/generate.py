@@ -22,9 +22,10 @@ Structure ``i`` of a run with global seed ``s``:
 
 Every random draw depends only on ``(s, i, k)``, so a run gives identical structures for any
 number of processes and across kill/resume. (pyxtal 1.1 draws everything on this path from the
-``random_state`` Generator; a test checks that numpy's and Python's global RNGs stay untouched.) (The wall-clock ``time_limit`` is the one exception:
-an attempt that times out on a slow machine may finish on a fast one. The limit is generous
-and timeouts are counted; with ``max_atoms=64`` we saw none.)
+``random_state`` Generator; a test checks that numpy's and Python's global RNGs stay untouched.)
+(The wall-clock ``time_limit`` is the one exception: an attempt that times out on a slow machine
+may finish on a fast one. The limit is generous and timeouts are counted; with
+``max_atoms=64`` we saw none.)
 
 Compositions and Wyckoff statistics: :mod:`.wyckoff` (shared with the fast generator in
 :mod:`.random_crystals`).
@@ -233,7 +234,8 @@ def random_crystal(
     pyxtal builds at all need fewer than ~460 trials.
 
     Raises:
-        RuntimeError: pyxtal produced no valid structure (including :class:`PlacementBudgetExceeded`).
+        RuntimeError: pyxtal produced no valid structure (including
+            :class:`PlacementBudgetExceeded`).
     """
     from pyxtal.msg import Error as PyxtalError
 
@@ -626,7 +628,9 @@ def generate_dataset(
     num_shards = math.ceil(num_structures / shard_size)
     pending = [
         k for k in range(num_shards)
-        if _shard_stats(_shard_path(out_dir, k), _shard_range(k, shard_size, num_structures)) is None
+        if _shard_stats(
+            _shard_path(out_dir, k), _shard_range(k, shard_size, num_structures)
+        ) is None
     ]  # fmt: skip
     done = sum(
         len(_shard_range(k, shard_size, num_structures))
@@ -752,7 +756,8 @@ def build_dataset_dict(out_dir: str | os.PathLike) -> DatasetDict:
         shutil.rmtree(cache_dir, ignore_errors=True)
     generation = metadata["generation"]
     logger.info(
-        "%d structures saved to %s: %d dropped, %d failed attempts (%d timeouts), %.1f%% requested = detected",
+        "%d structures saved to %s: %d dropped, %d failed attempts (%d timeouts), "
+        "%.1f%% requested = detected",
         generated,
         out_dir / _DATASET,
         len(generation["dropped"]),

@@ -1,9 +1,9 @@
 """Readers for the diffraction data users have: measured patterns, CIFs, SimXRD-4M databases and
 the public reference implementation's ``.npy`` files.
 
-* :func:`read_pattern` -- two- or three-column text (``.xy``, ``.xye``, ``.csv``, ``.txt``, ``.dat``):
-  2θ, intensity and an optional standard deviation, with comments, a header and any of the
-  usual delimiters. The wavelength is never assumed: it is ``None`` unless given or stated
+* :func:`read_pattern` -- two- or three-column text (``.xy``, ``.xye``, ``.csv``, ``.txt``,
+  ``.dat``): 2θ, intensity and an optional standard deviation, with comments, a header and any of
+  the usual delimiters. The wavelength is never assumed: it is ``None`` unless given or stated
   unambiguously in the file's comments/header (``# Wavelength: 1.5406 A``, ``0.154056 nm``,
   ``lambda = 0.7093``, ``Kα1 = 1.54056 Å, Kα2 = ...``, ``# Anode Cu``); ambiguous headers are
   refused unless the wavelength is given. Instrument files go to :mod:`physmoe.data.instruments`
@@ -347,7 +347,8 @@ class Pattern:
         """Bragg d-spacing of every point in Angstrom, ``[L]`` (needs the wavelength)."""
         if self.wavelength is None:
             raise ValueError(
-                f"{self.source or 'pattern'}: the wavelength is unknown; pass wavelength= when reading"
+                f"{self.source or 'pattern'}: the wavelength is unknown; "
+                "pass wavelength= when reading"
             )
         return bragg_d_spacing(self.two_theta, self.wavelength)
 
@@ -531,11 +532,11 @@ def read_pattern(
     file states, the same precedence of ``wavelength``; ``delimiter`` does not apply and
     ``encoding`` only to ``.ras`` header text). The rest of this docstring is about text files.
 
-    Lines starting with ``#``, ``!``, ``;``, ``%``, ``//`` or ``*`` are comments, as is anything after
-    ``#`` on a data line; blank lines are skipped; non-numeric lines before the first data line are
-    a header. Columns are split on ``delimiter`` if given, else on the first of comma, semicolon
-    or tab found in the line, else on whitespace. All data lines must have the same number of
-    columns (2 or 3). 2θ must be strictly monotonic; a descending file is reversed.
+    Lines starting with ``#``, ``!``, ``;``, ``%``, ``//`` or ``*`` are comments, as is anything
+    after ``#`` on a data line; blank lines are skipped; non-numeric lines before the first data
+    line are a header. Columns are split on ``delimiter`` if given, else on the first of comma,
+    semicolon or tab found in the line, else on whitespace. All data lines must have the same
+    number of columns (2 or 3). 2θ must be strictly monotonic; a descending file is reversed.
 
     Args:
         path: The file.
@@ -730,7 +731,8 @@ def _row_value(row: Any, key: str) -> Any:
 
 
 def _parse_number_list(text: Any, key: str, where: str) -> np.ndarray:
-    """A string such as ``"[1.0, 2.5, ...]"`` or ``"[1. 2.5 ...]"`` (or an array) -> float64 ``[n]``."""
+    """A string such as ``"[1.0, 2.5, ...]"`` or ``"[1. 2.5 ...]"`` (or an array) -> float64
+    ``[n]``."""
     if text is None:
         raise ValueError(f"{where}: missing key {key!r}")
     if not isinstance(text, str):
@@ -765,7 +767,8 @@ def _parse_tager(text: Any, where: str) -> tuple[int, int, str | None]:
         items = text
     if not isinstance(items, list | tuple) or len(items) < 2:
         raise ValueError(
-            f"{where}: 'tager' must be '[space_group, crystal_system, lattice_letter]', got {text!r}"
+            f"{where}: 'tager' must be '[space_group, crystal_system, lattice_letter]', "
+            f"got {text!r}"
         )
     try:
         space_group, system = int(items[0]), int(items[1])
@@ -877,7 +880,8 @@ def iter_simxrd(
         system = 7 - simxrd_system
         if system != crystal_system_index(space_group):
             raise ValueError(
-                f"{where}: tager says crystal system {simxrd_system} ({CRYSTAL_SYSTEMS[system]}) but space "
+                f"{where}: tager says crystal system {simxrd_system} "
+                f"({CRYSTAL_SYSTEMS[system]}) but space "
                 f"group {space_group} is {CRYSTAL_SYSTEMS[crystal_system_index(space_group)]}"
             )
         two_theta = bragg_two_theta(d_spacing, wavelength)
@@ -994,14 +998,16 @@ def read_reference_npy(
     label_key = next((k for k in _LABEL_KEYS if k in content), None)
     if intensity_key is None or label_key is None:
         raise ValueError(
-            f"{path}: need keys {' or '.join(map(repr, _INTENSITY_KEYS))} and 'labels230'; found {sorted(map(str, content))}"
+            f"{path}: need keys {' or '.join(map(repr, _INTENSITY_KEYS))} and 'labels230'; "
+            f"found {sorted(map(str, content))}"
         )
     intensity = np.asarray(content[intensity_key])
     if not np.issubdtype(intensity.dtype, np.floating):
         intensity = intensity.astype(np.float32)
     if intensity.ndim != 2 or intensity.shape[1] != grid.num_points:
         raise ValueError(
-            f"{path}: {intensity_key!r} must be [N, {grid.num_points}] (the grid's points), got shape {intensity.shape}"
+            f"{path}: {intensity_key!r} must be [N, {grid.num_points}] (the grid's points), "
+            f"got shape {intensity.shape}"
         )
     raw_labels = np.asarray(content[label_key]).reshape(-1)
     if raw_labels.shape[0] != intensity.shape[0]:
@@ -1011,6 +1017,7 @@ def read_reference_npy(
     labels = raw_labels.astype(np.int64)
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_SPACE_GROUPS):
         raise ValueError(
-            f"{path}: 'labels230' must be 0-based labels in 0..229, got range {labels.min()}..{labels.max()}"
+            f"{path}: 'labels230' must be 0-based labels in 0..229, "
+            f"got range {labels.min()}..{labels.max()}"
         )
     return ReferenceArrays(intensity=intensity, labels=labels, grid=grid, source=str(path))

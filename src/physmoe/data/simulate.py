@@ -508,8 +508,9 @@ def _reflections(crystals: Sequence[Crystal], options: _Options) -> list[_Reflec
             lengths = ", ".join(f"{v:.4g}" for v in np.linalg.norm(crystal.lattice, axis=1))
             raise ValueError(
                 f"the cell lengths a, b, c = {lengths} Angstrom at wavelength "
-                f"{options.wavelength:g} Angstrom need {points:.3g} (h, k, l) points, more than the "
-                f"limit of {_MAX_BOX_POINTS:.0e}: are the cell (not pm) and the wavelength (not nm) "
+                f"{options.wavelength:g} Angstrom need {points:.3g} (h, k, l) points, "
+                f"more than the limit of {_MAX_BOX_POINTS:.0e}: "
+                "are the cell (not pm) and the wavelength (not nm) "
                 "in Angstrom? Otherwise narrow two_theta_range"
             )
         if points * len(crystal.species) > _MAX_PAIRS:

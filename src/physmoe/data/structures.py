@@ -156,7 +156,8 @@ class Crystal:
         """Build from ``(a, b, c, alpha, beta, gamma)`` (Angstrom, degrees)."""
         if len(lattice_parameters) != 6:
             raise ValueError(
-                f"need 6 lattice parameters (a, b, c, alpha, beta, gamma), got {len(lattice_parameters)}"
+                "need 6 lattice parameters (a, b, c, alpha, beta, gamma), "
+                f"got {len(lattice_parameters)}"
             )
         return cls(lattice_matrix(*lattice_parameters), species, frac_coords, **kwargs)
 
@@ -316,7 +317,8 @@ class Crystal:
                     per_kind = occupancy_info.get(str(kinds[i]))
                     if per_kind is None or symbols[i] not in per_kind:
                         raise ValueError(
-                            f"atoms.info['occupancy'] has no entry for atom {i} ({symbols[i]}, kind {kinds[i]})"
+                            f"atoms.info['occupancy'] has no entry for atom {i} "
+                            f"({symbols[i]}, kind {kinds[i]})"
                         )
                     occupancies[i] = float(per_kind[symbols[i]])
                     for other, occ in per_kind.items():
@@ -365,7 +367,8 @@ class Crystal:
             )
         if small.spacegroup is None and not small.symops and small.spacegroup_hm.strip():
             raise ValueError(
-                f"{where}space group {small.spacegroup_hm!r} is not recognised and the file lists no "
+                f"{where}space group {small.spacegroup_hm!r} is not recognised "
+                "and the file lists no "
                 "symmetry operations, so the unit cell cannot be filled"
             )
         if small.spacegroup is None and not small.symops:
@@ -481,7 +484,8 @@ class Crystal:
                 structures = CifParser(source).parse_structures(primitive=False)
         except Exception as pymatgen_error:
             raise ValueError(
-                f"{path}: neither gemmi ({gemmi_error}) nor pymatgen ({pymatgen_error}) could parse the CIF"
+                f"{path}: neither gemmi ({gemmi_error}) nor pymatgen ({pymatgen_error}) "
+                "could parse the CIF"
             ) from pymatgen_error
         if not structures:
             raise ValueError(f"{path}: pymatgen found no structure in the CIF") from gemmi_error

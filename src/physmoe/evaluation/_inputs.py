@@ -109,7 +109,8 @@ def looks_like_probabilities(scores: torch.Tensor, tolerance: float) -> bool:
 def log_probabilities(
     values, input_type: ScoreKind = "auto", name: str = "logits"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(scores, log_probs)``: the scores as given (input float dtype) and float64 log-probabilities.
+    """``(scores, log_probs)``: the scores as given (input float dtype) and float64
+    log-probabilities.
 
     Both are ``[N, C]``. Compare and arg-max ``scores``; take likelihoods from ``log_probs``.
 

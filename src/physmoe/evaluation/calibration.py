@@ -128,7 +128,8 @@ class TemperatureScaler:
         """Fit ``T`` by minimising the validation NLL; returns (and stores) ``T`` as a float.
 
         Args:
-            logits: ``[N, C]`` validation logits (not probabilities), numpy or torch, any float dtype.
+            logits: ``[N, C]`` validation logits (not probabilities), numpy or torch, any float
+                dtype.
             labels: ``[N]`` integer labels.
             bounds: Search interval ``(T_min, T_max)``. A minimum at a bound is logged as a warning
                 (e.g. a perfectly separated validation set drives ``T`` to ``T_min``).
@@ -152,12 +153,14 @@ class TemperatureScaler:
         )
         if bool(hopeless.all()):
             raise ValueError(
-                "every sample's true class has probability 0 at every temperature (masked out by hard "
+                "every sample's true class has probability 0 at every temperature "
+                "(masked out by hard "
                 "hierarchical inference?): nothing to fit"
             )
         if bool(hopeless.any()):
             logger.info(
-                "temperature fit leaves out %d of %d samples whose true class has probability 0 at every "
+                "temperature fit leaves out %d of %d samples "
+                "whose true class has probability 0 at every "
                 "temperature (masked out by hard hierarchical inference)",
                 int(hopeless.sum()),
                 len(labels),

@@ -89,7 +89,8 @@ class ConfidenceInterval(NamedTuple):
 
 
 class ConfusedPair(NamedTuple):
-    """One off-diagonal confusion-matrix entry: ``true`` predicted as ``predicted``, ``count`` times."""
+    """One off-diagonal confusion-matrix entry: ``true`` predicted as ``predicted``, ``count``
+    times."""
 
     true: int | str
     predicted: int | str
@@ -145,7 +146,8 @@ def per_class_accuracy(
 
 
 def confusion_matrix(labels, predictions, num_classes: int) -> np.ndarray:
-    """Int64 ``[C, C]`` confusion matrix: entry ``[t, p]`` counts samples of class ``t`` predicted ``p``.
+    """Int64 ``[C, C]`` confusion matrix: entry ``[t, p]`` counts samples of class ``t``
+    predicted ``p``.
 
     ``predictions`` may be ``[N]`` integer labels or ``[N, C]`` scores (arg-max is taken).
     """
@@ -232,7 +234,8 @@ def _class_mean(
 
 
 def _macro_f1(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
-    """Macro-F1 over the classes present in ``labels``: ``F1_c = 2 TP_c / (n_true_c + n_pred_c)``."""
+    """Macro-F1 over the classes present in ``labels``:
+    ``F1_c = 2 TP_c / (n_true_c + n_pred_c)``."""
     support = torch.bincount(labels, minlength=num_classes)
     predicted = torch.bincount(predictions, minlength=num_classes)
     true_positive = torch.bincount(labels[predictions == labels], minlength=num_classes)
@@ -300,7 +303,8 @@ def compute_metrics(
             :func:`physmoe.crystallography.sg_to_sys_map` when ``C = 230``. Without it (and
             ``C != 230``) the crystal-system metrics are omitted.
         num_bins: Equal-width bins of the expected calibration error.
-        reference_scale: Scale of the reference buckets; default ``sum(train_class_counts) / 120_000``.
+        reference_scale: Scale of the reference buckets; default
+            ``sum(train_class_counts) / 120_000``.
         input_type: ``"logits"``, ``"probabilities"`` or ``"auto"`` (probabilities when every row
             lies in [0, 1] and sums to 1).
         expert_predictions: ``[N, K]`` integer arg-max of each expert, instead of ``expert_logits``
@@ -369,7 +373,8 @@ def compute_metrics(
                 sg_to_sys.max()
             ):
                 raise ValueError(
-                    f"crystal_system_logits must have shape [{num_samples}, >{int(sg_to_sys.max())}], "
+                    "crystal_system_logits must have shape "
+                    f"[{num_samples}, >{int(sg_to_sys.max())}], "
                     f"got {tuple(system_scores.shape)}"
                 )
             head_accuracy = (system_scores.argmax(dim=1) == true_system).to(torch.float64).mean()
@@ -394,14 +399,16 @@ def compute_metrics(
         experts = as_scores(expert_logits, "expert_logits", ndim=3, dtype=None)
         if experts.shape[0] != num_samples or experts.shape[2] != num_classes:
             raise ValueError(
-                f"expert_logits must have shape [{num_samples}, K, {num_classes}], got {tuple(experts.shape)}"
+                f"expert_logits must have shape [{num_samples}, K, {num_classes}], "
+                f"got {tuple(experts.shape)}"
             )
         expert_predictions = experts.argmax(dim=2)
     if expert_predictions is not None:
         expert_predictions = to_tensor(expert_predictions, "expert_predictions")
         if expert_predictions.ndim != 2 or expert_predictions.shape[0] != num_samples:
             raise ValueError(
-                f"expert_predictions must have shape [{num_samples}, K], got {tuple(expert_predictions.shape)}"
+                f"expert_predictions must have shape [{num_samples}, K], "
+                f"got {tuple(expert_predictions.shape)}"
             )
         # Flattened, the [N, K] predictions are N * K labels: one validation of dtype and range.
         flat = as_labels(

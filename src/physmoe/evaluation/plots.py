@@ -65,8 +65,8 @@ def plot_per_class_accuracy(
     """Scatter of per-class test accuracy against training samples per class (symlog x axis).
 
     Args:
-        per_class_acc: ``[C]`` accuracies in [0, 1] (:func:`~physmoe.evaluation.per_class_accuracy`);
-            NaN entries are skipped.
+        per_class_acc: ``[C]`` accuracies in [0, 1]
+            (:func:`~physmoe.evaluation.per_class_accuracy`); NaN entries are skipped.
         train_counts: ``[C]`` training samples per class.
         path: Output file; the suffix picks the format.
         test_counts: ``[C]`` test samples per class; classes with none are skipped (their

@@ -1,4 +1,5 @@
-"""Text and markdown tables of a metrics dict (the CLI prints one; the model card embeds the other)."""
+"""Text and markdown tables of a metrics dict (the CLI prints one; the model card embeds the
+other)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,8 @@ _BUCKET_NAMES = {
 
 
 def metric_display_name(key: str) -> str:
-    """Readable name of a :func:`~physmoe.evaluation.compute_metrics` key (unknown keys unchanged)."""
+    """Readable name of a :func:`~physmoe.evaluation.compute_metrics` key (unknown keys
+    unchanged)."""
     if key in _DISPLAY_NAMES:
         return _DISPLAY_NAMES[key]
     expert = re.fullmatch(r"expert_(\d+)_top1_accuracy", key)

@@ -155,7 +155,8 @@ def build_loss(
         preset = LOSS_PRESETS[preset_or_name]
     else:
         raise TypeError(
-            f"preset_or_name must be a preset name or a LossPreset, got {type(preset_or_name).__name__}"
+            "preset_or_name must be a preset name or a LossPreset, "
+            f"got {type(preset_or_name).__name__}"
         )
     kwargs = {**preset.kwargs, **overrides}
     return preset.wrapper_class(cfg, rule_matrix, sg_to_sys_map, class_prior=class_prior, **kwargs)

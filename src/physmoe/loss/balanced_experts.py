@@ -188,12 +188,13 @@ class BalancedExpertsLossWrapper(nn.Module):
         self.rule_threshold = float(rule_threshold)
         self.validate = bool(validate)
 
-        self._rule_matrix, self._sg_to_sys, self.contrastive, self.hierarchical, self.center_loss = (
-            physics_terms(
-                rule_matrix, sg_to_sys_map, self.feat_dim, lambda_scl=self.lambda_scl,
-                lambda_reg=self.lambda_reg, temperature=temperature,
-                rule_threshold=rule_threshold, validate=self.validate,
-            )
+        (
+            self._rule_matrix, self._sg_to_sys, self.contrastive, self.hierarchical,
+            self.center_loss,
+        ) = physics_terms(
+            rule_matrix, sg_to_sys_map, self.feat_dim, lambda_scl=self.lambda_scl,
+            lambda_reg=self.lambda_reg, temperature=temperature,
+            rule_threshold=rule_threshold, validate=self.validate,
         )  # fmt: skip
         self.num_classes = self._rule_matrix.shape[0]
         if class_prior is None:

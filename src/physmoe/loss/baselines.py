@@ -122,7 +122,8 @@ class BalancedSoftmaxLossWrapper(CrossEntropyLossWrapper):
     ) -> None:
         if class_prior is None:
             raise ValueError(
-                "BalancedSoftmaxLossWrapper needs class_prior, [num_classes] probabilities or counts"
+                "BalancedSoftmaxLossWrapper needs class_prior, "
+                "[num_classes] probabilities or counts"
             )
         super().__init__(
             cfg, rule_matrix, sg_to_sys_map, class_prior=class_prior, validate=validate

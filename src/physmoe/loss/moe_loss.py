@@ -137,7 +137,8 @@ def gated_ensemble_logits(
     """
     if gating_weights.shape != expert_logits.shape[:2]:
         raise ValueError(
-            f"gating_weights must have shape [batch, num_experts] = {tuple(expert_logits.shape[:2])}, "
+            "gating_weights must have shape [batch, num_experts] = "
+            f"{tuple(expert_logits.shape[:2])}, "
             f"got {tuple(gating_weights.shape)}"
         )
     return torch.einsum("bk,bkc->bc", gating_weights.to(expert_logits.dtype), expert_logits)
@@ -185,7 +186,8 @@ def expert_logits_from_outputs(
     if logits.shape[0] != batch or (num_classes is not None and logits.shape[2] != num_classes):
         expected = [batch, logits.shape[1], num_classes if num_classes is not None else "C"]
         raise ValueError(
-            f"expert_logits must be {expected} (labels give the batch size), got {list(logits.shape)}"
+            f"expert_logits must be {expected} (labels give the batch size), "
+            f"got {list(logits.shape)}"
         )
     if not logits.dtype.is_floating_point:
         raise TypeError(f"expert_logits must be floating point, got {logits.dtype}")
@@ -195,9 +197,9 @@ def expert_logits_from_outputs(
 def ensemble_logits_from_outputs(
     outputs: Mapping[str, Any], expert_logits: torch.Tensor
 ) -> torch.Tensor:
-    """The ensemble ``[batch, num_classes]``: ``outputs["ensemble_logits"]`` if given, else the gated
-    sum of ``expert_logits`` ``[batch, K, C]`` with ``outputs["gating_weights"]`` ``[batch, K]``
-    (which may be omitted when ``K = 1``: a single head)."""
+    """The ensemble ``[batch, num_classes]``: ``outputs["ensemble_logits"]`` if given, else
+    the gated sum of ``expert_logits`` ``[batch, K, C]`` with ``outputs["gating_weights"]``
+    ``[batch, K]`` (which may be omitted when ``K = 1``: a single head)."""
     batch, num_experts, num_classes = expert_logits.shape
     if outputs.get("ensemble_logits") is not None:
         return output_tensor(outputs, "ensemble_logits", (batch, num_classes))

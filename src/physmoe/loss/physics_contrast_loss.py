@@ -89,7 +89,8 @@ def _validate_rule_matrix(rule_matrix: Any) -> np.ndarray:
 
 
 def _validate_sg_to_sys(sg_to_sys_map: Any, num_classes: int, num_systems: int) -> np.ndarray:
-    """Return the class -> crystal-system map as int64 numpy ``[C]`` with values 0..num_systems-1."""
+    """Return the class -> crystal-system map as int64 numpy ``[C]`` with values
+    0..num_systems-1."""
     mapping = _host_array(sg_to_sys_map, "sg_to_sys_map")
     if mapping.shape != (num_classes,):
         raise ValueError(f"sg_to_sys_map must have shape [{num_classes}], got {mapping.shape}")
@@ -99,7 +100,8 @@ def _validate_sg_to_sys(sg_to_sys_map: Any, num_classes: int, num_systems: int) 
         )
     if mapping.min() < 0 or mapping.max() >= num_systems:
         raise ValueError(
-            f"sg_to_sys_map values must lie in 0..{num_systems - 1}, got range [{mapping.min()}, {mapping.max()}]"
+            f"sg_to_sys_map values must lie in 0..{num_systems - 1}, "
+            f"got range [{mapping.min()}, {mapping.max()}]"
         )
     return mapping.astype(np.int64)
 
@@ -180,7 +182,8 @@ class PhysicsContrastiveLoss(nn.Module):
         labels = check_labels(labels, rule_matrix.shape[0], check_range=self.validate)
         if features.dim() != 2 or labels.shape != features.shape[:1]:
             raise ValueError(
-                f"features must be [batch, feature_dim] and labels [batch]; got {list(features.shape)} "
+                "features must be [batch, feature_dim] and labels [batch]; "
+                f"got {list(features.shape)} "
                 f"and {list(labels.shape)}"
             )
         if rule_matrix.dim() != 2 or rule_matrix.shape[0] != rule_matrix.shape[1]:
@@ -270,7 +273,8 @@ class ICLMoELoss(nn.Module):
         tail = tuple(int(k) for k in tail_expert_ids)
         if len(set(tail)) != len(tail) or any(not 0 <= k < num_experts for k in tail):
             raise ValueError(
-                f"tail_expert_ids must be distinct indices in 0..{num_experts - 1}, got {list(tail_expert_ids)}"
+                f"tail_expert_ids must be distinct indices in 0..{num_experts - 1}, "
+                f"got {list(tail_expert_ids)}"
             )
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
@@ -298,7 +302,8 @@ class ICLMoELoss(nn.Module):
         labels: torch.Tensor,
         logit_adjustment: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``L_dol`` from ``expert_logits`` ``[batch, num_experts, num_classes]`` and ``labels`` ``[batch]``."""
+        """``L_dol`` from ``expert_logits`` ``[batch, num_experts, num_classes]`` and
+        ``labels`` ``[batch]``."""
         logits = upcast(expert_logits)
         if logit_adjustment is not None:
             logits = logits + logit_adjustment.to(logits.dtype)
@@ -317,7 +322,8 @@ class ICLMoELoss(nn.Module):
         ensemble_logits: torch.Tensor,
         logit_adjustment: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``L_col`` from ``expert_logits`` ``[batch, K, C]`` and ``ensemble_logits`` ``[batch, C]``."""
+        """``L_col`` from ``expert_logits`` ``[batch, K, C]`` and ``ensemble_logits``
+        ``[batch, C]``."""
         logits = upcast(expert_logits)
         ensemble = upcast(ensemble_logits)
         if self.detach_ensemble:
@@ -339,8 +345,8 @@ class ICLMoELoss(nn.Module):
         labels: torch.Tensor,
         logit_adjustment: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(loss_dol, loss_col)``; ``expert_logits`` a list of K ``[B, C]`` or ``[B, K, C]``,
-        ``gating_weights`` ``[B, K]``, ``labels`` ``[B]``."""
+        """Return ``(loss_dol, loss_col)``; ``expert_logits`` a list of K ``[B, C]`` or
+        ``[B, K, C]``, ``gating_weights`` ``[B, K]``, ``labels`` ``[B]``."""
         logits = upcast(stack_expert_logits(expert_logits, self.num_experts))
         labels = check_labels(labels, logits.shape[2])
         if labels.shape[0] != logits.shape[0]:
@@ -355,7 +361,10 @@ class ICLMoELoss(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        return f"num_experts={self.num_experts}, tail_expert_ids={list(self.tail_expert_ids)}, gamma={self.gamma}, detach_ensemble={self.detach_ensemble}"
+        return (
+            f"num_experts={self.num_experts}, tail_expert_ids={list(self.tail_expert_ids)}, "
+            f"gamma={self.gamma}, detach_ensemble={self.detach_ensemble}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -488,7 +497,8 @@ class _CenterRegularization(torch.autograd.Function):
             # dL/du: -2 g_p S u / C, plus -g_c f_b / B on the rows of the batch labels.
             grad_centers = product * (-2.0 * grad_prototype / num_classes)
             grad_centers.index_add_(0, labels, features * (-grad_center / batch))
-            # Through u = c / ||c||: (g - u (u . g)) / ||c|| (only g / eps where the norm was clamped).
+            # Through u = c / ||c||: (g - u (u . g)) / ||c|| (only g / eps where the norm was
+            # clamped).
             radial = torch.bmm(grad_centers[:, None, :], unit[:, :, None]).view(num_classes, 1)
             grad_centers.addcmul_(unit, radial * not_clamped[:, None], value=-1.0)
             grad_centers.mul_(inv_norms[:, None])
@@ -538,7 +548,8 @@ class CenterRegularizationLoss(nn.Module):
             self._rule_matrix = _validate_rule_matrix(rule_matrix)
             if self._rule_matrix.shape[0] != self.num_classes:
                 raise ValueError(
-                    f"rule_matrix must be [{num_classes}, {num_classes}], got {self._rule_matrix.shape}"
+                    f"rule_matrix must be [{num_classes}, {num_classes}], "
+                    f"got {self._rule_matrix.shape}"
                 )
             self.register_buffer(
                 "symmetric_weights", self._symmetric_weights_from_host(), persistent=False
@@ -556,7 +567,8 @@ class CenterRegularizationLoss(nn.Module):
 
     @torch.no_grad()
     def reset_buffers(self) -> None:
-        """Rebuild the non-persistent ``symmetric_weights`` in place (if built with a rule matrix)."""
+        """Rebuild the non-persistent ``symmetric_weights`` in place (if built with a rule
+        matrix)."""
         if self._rule_matrix is not None:
             self.symmetric_weights.copy_(self._symmetric_weights_from_host())
 
@@ -609,7 +621,10 @@ class CenterRegularizationLoss(nn.Module):
         return loss_center + self.prototype_weight * loss_prototype
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, prototype_weight={self.prototype_weight}"
+        return (
+            f"num_classes={self.num_classes}, feat_dim={self.feat_dim}, "
+            f"prototype_weight={self.prototype_weight}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -776,12 +791,13 @@ class PhysMoELossWrapper(nn.Module):
         self.validate = bool(validate)
 
         # Host copies of the class-shaped constants, so reset_buffers() can rebuild the buffers.
-        self._rule_matrix, self._sg_to_sys, self.contrastive, self.hierarchical, self.center_loss = (
-            physics_terms(
-                rule_matrix, sg_to_sys_map, self.feat_dim, lambda_scl=self.lambda_scl,
-                lambda_reg=self.lambda_reg, temperature=temperature,
-                rule_threshold=rule_threshold, validate=self.validate,
-            )
+        (
+            self._rule_matrix, self._sg_to_sys, self.contrastive, self.hierarchical,
+            self.center_loss,
+        ) = physics_terms(
+            rule_matrix, sg_to_sys_map, self.feat_dim, lambda_scl=self.lambda_scl,
+            lambda_reg=self.lambda_reg, temperature=temperature,
+            rule_threshold=rule_threshold, validate=self.validate,
         )  # fmt: skip
         self.num_classes = self._rule_matrix.shape[0]
         self._log_prior = None
@@ -791,7 +807,8 @@ class PhysMoELossWrapper(nn.Module):
             ).numpy()
         if self.tau > 0 and self._log_prior is None:
             raise ValueError(
-                f"tau={self.tau} > 0 (logit adjustment) needs class_prior, [num_classes] probabilities or counts"
+                f"tau={self.tau} > 0 (logit adjustment) needs class_prior, "
+                "[num_classes] probabilities or counts"
             )
 
         self.icl = ICLMoELoss(
@@ -892,10 +909,11 @@ class PhysMoELossWrapper(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"num_classes={self.num_classes}, num_experts={self.num_experts}, feat_dim={self.feat_dim}, "
-            f"lambda_scl={self.lambda_scl}, lambda_dol={self.lambda_dol}, lambda_col={self.lambda_col}, "
-            f"lambda_hier={self.lambda_hier}, lambda_reg={self.lambda_reg}, lambda_hnm={self.lambda_hnm}, "
-            f"tau={self.tau}, validate={self.validate}"
+            f"num_classes={self.num_classes}, num_experts={self.num_experts}, "
+            f"feat_dim={self.feat_dim}, lambda_scl={self.lambda_scl}, "
+            f"lambda_dol={self.lambda_dol}, lambda_col={self.lambda_col}, "
+            f"lambda_hier={self.lambda_hier}, lambda_reg={self.lambda_reg}, "
+            f"lambda_hnm={self.lambda_hnm}, tau={self.tau}, validate={self.validate}"
         )
 
 

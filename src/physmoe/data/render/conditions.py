@@ -170,7 +170,8 @@ class MeasurementConditions:
         directions = tuple(tuple(int(i) for i in d) for d in self.preferred_directions)
         if not directions or any(len(d) != 3 or d == (0, 0, 0) for d in directions):
             raise ValueError(
-                f"preferred_directions must be non-zero (h, k, l) triples, got {self.preferred_directions}"
+                "preferred_directions must be non-zero (h, k, l) triples, "
+                f"got {self.preferred_directions}"
             )
         object.__setattr__(self, "preferred_directions", directions)
 
@@ -181,7 +182,8 @@ class MeasurementConditions:
 
     @classmethod
     def clean(cls) -> MeasurementConditions:
-        """Evaluation: fixed moderate broadening, no shift, strain, Kα2, texture, background or noise.
+        """Evaluation: fixed moderate broadening, no shift, strain, Kα2, texture, background or
+        noise.
 
         Crystallite size 50 nm, a typical laboratory instrument (U, V, W = 0.004, -0.002, 0.003
         deg²), η = 0.5: FWHM 0.17 deg at 20 deg 2θ and 0.22 deg at 80 deg.
@@ -333,7 +335,8 @@ class SampledConditions:
                 )
             if value.shape[:1] != batch:
                 raise ValueError(
-                    f"SampledConditions.{name} has shape {tuple(value.shape)}; expected batch {tuple(batch)}"
+                    f"SampledConditions.{name} has shape {tuple(value.shape)}; "
+                    f"expected batch {tuple(batch)}"
                 )
         if self.has_ka2 is None:
             self.has_ka2 = bool(self.ka2.any()) and self.ka2_ratio > 0

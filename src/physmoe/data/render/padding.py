@@ -31,7 +31,8 @@ def _peak_arrays(item, index: int) -> dict:
     if isinstance(item, Sequence) and not isinstance(item, str) and len(item) == 2:
         return {"two_theta": item[0], "intensity": item[1]}
     raise TypeError(
-        f"peak list {index} must have .two_theta and .intensity or be a (two_theta, intensity) pair, "
+        f"peak list {index} must have .two_theta and .intensity "
+        "or be a (two_theta, intensity) pair, "
         f"got {type(item).__name__}"
     )
 
@@ -62,7 +63,8 @@ def _pad(peaks: Sequence, peaks_wavelength: float | None, device) -> _PaddedPeak
         for name in ("intensity", "hkl", "d_spacing"):
             if item.get(name) is not None and len(item[name]) != count:
                 raise ValueError(
-                    f"peak list {index}: two_theta has {count} values but {name} has {len(item[name])}"
+                    f"peak list {index}: two_theta has {count} values "
+                    f"but {name} has {len(item[name])}"
                 )
         wavelength = item.get("wavelength")
         if (

@@ -17,7 +17,8 @@ def convert_two_theta(
     from_wavelength: float | torch.Tensor,
     to_wavelength: float | torch.Tensor,
 ) -> torch.Tensor:
-    """2θ (degrees) measured at ``from_wavelength`` -> 2θ of the same d-spacing at ``to_wavelength``.
+    """2θ (degrees) measured at ``from_wavelength`` -> 2θ of the same d-spacing at
+    ``to_wavelength``.
 
     ``d = λ_from / (2 sin θ)`` and ``sin θ' = λ_to / (2 d)``. Where ``sin θ' > 1`` the reflection
     cannot be observed at ``to_wavelength``; the result is NaN there. Wavelengths are scalars or

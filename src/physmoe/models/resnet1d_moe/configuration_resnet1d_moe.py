@@ -195,7 +195,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
         hidden_sizes (`list[int]`): output width of every residual block; default the published
             1→32→32→64→128→128→256→256→512→512→1024→1024→1024→1024.
         pool_types (`list[str]`): pooling after each block, ``"max"``, ``"avg"`` (kernel 2,
-            stride 2) or ``"none"``; default max after the first four blocks, average after the rest.
+            stride 2) or ``"none"``; default max after the first four blocks, average after
+            the rest.
         pool_paddings (`list[int]`): zero padding (0 or 1) of each pooling layer; average pooling
             counts the padding (PyTorch's default ``count_include_pad``). The default takes 8500
             points to exactly 1.
@@ -407,7 +408,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
         self._validate_loss()
         if not (_is_number(self.calibration_temperature) and self.calibration_temperature > 0):
             raise ValueError(
-                f"calibration_temperature must be a positive number, got {self.calibration_temperature!r}"
+                "calibration_temperature must be a positive number, "
+                f"got {self.calibration_temperature!r}"
             )
         if self.hierarchical_inference not in HIERARCHICAL_INFERENCE_MODES:
             raise ValueError(
@@ -417,7 +419,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
         if self.label_space_groups is not None:
             if len(self.label_space_groups) != self.num_labels:
                 raise ValueError(
-                    f"label_space_groups has {len(self.label_space_groups)} entries but num_labels is {self.num_labels}"
+                    f"label_space_groups has {len(self.label_space_groups)} entries "
+                    f"but num_labels is {self.num_labels}"
                 )
             bad = [n for n in self.label_space_groups if not 1 <= n <= NUM_SPACE_GROUPS]
             if bad:
@@ -452,7 +455,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
         for name in ("pool_types", "pool_paddings"):
             if len(getattr(self, name)) != len(sizes):
                 raise ValueError(
-                    f"{name} needs one entry per residual block ({len(sizes)}), got {len(getattr(self, name))}"
+                    f"{name} needs one entry per residual block ({len(sizes)}), "
+                    f"got {len(getattr(self, name))}"
                 )
         bad_types = [kind for kind in self.pool_types if kind not in POOL_TYPES]
         if bad_types:
@@ -488,13 +492,15 @@ class ResNet1DMoEConfig(PretrainedConfig):
             raise ValueError("stem_stride > 1 needs a stem: set stem_channels > 0")
         if self.feature_dim != sizes[-1]:
             raise ValueError(
-                f"feature_dim ({self.feature_dim}) must equal the last block width hidden_sizes[-1] ({sizes[-1]})"
+                f"feature_dim ({self.feature_dim}) must equal the last block width "
+                f"hidden_sizes[-1] ({sizes[-1]})"
             )
         lengths = self.block_lengths()
         if lengths[-1][1] < 1:
             raise ValueError(
                 f"the trunk pools {self.num_points} input points below length 1 "
-                f"(lengths {[out for _, out in lengths]}); use fewer pooling layers or a longer grid"
+                f"(lengths {[out for _, out in lengths]}); "
+                "use fewer pooling layers or a longer grid"
             )
 
     def _validate_experts(self) -> None:
@@ -503,7 +509,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
         tail = self.tail_expert_ids
         if len(set(tail)) != len(tail) or any(not 0 <= i < self.num_experts for i in tail):
             raise ValueError(
-                f"tail_expert_ids must be distinct expert indices in 0..{self.num_experts - 1}, got {tail}"
+                "tail_expert_ids must be distinct expert indices in "
+                f"0..{self.num_experts - 1}, got {tail}"
             )
         if self.expert_mode not in EXPERT_MODES:
             raise ValueError(f"expert_mode must be one of {EXPERT_MODES}, got {self.expert_mode!r}")
@@ -516,7 +523,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
             if shape != (NUM_CRYSTAL_SYSTEMS, {self.num_experts}):
                 raise ValueError(
                     f"rule_bias_init must be [7, num_experts={self.num_experts}] "
-                    f"(one row per crystal system), got {len(self.rule_bias_init)} rows of lengths {shape[1]}"
+                    f"(one row per crystal system), got {len(self.rule_bias_init)} rows "
+                    f"of lengths {shape[1]}"
                 )
 
     def _validate_loss(self) -> None:
@@ -552,8 +560,10 @@ class ResNet1DMoEConfig(PretrainedConfig):
             )
         if self.inference_prior_weight and self.loss_preset != "balanced_experts":
             raise ValueError(
-                f"inference_prior_weight={self.inference_prior_weight!r} applies to loss_preset='balanced_experts' "
-                f"only (the other presets' ensembles already carry the training prior), got {self.loss_preset!r}"
+                f"inference_prior_weight={self.inference_prior_weight!r} applies to "
+                "loss_preset='balanced_experts' "
+                "only (the other presets' ensembles already carry the training prior), "
+                f"got {self.loss_preset!r}"
             )
         low, high = self._expert_tau_range()
         if low > high:
@@ -566,7 +576,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
                 )
             if not all(_is_number(p) and p >= 0 for p in prior) or not sum(prior) > 0:
                 raise ValueError(
-                    "class_prior must hold finite non-negative counts or probabilities with a positive sum"
+                    "class_prior must hold finite non-negative counts or probabilities "
+                    "with a positive sum"
                 )
 
     # -- derived quantities ---------------------------------------------------------------------
@@ -594,7 +605,8 @@ class ResNet1DMoEConfig(PretrainedConfig):
         if self.label_space_groups is not None:
             if len(self.label_space_groups) != num_labels:
                 raise ValueError(
-                    f"label_space_groups has {len(self.label_space_groups)} entries but num_labels is {num_labels}"
+                    f"label_space_groups has {len(self.label_space_groups)} entries "
+                    f"but num_labels is {num_labels}"
                 )
             return list(self.label_space_groups)
         numbers = []

@@ -3,9 +3,9 @@
 Architecture (``config`` is a :class:`ResNet1DMoEConfig`)::
 
     input_values [B, L] ──> (BatchNorm) ──> (stem) ──> residual blocks + pooling ──> features [B, D]
-    features ──> crystal-system projection [B, P] ──> cosine classifier ──> crystal_system_logits [B, 7]
-                                                  └─> gate + softmax(crystal_system_logits) @ rule_bias
-                                                      ──> gating_weights [B, K]
+    features ──> crystal-system projection [B, P]
+                 ├─> cosine classifier ──> crystal_system_logits [B, 7]
+                 └─> gate + softmax(crystal_system_logits) @ rule_bias ──> gating_weights [B, K]
     features ──> expert stages ──> projections ──> K cosine classifiers ──> expert_logits [B, K, C]
     ensemble_logits = sum_k gating_weights[:, k] * expert_logits[:, k]      [B, C]
         (loss preset "balanced_experts": + (sum_k gating_weights[:, k] tau_k - 1 + w) log(prior),
@@ -22,8 +22,8 @@ maps with BatchNorm, and all experts run as one matmul and one batched matmul. H
 and the cosine logits are scaled by 30.
 
 This file must stay importable without physmoe (``trust_remote_code=True`` checkpoints carry a
-copy of it and of the fast path): physmoe is imported only through :func:`_import_physmoe`. Inference works without
-it; training (``labels`` given) needs ``physmoe.loss``.
+copy of it and of the fast path): physmoe is imported only through :func:`_import_physmoe`.
+Inference works without it; training (``labels`` given) needs ``physmoe.loss``.
 """
 
 from __future__ import annotations
@@ -276,7 +276,8 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
             and isinstance(location, (str, os.PathLike))
             and kwargs.get("config") is None
         ):
-            # Offline, a Hub id that is no local path may still be in the cache: transformers decides.
+            # Offline, a Hub id that is no local path may still be in the cache: transformers
+            # decides.
             from huggingface_hub import constants
 
             if not constants.is_offline_mode() or os.path.exists(
@@ -309,7 +310,10 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
                     name: tuple(tensors.get_slice(name).get_shape()) for name in tensors.keys()
                 }
         except Exception:  # noqa: BLE001 - only the details of an error that is raised anyway
-            return f"{intro}; pass ignore_mismatched_sizes=True to re-initialise the layers that differ"
+            return (
+                f"{intro}; pass ignore_mismatched_sizes=True "
+                "to re-initialise the layers that differ"
+            )
         mismatched = [
             name for name in expected if name in stored and stored[name] != expected[name]
         ]
@@ -319,8 +323,9 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
         )
         more = f" and {len(mismatched) - 5} more" if len(mismatched) > 5 else ""
         return (
-            f"{intro}: {len(mismatched)} tensors have other shapes ({listed}{more}); was config.json "
-            "edited after saving? pass ignore_mismatched_sizes=True to re-initialise them"
+            f"{intro}: {len(mismatched)} tensors have other shapes ({listed}{more}); "
+            "was config.json edited after saving? "
+            "pass ignore_mismatched_sizes=True to re-initialise them"
         )
 
     @torch.no_grad()
@@ -381,7 +386,8 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
                 module.cpu_fast_path = bool(enabled)
 
     def _checks_values(self) -> bool:
-        """Whether a forward checks values (NaN/inf inputs, label ranges): each check is a host sync."""
+        """Whether a forward checks values (NaN/inf inputs, label ranges): each check is a host
+        sync."""
         return self.config.validate_inputs and not self._skip_value_checks and not _is_compiling()
 
     @contextlib.contextmanager
@@ -409,7 +415,8 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
                 module.validate = value
 
     def _check_input_values(self, input_values: torch.Tensor) -> torch.Tensor:
-        """Validate ``[B, L]`` / ``[B, 1, L]`` inputs; return ``[B, 1, L]`` in the parameters' dtype."""
+        """Validate ``[B, L]`` / ``[B, 1, L]`` inputs; return ``[B, 1, L]`` in the parameters'
+        dtype."""
         num_points = self.config.num_points
         if not isinstance(input_values, torch.Tensor):
             raise TypeError(
@@ -420,7 +427,8 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
             input_values = input_values[:, 0]
         if input_values.dim() != 2:
             raise ValueError(
-                f"input_values must be [batch, {num_points}] or [batch, 1, {num_points}], got {list(shape)}"
+                f"input_values must be [batch, {num_points}] or [batch, 1, {num_points}], "
+                f"got {list(shape)}"
             )
         if input_values.shape[1] != num_points:
             raise ValueError(
@@ -520,7 +528,8 @@ class ResNet1DMoEModel(ResNet1DMoEPreTrainedModel):
     ) -> ResNet1DMoEModelOutput | tuple:
         r"""
         Args:
-            input_values (`torch.FloatTensor` of shape `[batch, num_points]` or `[batch, 1, num_points]`):
+            input_values (`torch.FloatTensor` of shape `[batch, num_points]` or
+                `[batch, 1, num_points]`):
                 intensities on the config's 2θ grid, scaled to a maximum of 1.
             output_hidden_states (`bool`, *optional*): also return every block's input.
             return_dict (`bool`, *optional*): return a :class:`ResNet1DMoEModelOutput` (default).
@@ -608,7 +617,10 @@ class ResNet1DMoEBatchedLinear(nn.Module):
         return outputs.transpose(0, 1)
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.weight.shape[0]}, in_features={self.in_features}, out_features={self.out_features}"
+        return (
+            f"num_heads={self.weight.shape[0]}, in_features={self.in_features}, "
+            f"out_features={self.out_features}"
+        )
 
 
 class ResNet1DMoECosineClassifier(nn.Module):
@@ -637,7 +649,10 @@ class ResNet1DMoECosineClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         heads, num_classes, in_features = self.weight.shape
-        return f"num_heads={heads}, in_features={in_features}, num_classes={num_classes}, scale={self.scale}"
+        return (
+            f"num_heads={heads}, in_features={in_features}, num_classes={num_classes}, "
+            f"scale={self.scale}"
+        )
 
 
 class ResNet1DMoEHardNegativeMinerState(nn.Module):
@@ -742,7 +757,8 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         label_systems = config.label_crystal_systems
         if label_systems is None and config.hierarchical_inference != "none":
             raise ValueError(
-                f"hierarchical_inference={config.hierarchical_inference!r} needs the crystal system of "
+                f"hierarchical_inference={config.hierarchical_inference!r} "
+                "needs the crystal system of "
                 f"every label: set config.label_space_groups (one space-group number per label) or "
                 f"id2label names ending in '(n)', or use hierarchical_inference='none'"
             )
@@ -798,14 +814,16 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
             sg_to_sys = torch.from_numpy(np.asarray(config.label_crystal_systems, dtype=np.int64))
         elif config.loss_preset in _RULE_LOSS_PRESETS:
             raise ValueError(
-                f"loss_preset={config.loss_preset!r} needs the space group of every label (rule matrix, "
+                f"loss_preset={config.loss_preset!r} needs the space group of every label "
+                "(rule matrix, "
                 f"crystal systems): set config.label_space_groups or id2label names ending in '(n)'"
             )
         class_prior = None
         if config.class_prior is not None:
             if len(config.class_prior) != config.num_labels:
                 raise ValueError(
-                    f"class_prior has {len(config.class_prior)} entries, num_labels is {config.num_labels}"
+                    f"class_prior has {len(config.class_prior)} entries, "
+                    f"num_labels is {config.num_labels}"
                 )
             class_prior = torch.from_numpy(np.asarray(config.class_prior, dtype=np.float64))
         overrides = config.loss_overrides()
@@ -821,7 +839,8 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
             )
         except TypeError as error:
             raise ValueError(
-                f"loss_preset={config.loss_preset!r} does not accept the loss settings {sorted(overrides)} "
+                f"loss_preset={config.loss_preset!r} does not accept the loss settings "
+                f"{sorted(overrides)} "
                 f"set in the config ({error})"
             ) from error
 
@@ -842,7 +861,8 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
     # -- forward --------------------------------------------------------------------------------
 
     def forward_features(self, input_values: torch.Tensor) -> torch.Tensor:
-        """``input_values`` ``[B, L]`` or ``[B, 1, L]`` -> pooled trunk features ``[B, D]`` (fp32)."""
+        """``input_values`` ``[B, L]`` or ``[B, 1, L]`` -> pooled trunk features ``[B, D]``
+        (fp32)."""
         return self.resnet1d_moe.forward_features(input_values)
 
     def forward_head(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -904,7 +924,8 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
     ) -> SpaceGroupClassifierOutput | tuple:
         r"""
         Args:
-            input_values (`torch.FloatTensor` of shape `[batch, num_points]` or `[batch, 1, num_points]`):
+            input_values (`torch.FloatTensor` of shape `[batch, num_points]` or
+                `[batch, 1, num_points]`):
                 intensities on the config's 2θ grid (``config.two_theta_min`` to
                 ``config.two_theta_max``, ``config.num_points`` points, ``config.wavelength``),
                 scaled to a maximum of 1.
@@ -956,7 +977,8 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
             if bool(((labels < 0) | (labels >= self.num_labels)).any()):
                 bad = labels[(labels < 0) | (labels >= self.num_labels)]
                 raise ValueError(
-                    f"labels must lie in 0..{self.num_labels - 1} (space-group number - 1), got {bad[:5].tolist()}"
+                    f"labels must lie in 0..{self.num_labels - 1} (space-group number - 1), "
+                    f"got {bad[:5].tolist()}"
                 )
         return labels.long()
 
