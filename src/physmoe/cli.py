@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--generator",
         choices=("pyxtal", "fast"),
         default="pyxtal",
-        help="pyxtal (needs physmoe[sim]) or fast (RandomCrystalGenerator, ~25x faster)",
+        help="pyxtal (needs physmoe[sim]) or fast (RandomCrystalGenerator, much faster)",
     )
     simulate.add_argument(
         "--overwrite", action="store_true", help="reuse a non-empty out_dir of another run"

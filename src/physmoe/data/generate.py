@@ -124,8 +124,9 @@ class GenerationSettings:
         wavelength: Wavelength in Angstrom of the stored peaks.
         two_theta_range: 2θ window in degrees of the stored peaks.
         generator: ``"pyxtal"`` (the procedure in the module docs) or ``"fast"``
-            (:class:`~physmoe.data.RandomCrystalGenerator`, ~50x faster, no pyxtal needed;
-            structure ``i`` is that generator's crystal ``i`` for the run's seed and prior, stored
+            (:class:`~physmoe.data.RandomCrystalGenerator`, much faster, see
+            ``scripts/benchmark_data.py``; no pyxtal needed; structure ``i`` is that generator's
+            crystal ``i`` for the run's seed and prior, stored
             in its own cell; ``max_attempts``, ``time_limit`` and ``placement_budget`` do not
             apply).
     """

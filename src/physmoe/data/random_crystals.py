@@ -132,7 +132,7 @@ def _check_int(name: str, value, minimum: int = 1) -> int:
 
 
 class RandomCrystalGenerator:
-    """Random crystals of the 230 space groups, ~2-3 ms each on one core (see the module docs).
+    """Random crystals of the 230 space groups, built from Wyckoff orbits (see the module docs).
 
     Args:
         prior: ``"icsd"`` (default), ``"cod"``, ``"ccdc"``, ``"uniform"`` or 230 non-negative

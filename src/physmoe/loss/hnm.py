@@ -93,11 +93,11 @@ class HardNegativeMining_Proto(nn.Module):
 
     @torch.no_grad()
     def update_prototypes(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Momentum update of the prototypes of the classes present in the batch (spec 3.1.1).
+        """Momentum update of the prototypes of the classes present in the batch.
 
         ``prototype_c <- momentum * prototype_c + (1 - momentum) * mean_{y_b = c} f_b``: the
         momentum mean of the features ``[B, D]`` *as given* (no normalisation before averaging;
-        :meth:`compute_contrastive_loss` normalises features and prototypes, spec 3.1.4 step 1).
+        :meth:`compute_contrastive_loss` normalises features and prototypes, its step 1).
         Classes absent from the batch keep their prototype. Per-class sums use ``index_add_``;
         computed in float32 (float64 features are rounded to the float32 buffer).
         """
@@ -120,7 +120,7 @@ class HardNegativeMining_Proto(nn.Module):
         *,
         predictions: torch.Tensor | None = None,
     ) -> None:
-        """``confusion_matrix[true, predicted] += 1`` for every sample (spec 3.1.2).
+        """``confusion_matrix[true, predicted] += 1`` for every sample.
 
         The seed's signature and order: ``update_confusion_matrix(predicted, labels)``.
 
@@ -194,7 +194,7 @@ class HardNegativeMining_Proto(nn.Module):
         """Prototype contrastive loss with hard negatives (scalar, batch mean).
 
         With unit features ``f``, unit prototypes ``p`` (the stored prototypes are momentum
-        means of raw features; they are L2-normalised here, spec 3.1.4 step 1; zero prototypes
+        means of raw features; they are L2-normalised here, the spec's step 1; zero prototypes
         stay zero), ``t`` the temperature and ``N(b)`` the ``k`` hard-negative classes of ``y_b``:
         ``loss_b = -log(exp(f.p_y / t) / (exp(f.p_y / t) + mean_{n in N(b)} exp(f.p_n / t)))``,
         evaluated as a ``logsumexp``. Gradients flow into the features only.
@@ -217,7 +217,7 @@ class HardNegativeMining_Proto(nn.Module):
 
     @torch.no_grad()
     def apply_epoch_momentum(self, momentum: float | None = None) -> None:
-        """End-of-epoch decay of the confusion counts (spec 3.1.5):
+        """End-of-epoch decay of the confusion counts:
         ``confusion_matrix *= (1 - momentum)``.
 
         ``momentum``: as in the seed's ``apply_epoch_momentum(momentum=0.9)``; ``None`` (the

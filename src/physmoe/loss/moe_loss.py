@@ -298,7 +298,7 @@ def mix_outputs(
     label_dis: torch.Tensor | Sequence[float] | None = None,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Multi-expert loss (spec 1.2): per-expert cross-entropy, mutual distillation, parallel term.
+    """Multi-expert loss: per-expert cross-entropy, mutual distillation, parallel term.
 
     Args:
         outputs: list of ``K`` expert logits ``[batch, num_classes]`` or one tensor
@@ -314,7 +314,7 @@ def mix_outputs(
     ``ce_k = soft_entropy(outputs[k], labels)`` the cross-entropy loss of expert ``k`` (a batch
     mean; with ``balance=True`` of the prior-adjusted logits ``outputs[k] + log(label_dis)``):
 
-    * ``loss = sum_k ce_k`` (spec 1.2 item 1; item 4 in balance mode): the experts'
+    * ``loss = sum_k ce_k`` (the spec's item 1; item 4 in balance mode): the experts'
       cross-entropies only. The two other terms are **not** added into it; they are returned
       separately, and a caller that wants them in its objective adds (and weights) them;
     * ``loss_distillation = sum_{i != j} KL(p_i || p_j)`` (item 2) with
