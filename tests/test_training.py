@@ -476,3 +476,28 @@ def test_resuming_after_a_kill_while_saving_continues_from_the_last_complete_che
     with pytest.raises(ValueError, match=expected):
         trainer = PhysMoETrainer(tiny_model(), args, train_dataset=peak_rows(16))
         trainer.train(str(out / "checkpoint-4"))
+
+
+def test_named_predictions_follow_prediction_step(tmp_path):
+    from physmoe.training import PREDICTION_FIELDS, named_predictions
+
+    model = tiny_model()
+    args = arguments(tmp_path, output_dir=str(tmp_path / "out"), max_steps=1)
+    trainer = PhysMoETrainer(model, args, train_dataset=peak_rows(8), eval_dataset=peak_rows(8))
+    output = trainer.predict(peak_rows(8))
+    named = named_predictions(output.predictions)
+    assert tuple(named) == PREDICTION_FIELDS
+    assert named["logits"].shape == named["ensemble_logits"].shape == (8, 230)
+    assert named["crystal_system_logits"].shape == (8, 7)
+    assert named["expert_predictions"].shape == (8, model.config.num_experts)
+    model.eval()
+    batch = trainer.eval_data_collator([peak_rows(8)[i] for i in range(8)])
+    with torch.no_grad():
+        direct = model(batch["input_values"])
+    np.testing.assert_allclose(named["logits"], direct.logits.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        named["crystal_system_logits"], direct.crystal_system_logits.numpy(), rtol=1e-4, atol=1e-4
+    )
+    assert named_predictions(named["logits"]) == {"logits": named["logits"]}
+    with pytest.raises(ValueError, match="at most 4 prediction arrays"):
+        named_predictions((1, 2, 3, 4, 5))

@@ -43,9 +43,11 @@ from .evaluation import apply_temperature, compute_metrics
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "PREDICTION_FIELDS",
     "PhysMoETrainingArguments",
     "PhysMoETrainer",
     "PhysMoECallback",
+    "named_predictions",
     "SpaceGroupMetrics",
     "StreamPositionCallback",
     "checkpoint_problem",
@@ -97,6 +99,24 @@ def class_counts(
     return np.bincount(labels, minlength=num_classes)
 
 
+#: What :meth:`PhysMoETrainer.prediction_step` keeps of the model's outputs, in the order the
+#: Trainer returns them as ``predictions`` (the later ones may be absent).
+PREDICTION_FIELDS = ("logits", "ensemble_logits", "crystal_system_logits", "expert_predictions")
+
+
+def named_predictions(predictions) -> dict:
+    """A Trainer's ``predictions`` from :class:`PhysMoETrainer` by name (:data:`PREDICTION_FIELDS`):
+    ``logits [N, C]``, ``ensemble_logits [N, C]``, ``crystal_system_logits [N, 7]``,
+    ``expert_predictions [N, K]``."""
+    values = predictions if isinstance(predictions, tuple) else (predictions,)
+    if len(values) > len(PREDICTION_FIELDS):
+        raise ValueError(
+            f"expected at most {len(PREDICTION_FIELDS)} prediction arrays {PREDICTION_FIELDS}, "
+            f"got {len(values)} (were explicit ignore_keys passed to predict?)"
+        )
+    return dict(zip(PREDICTION_FIELDS, values, strict=False))
+
+
 class SpaceGroupMetrics:
     """``compute_metrics`` for the Trainer: :func:`physmoe.evaluation.compute_metrics` over the
     whole evaluation split.
@@ -119,16 +139,16 @@ class SpaceGroupMetrics:
         self.temperature = float(temperature)
 
     def __call__(self, prediction: EvalPrediction) -> dict[str, float]:
-        outputs = prediction.predictions
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        logits = apply_temperature(np.asarray(outputs[0], dtype=np.float32), self.temperature)
-        crystal_system_logits = outputs[2] if len(outputs) > 2 else None
+        outputs = named_predictions(prediction.predictions)
+        logits = apply_temperature(
+            np.asarray(outputs["logits"], dtype=np.float32), self.temperature
+        )
         metrics = compute_metrics(
             logits,
             np.asarray(prediction.label_ids),
             train_class_counts=self.train_class_counts,
-            crystal_system_logits=crystal_system_logits,
-            expert_predictions=outputs[3] if len(outputs) > 3 else None,
+            crystal_system_logits=outputs.get("crystal_system_logits"),
+            expert_predictions=outputs.get("expert_predictions"),
         )
         # Counts stay (they say how many classes a bucket mean covers); absent buckets are omitted.
         return {key: value for key, value in metrics.items() if value is not None}

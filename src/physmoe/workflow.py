@@ -51,6 +51,7 @@ from .training import (
     PhysMoETrainingArguments,
     class_counts,
     last_complete_checkpoint,
+    named_predictions,
     replace_args,
 )
 from .utils import atomic_open, write_json
@@ -634,7 +635,9 @@ def train_and_evaluate(
     validation = trainer.predict(dataset["validation"], metric_key_prefix="validation")
     temperature = 1.0
     if run_args.calibrate:
-        temperature = TemperatureScaler().fit(validation.predictions[0], validation.label_ids)
+        temperature = TemperatureScaler().fit(
+            named_predictions(validation.predictions)["logits"], validation.label_ids
+        )
     model.config.calibration_temperature = float(temperature)
     trainer.compute_metrics.temperature = float(temperature)
     test = trainer.predict(dataset["test"], metric_key_prefix="test")
@@ -643,7 +646,7 @@ def train_and_evaluate(
         **_prefixed(test.metrics, "test_"),
         "calibration_temperature": temperature,
     }
-    test_logits = apply_temperature(test.predictions[0], temperature)
+    test_logits = apply_temperature(named_predictions(test.predictions)["logits"], temperature)
     interval = bucket_accuracy_ci(
         test_logits,
         test.label_ids,
@@ -749,7 +752,8 @@ def _save_plots(output_dir: Path, run: _FinishedRun, trainer) -> None:
     except ImportError:
         logger.warning("matplotlib is not installed (pip install 'physmoe[plot]'): no plots")
         return
-    logits = torch.as_tensor(apply_temperature(run.test.predictions[0], run.temperature))
+    predictions = named_predictions(run.test.predictions)
+    logits = torch.as_tensor(apply_temperature(predictions["logits"], run.temperature))
     labels = torch.as_tensor(run.test.label_ids)
     accuracy, test_counts = per_class_accuracy(logits, labels, num_classes=logits.shape[1])
     accuracy = np.where(test_counts > 0, accuracy, np.nan)
@@ -761,7 +765,7 @@ def _save_plots(output_dir: Path, run: _FinishedRun, trainer) -> None:
         overwrite=True,
     )
     system_of = sg_to_sys_map()
-    system_logits = torch.as_tensor(run.test.predictions[2])
+    system_logits = torch.as_tensor(predictions["crystal_system_logits"])
     plot_crystal_system_confusion(
         system_of[labels].numpy(),
         system_logits.argmax(1).numpy(),
