@@ -23,6 +23,18 @@ TINY = dict(
 )
 
 
+# With a stride-2 stem: the first block runs oneDNN's convolution, the shorter ones the matmul path.
+TINY_STEM = dict(
+    TINY,
+    stem_channels=4,
+    stem_kernel_size=5,
+    stem_stride=2,
+    hidden_sizes=[8, 8, 8, 8, 8],
+    pool_types=["max", "avg", "avg", "avg", "avg"],
+    pool_paddings=[0, 1, 0, 0, 0],
+)
+
+
 def tiny_config(**overrides) -> ResNet1DMoEConfig:
     return ResNet1DMoEConfig(**{**TINY, **overrides})
 

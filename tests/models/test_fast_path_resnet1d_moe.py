@@ -9,17 +9,16 @@ import pytest
 import torch
 
 from physmoe.models.resnet1d_moe import fast_path_resnet1d_moe as fast_path
-from tiny_models import TINY, tiny_model
+from tiny_models import TINY_STEM, tiny_model
 
 # A stem, padded max and avg pooling and a block without pooling: every branch of the fast path.
-TINY_STEM = dict(
-    TINY,
-    stem_channels=4,
-    stem_kernel_size=5,
-    stem_stride=2,
-    hidden_sizes=[8, 8, 8, 8, 8],
-    pool_types=["max", "avg", "max", "avg", "none"],
-    pool_paddings=[0, 1, 1, 0, 0],
+EVERY_BRANCH = dict(
+    TINY_STEM, pool_types=["max", "avg", "max", "avg", "none"], pool_paddings=[0, 1, 1, 0, 0]
+)
+VARIANTS = pytest.mark.parametrize(
+    "overrides",
+    [{}, EVERY_BRANCH, {"expert_mode": "independent"}],
+    ids=["tiny", "stem", "independent"],
 )
 KEYS = (
     "features",
@@ -45,11 +44,7 @@ def _pair(**overrides):
     return fast, plain
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [{}, TINY_STEM, {"expert_mode": "independent"}],
-    ids=["tiny", "stem", "independent"],
-)
+@VARIANTS
 def test_training_step_is_the_same_on_both_paths(overrides):
     fast, plain = _pair(**overrides)
     x, labels = _inputs()
@@ -74,11 +69,7 @@ def test_training_step_is_the_same_on_both_paths(overrides):
         torch.testing.assert_close(mine.float(), theirs.float(), rtol=1e-5, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize(
-    "overrides",
-    [{}, TINY_STEM, {"expert_mode": "independent"}],
-    ids=["tiny", "stem", "independent"],
-)
+@VARIANTS
 def test_inference_is_the_same_on_both_paths(overrides):
     fast, plain = _pair(**overrides)
     for seed in range(3):  # non-trivial running statistics

@@ -36,20 +36,9 @@ from physmoe.models.resnet1d_moe import (
     hierarchical_space_group_logits,
 )
 from physmoe.models.resnet1d_moe import fast_path_resnet1d_moe as fast_path
-from tiny_models import TINY, tiny_config, tiny_model
+from tiny_models import TINY, TINY_STEM, tiny_config, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
-
-# TINY: the first block runs oneDNN's convolution, the shorter ones the matmul path.
-TINY_STEM = dict(
-    TINY,
-    stem_channels=4,
-    stem_kernel_size=5,
-    stem_stride=2,
-    hidden_sizes=[8, 8, 8, 8, 8],
-    pool_types=["max", "avg", "avg", "avg", "avg"],
-    pool_paddings=[0, 1, 0, 0, 0],
-)
 
 
 def batch(size: int = 6, num_points: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
