@@ -320,8 +320,8 @@ def benchmark_generation(num_structures: int, repeats: int) -> None:
     except ImportError as error:
         print(f"\nGeneration skipped: physmoe.data.random_crystals is not available ({error})")
         return
-    from physmoe.data.generate import generate_structure
     from physmoe.data.priors import space_group_prior
+    from physmoe.data.pyxtal_generator import generate_structure
 
     options = {"wavelength": CU_KA1, "two_theta_range": GENERATION_RANGE}
 

@@ -37,8 +37,12 @@ import numpy as np
 
 from physmoe.crystallography import NUM_SPACE_GROUPS
 from physmoe.data.embedded import write_structure_archive
-from physmoe.data.generate import GeneratedStructure, GenerationSettings, generate_structure
 from physmoe.data.priors import space_group_prior
+from physmoe.data.pyxtal_generator import (
+    GeneratedStructure,
+    GenerationSettings,
+    generate_structure,
+)
 
 SEED = 2026
 OUTPUT = (

@@ -23,18 +23,18 @@ import spglib  # noqa: E402
 from pyxtal.symmetry import Group  # noqa: E402
 
 from physmoe.data import generate as gen  # noqa: E402
+from physmoe.data import pyxtal_generator  # noqa: E402
 from physmoe.data.dataset import FEATURES, crystal_from_row, load_dataset_dict  # noqa: E402
-from physmoe.data.generate import (  # noqa: E402
+from physmoe.data.generate import generate_dataset  # noqa: E402
+from physmoe.data.priors import space_group_prior  # noqa: E402
+from physmoe.data.pyxtal_generator import GenerationSettings, generate_structure  # noqa: E402
+from physmoe.data.simulate import simulate_peaks  # noqa: E402
+from physmoe.data.wyckoff import (  # noqa: E402
     ANION_WEIGHTS,
     CATIONS,
-    GenerationSettings,
-    generate_dataset,
-    generate_structure,
     sample_composition,
     wyckoff_statistics,
 )
-from physmoe.data.priors import space_group_prior  # noqa: E402
-from physmoe.data.simulate import simulate_peaks  # noqa: E402
 
 TINY = {"num_structures": 14, "seed": 3, "shard_size": 4, "max_atoms": 24, "progress": False}
 
@@ -137,7 +137,7 @@ def test_failed_attempts_are_retried_with_new_seeds_then_dropped(monkeypatch):
         seeds.append(rng.integers(1 << 62))
         raise RuntimeError("no structure")
 
-    monkeypatch.setattr(gen, "random_crystal", always_fails)
+    monkeypatch.setattr(pyxtal_generator, "random_crystal", always_fails)
     result = generate_structure(0, 5, space_group_prior("icsd"), GenerationSettings(max_attempts=3))
     assert result.crystal is None and result.space_group is None and result.attempts == 3
     assert len(set(seeds)) == 3 and len(result.errors) == 3
@@ -149,7 +149,7 @@ def test_time_limit_stops_a_slow_attempt(monkeypatch):
     def slow(space_group, rng, max_atoms, placement_budget):
         time.sleep(5)
 
-    monkeypatch.setattr(gen, "random_crystal", slow)
+    monkeypatch.setattr(pyxtal_generator, "random_crystal", slow)
     start = time.perf_counter()
     result = generate_structure(
         0, 0, space_group_prior("icsd"), GenerationSettings(max_attempts=2, time_limit=0.2)
