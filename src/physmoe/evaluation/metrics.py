@@ -363,38 +363,58 @@ def compute_metrics(
     }
 
     if sg_to_sys is not None:
-        true_system = sg_to_sys[labels]
-        from_sg = (sg_to_sys[predictions] == true_system).to(torch.float64).mean()
-        given_system = _given_system_correct(scores, labels, sg_to_sys).to(torch.float64).mean()
-        metrics["crystal_system_accuracy"] = float(from_sg)
-        if crystal_system_logits is not None:
-            system_scores = as_scores(crystal_system_logits, "crystal_system_logits", dtype=None)
-            if system_scores.shape[0] != num_samples or system_scores.shape[1] <= int(
-                sg_to_sys.max()
-            ):
-                raise ValueError(
-                    "crystal_system_logits must have shape "
-                    f"[{num_samples}, >{int(sg_to_sys.max())}], "
-                    f"got {tuple(system_scores.shape)}"
-                )
-            head_accuracy = (system_scores.argmax(dim=1) == true_system).to(torch.float64).mean()
-            metrics["crystal_system_accuracy"] = float(head_accuracy)
-            metrics["crystal_system_accuracy_head"] = float(head_accuracy)
-        metrics["crystal_system_accuracy_from_sg"] = float(from_sg)
-        metrics["sg_accuracy_given_correct_system"] = float(given_system)
-
+        metrics.update(_system_metrics(scores, labels, sg_to_sys, crystal_system_logits))
     if train_class_counts is not None:
-        train_counts = as_counts(train_class_counts, num_classes)
-        masks = _bucket_masks(train_counts, reference_scale)
-        for name, mask in masks.items():
-            mean, num_present = _class_mean(correct_per_class, support, mask)
-            if int(num_present) > 0:
-                metrics[f"{name}_accuracy"] = float(mean)
-            metrics[f"{name}_num_classes"] = int(num_present)
-        metrics["reference_bucket_scale"] = _reference_scale(train_counts, reference_scale)
-
+        metrics.update(
+            _bucket_metrics(correct_per_class, support, train_class_counts, reference_scale)
+        )
     if expert_logits is not None and expert_predictions is not None:
         raise ValueError("give expert_logits or expert_predictions, not both")
+    if expert_logits is not None or expert_predictions is not None:
+        metrics.update(_expert_metrics(labels, num_classes, expert_logits, expert_predictions))
+    return metrics
+
+
+def _system_metrics(scores, labels, sg_to_sys, crystal_system_logits) -> dict[str, float]:
+    """Crystal-system accuracy (the head's when given, else of the arg-max space group) and
+    space-group accuracy given the true system (see :func:`compute_metrics`)."""
+    num_samples = scores.shape[0]
+    true_system = sg_to_sys[labels]
+    from_sg = float((sg_to_sys[scores.argmax(dim=1)] == true_system).to(torch.float64).mean())
+    given_system = _given_system_correct(scores, labels, sg_to_sys).to(torch.float64).mean()
+    metrics = {"crystal_system_accuracy": from_sg}
+    if crystal_system_logits is not None:
+        system_scores = as_scores(crystal_system_logits, "crystal_system_logits", dtype=None)
+        if system_scores.shape[0] != num_samples or system_scores.shape[1] <= int(sg_to_sys.max()):
+            raise ValueError(
+                "crystal_system_logits must have shape "
+                f"[{num_samples}, >{int(sg_to_sys.max())}], "
+                f"got {tuple(system_scores.shape)}"
+            )
+        head_accuracy = (system_scores.argmax(dim=1) == true_system).to(torch.float64).mean()
+        metrics["crystal_system_accuracy"] = float(head_accuracy)
+        metrics["crystal_system_accuracy_head"] = float(head_accuracy)
+    metrics["crystal_system_accuracy_from_sg"] = from_sg
+    metrics["sg_accuracy_given_correct_system"] = float(given_system)
+    return metrics
+
+
+def _bucket_metrics(correct_per_class, support, train_class_counts, reference_scale) -> dict:
+    """Mean per-class accuracy and class count of every shot and reference bucket."""
+    train_counts = as_counts(train_class_counts, support.shape[0])
+    metrics: dict[str, float | int] = {}
+    for name, mask in _bucket_masks(train_counts, reference_scale).items():
+        mean, num_present = _class_mean(correct_per_class, support, mask)
+        if int(num_present) > 0:
+            metrics[f"{name}_accuracy"] = float(mean)
+        metrics[f"{name}_num_classes"] = int(num_present)
+    metrics["reference_bucket_scale"] = _reference_scale(train_counts, reference_scale)
+    return metrics
+
+
+def _expert_metrics(labels, num_classes, expert_logits, expert_predictions) -> dict[str, float]:
+    """``expert_{k}_top1_accuracy`` from ``[N, K, C]`` logits or ``[N, K]`` predictions."""
+    num_samples = labels.shape[0]
     if expert_logits is not None:
         experts = as_scores(expert_logits, "expert_logits", ndim=3, dtype=None)
         if experts.shape[0] != num_samples or experts.shape[2] != num_classes:
@@ -403,26 +423,21 @@ def compute_metrics(
                 f"got {tuple(experts.shape)}"
             )
         expert_predictions = experts.argmax(dim=2)
-    if expert_predictions is not None:
-        expert_predictions = to_tensor(expert_predictions, "expert_predictions")
-        if expert_predictions.ndim != 2 or expert_predictions.shape[0] != num_samples:
-            raise ValueError(
-                f"expert_predictions must have shape [{num_samples}, K], "
-                f"got {tuple(expert_predictions.shape)}"
-            )
-        # Flattened, the [N, K] predictions are N * K labels: one validation of dtype and range.
-        flat = as_labels(
-            expert_predictions.reshape(-1),
-            expert_predictions.numel(),
-            num_classes,
-            "expert_predictions",
+    expert_predictions = to_tensor(expert_predictions, "expert_predictions")
+    if expert_predictions.ndim != 2 or expert_predictions.shape[0] != num_samples:
+        raise ValueError(
+            f"expert_predictions must have shape [{num_samples}, K], "
+            f"got {tuple(expert_predictions.shape)}"
         )
-        expert_accuracy = (
-            (flat.view_as(expert_predictions) == labels[:, None]).to(torch.float64).mean(dim=0)
-        )
-        for k, value in enumerate(expert_accuracy.tolist()):
-            metrics[f"expert_{k}_top1_accuracy"] = value
-    return metrics
+    # Flattened, the [N, K] predictions are N * K labels: one validation of dtype and range.
+    flat = as_labels(
+        expert_predictions.reshape(-1),
+        expert_predictions.numel(),
+        num_classes,
+        "expert_predictions",
+    )
+    accuracy = (flat.view_as(expert_predictions) == labels[:, None]).to(torch.float64).mean(dim=0)
+    return {f"expert_{k}_top1_accuracy": value for k, value in enumerate(accuracy.tolist())}
 
 
 # ----------------------------------------------------------------------------------------------
