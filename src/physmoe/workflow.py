@@ -578,42 +578,9 @@ def train_and_evaluate(
             f"dataset: stream never ends: set max_steps (got {training_args.max_steps}); "
             "num_train_epochs has no meaning for it"
         )
-    dataset, metadata = load_data(data_args, seed=training_args.seed)
-    if data_args.dataset == "stream":
-        train_dataset = build_stream(data_args, dataset)
-        # Training counts: the expected crystals per class over the run (label prior x patterns /
-        # patterns_per_crystal, float64) for logit adjustment and the shot buckets.
-        patterns = (
-            training_args.max_steps
-            * training_args.per_device_train_batch_size
-            * training_args.gradient_accumulation_steps
-            * training_args.world_size
-        )
-        train_counts = train_dataset.expected_class_counts(patterns)
-        model = build_model(model_args, train_counts)
-    else:
-        train_dataset = dataset["train"]
-        train_counts = class_counts(train_dataset["space_group"])
-        model = build_model(model_args, train_counts)
-    grid = TwoThetaGrid.from_config(model.config)
-    if data_args.augmentation not in ("default", "clean"):
-        raise ValueError(
-            f"augmentation must be 'default' or 'clean', got {data_args.augmentation!r}"
-        )
-    conditions = (
-        MeasurementConditions.default()
-        if data_args.augmentation == "default"
-        else MeasurementConditions.clean()
-    )
-    seed = (
-        training_args.augmentation_seed
-        if training_args.augmentation_seed is not None
-        else training_args.seed
-    )
-    peaks_wavelength = float(metadata.get("peak_wavelength", PEAK_WAVELENGTH))
-    collator = PXRDCollator(
-        grid, conditions=conditions, train=True, seed=seed, peaks_wavelength=peaks_wavelength
-    )
+    dataset, metadata, train_dataset, train_counts = _training_data(data_args, training_args)
+    model = build_model(model_args, train_counts)
+    collator, conditions = _training_collator(model, data_args, training_args, metadata)
     trainer = PhysMoETrainer(
         model,
         training_args,
@@ -630,15 +597,72 @@ def train_and_evaluate(
         len(dataset["validation"]),
     )
     trainer.train(resume_from_checkpoint=resume_from)
-    model = trainer.model
+    results, test, temperature = _calibrate_and_test(trainer, dataset, train_counts, run_args)
 
+    if trainer.is_world_process_zero():
+        run = _FinishedRun(dataset, metadata, conditions, train_counts, results, test, temperature)
+        _save_outputs(trainer, plan.train_dir, run, run_args)
+        if plan.replaces:
+            _retarget_checkpoints(plan.train_dir, output_dir)
+            _replace_outputs(plan.train_dir, output_dir)
+        if trainer.args.push_to_hub:  # once the card and the results exist
+            _push_outputs(trainer, output_dir)
+    return results
+
+
+def _training_data(data_args: DataArguments, training_args: PhysMoETrainingArguments) -> tuple:
+    """``(dataset, metadata, train_dataset, train_counts)``: the splits, the training set (a
+    stream for ``dataset: stream``) and its samples per class ``[230]``."""
+    dataset, metadata = load_data(data_args, seed=training_args.seed)
+    if data_args.dataset != "stream":
+        train_dataset = dataset["train"]
+        return dataset, metadata, train_dataset, class_counts(train_dataset["space_group"])
+    train_dataset = build_stream(data_args, dataset)
+    # The expected crystals per class over the run (label prior x patterns / patterns_per_crystal,
+    # float64), for logit adjustment and the shot buckets.
+    patterns = (
+        training_args.max_steps
+        * training_args.per_device_train_batch_size
+        * training_args.gradient_accumulation_steps
+        * training_args.world_size
+    )
+    return dataset, metadata, train_dataset, train_dataset.expected_class_counts(patterns)
+
+
+def _training_collator(model, data_args: DataArguments, training_args, metadata: dict) -> tuple:
+    """The training collator (on the model's grid, with the run's augmentation and seed) and its
+    measurement conditions."""
+    if data_args.augmentation not in ("default", "clean"):
+        raise ValueError(
+            f"augmentation must be 'default' or 'clean', got {data_args.augmentation!r}"
+        )
+    conditions = (
+        MeasurementConditions.default()
+        if data_args.augmentation == "default"
+        else MeasurementConditions.clean()
+    )
+    seed = training_args.augmentation_seed
+    collator = PXRDCollator(
+        TwoThetaGrid.from_config(model.config),
+        conditions=conditions,
+        train=True,
+        seed=training_args.seed if seed is None else seed,
+        peaks_wavelength=float(metadata.get("peak_wavelength", PEAK_WAVELENGTH)),
+    )
+    return collator, conditions
+
+
+def _calibrate_and_test(trainer, dataset, train_counts, run_args: RunArguments) -> tuple:
+    """Fit the temperature on validation, evaluate the test split: ``(results, test predictions,
+    temperature)``; results hold the validation and test metrics, the few-shot interval and the
+    miner's most-confused pairs."""
     validation = trainer.predict(dataset["validation"], metric_key_prefix="validation")
     temperature = 1.0
     if run_args.calibrate:
         temperature = TemperatureScaler().fit(
             named_predictions(validation.predictions)["logits"], validation.label_ids
         )
-    model.config.calibration_temperature = float(temperature)
+    trainer.model.config.calibration_temperature = float(temperature)
     trainer.compute_metrics.temperature = float(temperature)
     test = trainer.predict(dataset["test"], metric_key_prefix="test")
     results = {
@@ -653,29 +677,17 @@ def train_and_evaluate(
         train_counts,
         "few_shot",
         n_boot=run_args.bootstrap_samples,
-        seed=training_args.seed,
+        seed=trainer.args.seed,
     )
     if interval is not None:
-        results["test_few_shot_accuracy_ci_low"], results["test_few_shot_accuracy_ci_high"] = (
-            interval.low,
-            interval.high,
-        )
-    miner = getattr(trainer.accelerator.unwrap_model(model), "hard_negative_miner", None)
-    if (
-        miner is not None
-    ):  # what the miner learned to treat as hard negatives (decayed training counts)
+        results["test_few_shot_accuracy_ci_low"] = interval.low
+        results["test_few_shot_accuracy_ci_high"] = interval.high
+    # What the miner learned to treat as hard negatives (decayed training counts).
+    miner = getattr(trainer.accelerator.unwrap_model(trainer.model), "hard_negative_miner", None)
+    if miner is not None:
         pairs = hnm_most_confused_pairs(miner.confusion_matrix, top=10, id2label=ID2LABEL)
         results["hnm_most_confused_pairs"] = [pair._asdict() for pair in pairs]
-
-    if trainer.is_world_process_zero():
-        run = _FinishedRun(dataset, metadata, conditions, train_counts, results, test, temperature)
-        _save_outputs(trainer, plan.train_dir, run, run_args)
-        if plan.replaces:
-            _retarget_checkpoints(plan.train_dir, output_dir)
-            _replace_outputs(plan.train_dir, output_dir)
-        if trainer.args.push_to_hub:  # once the card and the results exist
-            _push_outputs(trainer, output_dir)
-    return results
+    return results, test, temperature
 
 
 @dataclass
