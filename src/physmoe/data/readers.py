@@ -26,6 +26,7 @@ import ast
 import bz2
 import codecs
 import contextlib
+import dataclasses
 import gzip
 import io
 import logging
@@ -574,12 +575,41 @@ def read_pattern(
 
     if path.suffix.lower() in INSTRUMENT_SUFFIXES:
         return read_instrument_file(path, wavelength=wavelength, encoding=encoding)
-    rows: list[list[float]] = []
-    line_numbers: list[int] = []
-    stated: list[_Stated] = []
-    anodes: list[tuple[str, int, str]] = []
-    unclear_mentions: list[tuple[str, int]] = []
-    text = _read_text(path, encoding)
+    scan = _scan_text(path, _read_text(path, encoding), delimiter, header=wavelength is None)
+    data, numbers = _checked_columns(path, scan.rows, scan.line_numbers)
+    sigma = None
+    if data.shape[1] == 3:
+        sigma = data[:, 2].copy()
+        bad = np.flatnonzero(sigma < 0)
+        if bad.size:
+            raise ValueError(f"{path}:{numbers[bad[0]]}: negative sigma {sigma[bad[0]]}")
+    if wavelength is None:
+        wavelength = _resolve_header_wavelength(path, scan.stated, scan.anodes, scan.unclear)
+    return Pattern(
+        two_theta=data[:, 0].copy(),
+        intensity=data[:, 1].copy(),
+        sigma=sigma,
+        wavelength=None if wavelength is None else float(wavelength),
+        source=str(path),
+    )
+
+
+@dataclass
+class _TextScan:
+    """What one pass over a text pattern found: the data rows and their line numbers, and the
+    wavelength statements, anodes and unclear mentions of its header and comment lines."""
+
+    rows: list[list[float]] = dataclasses.field(default_factory=list)
+    line_numbers: list[int] = dataclasses.field(default_factory=list)
+    stated: list[_Stated] = dataclasses.field(default_factory=list)
+    anodes: list[tuple[str, int, str]] = dataclasses.field(default_factory=list)
+    unclear: list[tuple[str, int]] = dataclasses.field(default_factory=list)
+
+
+def _scan_text(path: Path, text: str, delimiter: str | None, header: bool) -> _TextScan:
+    """Parse every line (comments, header, data; see :func:`read_pattern`), reading wavelength
+    statements from header and comment lines when ``header``. Raises on the first bad line."""
+    scan = _TextScan()
     decimal_comma_line: int | None = None
     first_unparsed: tuple[int, str] | None = None
     for line_number, raw_line in enumerate(io.StringIO(text, newline=None), start=1):
@@ -587,11 +617,11 @@ def read_pattern(
         if not line:
             continue
         is_comment = line.startswith(_COMMENT_PREFIXES)
-        if (is_comment or not rows) and wavelength is None:  # an explicit wavelength wins
+        if (is_comment or not scan.rows) and header:
             found, named, unclear = _header_wavelengths(line, line_number)
-            stated += found
-            anodes += [(symbol, line_number, line) for symbol in named]
-            unclear_mentions += [(clause, line_number) for clause in unclear]
+            scan.stated += found
+            scan.anodes += [(symbol, line_number, line) for symbol in named]
+            scan.unclear += [(clause, line_number) for clause in unclear]
         if is_comment:
             continue
         line = line.split("#", 1)[0].strip()
@@ -600,13 +630,13 @@ def read_pattern(
         try:
             values, decimal_comma = _parse_values(line, delimiter)
         except ValueError:
-            if not rows and not _NUMBER_LED.match(line):  # a header before the data
+            if not scan.rows and not _NUMBER_LED.match(line):  # a header before the data
                 first_unparsed = first_unparsed or (line_number, raw_line.strip())
                 continue
             # Before any data: say why the line was not skipped as a header.
             why = (
                 ""
-                if rows
+                if scan.rows
                 else " (no data lines before it; a line that starts with a number is no header)"
             )
             raise ValueError(
@@ -614,29 +644,38 @@ def read_pattern(
             ) from None
         if decimal_comma and decimal_comma_line is None:
             decimal_comma_line = line_number
-        if len(values) not in (2, 3):
-            raise ValueError(
-                f"{path}:{line_number}: expected 2 columns (2theta, intensity) or 3 (with sigma), "
-                f"got {len(values)}"
-            )
-        if rows and len(values) != len(rows[0]):
-            raise ValueError(
-                f"{path}:{line_number}: {len(values)} columns, but the first data line "
-                f"(line {line_numbers[0]}) has {len(rows[0])}"
-            )
-        if not all(math.isfinite(v) for v in values):
-            raise ValueError(f"{path}:{line_number}: non-finite value in {raw_line.strip()!r}")
-        rows.append(values)
-        line_numbers.append(line_number)
-    if not rows:
+        _check_row(path, line_number, raw_line, values, scan)
+        scan.rows.append(values)
+        scan.line_numbers.append(line_number)
+    if not scan.rows:
         detail = ""
         if first_unparsed is not None:
-            number, text = first_unparsed
-            detail = f"; the first non-comment line, line {number} ({text[:60]!r}), is not numbers"
+            number, first = first_unparsed
+            detail = f"; the first non-comment line, line {number} ({first[:60]!r}), is not numbers"
         raise ValueError(f"{path}: no data lines (2theta, intensity) found{detail}")
     if decimal_comma_line is not None:
         logger.info("%s: decimal commas from line %d on", path, decimal_comma_line)
+    return scan
 
+
+def _check_row(path: Path, line_number: int, raw_line: str, values: list, scan: _TextScan) -> None:
+    if len(values) not in (2, 3):
+        raise ValueError(
+            f"{path}:{line_number}: expected 2 columns (2theta, intensity) or 3 (with sigma), "
+            f"got {len(values)}"
+        )
+    if scan.rows and len(values) != len(scan.rows[0]):
+        raise ValueError(
+            f"{path}:{line_number}: {len(values)} columns, but the first data line "
+            f"(line {scan.line_numbers[0]}) has {len(scan.rows[0])}"
+        )
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"{path}:{line_number}: non-finite value in {raw_line.strip()!r}")
+
+
+def _checked_columns(path: Path, rows: list, line_numbers: list) -> tuple[np.ndarray, np.ndarray]:
+    """The rows as ``[N, 2 | 3]`` float64 with ascending 2θ (a descending file reversed) and
+    their line numbers; 2θ must lie in (0, 180) and be strictly monotonic."""
     data = np.asarray(rows, dtype=np.float64)
     numbers = np.asarray(line_numbers)
     two_theta = data[:, 0]
@@ -655,21 +694,7 @@ def read_pattern(
                 f"{path}:{numbers[bad[0] + 1]}: 2theta {data[bad[0] + 1, 0]} does not increase "
                 f"(previous {data[bad[0], 0]}); 2theta must be strictly monotonic"
             )
-    sigma = None
-    if data.shape[1] == 3:
-        sigma = data[:, 2].copy()
-        bad = np.flatnonzero(sigma < 0)
-        if bad.size:
-            raise ValueError(f"{path}:{numbers[bad[0]]}: negative sigma {sigma[bad[0]]}")
-    if wavelength is None:
-        wavelength = _resolve_header_wavelength(path, stated, anodes, unclear_mentions)
-    return Pattern(
-        two_theta=data[:, 0].copy(),
-        intensity=data[:, 1].copy(),
-        sigma=sigma,
-        wavelength=None if wavelength is None else float(wavelength),
-        source=str(path),
-    )
+    return data, numbers
 
 
 def read_cif(path: str | os.PathLike) -> Crystal:
