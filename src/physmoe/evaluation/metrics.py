@@ -649,68 +649,79 @@ def bootstrap_ci(
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
     rng = np.random.default_rng(seed)
-
     if callable(metric):
-        label_array = as_labels(labels, len(labels), np.iinfo(np.int64).max).numpy()
-        estimate = metric(logits, labels)
-        if estimate is None:
-            return None
-
-        def take(values, index: np.ndarray):
-            if isinstance(values, torch.Tensor):
-                return values[torch.from_numpy(index).to(values.device)]
-            return np.asarray(values)[index]
-
-        resample = _Resampler(label_array, stratified)
-        replicates = []
-        for _ in range(n_boot):
-            index = resample(rng)
-            value = metric(take(logits, index), take(labels, index))
-            if value is not None:
-                replicates.append(float(value))
-        if not replicates:
-            return None
-        return _percentile_interval(float(estimate), np.asarray(replicates), alpha)
-
+        return _bootstrap_callable(metric, logits, labels, n_boot, rng, alpha, stratified)
     if metric not in BOOTSTRAP_METRICS:
         raise ValueError(f"unknown bootstrap metric {metric!r}; choose from {BOOTSTRAP_METRICS}")
     scores = as_scores(logits, "logits", dtype=None)
     num_samples, num_classes = scores.shape
     labels_t = as_labels(labels, num_samples, num_classes)
-    support = torch.bincount(labels_t, minlength=num_classes)
-
     if metric == "macro_f1":
         predictions = scores.argmax(dim=1)
         estimate = _macro_f1(predictions, labels_t, num_classes)
-        label_array = labels_t.numpy()
-        resample = _Resampler(label_array, stratified)
+        resample = _Resampler(labels_t.numpy(), stratified)
         replicates = np.empty(n_boot)
         for b in range(n_boot):
             index = torch.from_numpy(resample(rng))
             replicates[b] = _macro_f1(predictions[index], labels_t[index], num_classes)
         return _percentile_interval(estimate, replicates, alpha)
+    correct, mask = _correctness(
+        metric, scores, labels_t, train_class_counts, sg_to_sys, reference_scale
+    )
+    return _bootstrap_class_counts(
+        correct, labels_t, num_classes, mask, n_boot, rng, alpha, stratified
+    )
 
-    # Correctness indicator of the metric and the class weights of its mean.
+
+def _bootstrap_callable(metric, logits, labels, n_boot, rng, alpha, stratified):
+    """:func:`bootstrap_ci` of a callable: row indices resampled, one replicate at a time."""
+    label_array = as_labels(labels, len(labels), np.iinfo(np.int64).max).numpy()
+    estimate = metric(logits, labels)
+    if estimate is None:
+        return None
+
+    def take(values, index: np.ndarray):
+        if isinstance(values, torch.Tensor):
+            return values[torch.from_numpy(index).to(values.device)]
+        return np.asarray(values)[index]
+
+    resample = _Resampler(label_array, stratified)
+    replicates = []
+    for _ in range(n_boot):
+        index = resample(rng)
+        value = metric(take(logits, index), take(labels, index))
+        if value is not None:
+            replicates.append(float(value))
+    if not replicates:
+        return None
+    return _percentile_interval(float(estimate), np.asarray(replicates), alpha)
+
+
+def _correctness(metric, scores, labels_t, train_class_counts, sg_to_sys, reference_scale):
+    """A named metric as ``(correct [N] bool, mask [C] or None)``: the per-sample indicator it
+    averages and the classes of its class mean (None: a micro mean, weights ``n_c / N``)."""
+    num_classes = scores.shape[1]
     if metric in ("top1_accuracy", "top5_accuracy"):
         ranks = ranks_of_labels(scores, labels_t)
-        correct = ranks == 0 if metric == "top1_accuracy" else ranks < 5
-        mask = None  # micro: weight n_c / N
-    elif metric in ("crystal_system_accuracy_from_sg", "sg_accuracy_given_correct_system"):
+        return (ranks == 0 if metric == "top1_accuracy" else ranks < 5), None
+    if metric in ("crystal_system_accuracy_from_sg", "sg_accuracy_given_correct_system"):
         map_ = _resolve_sg_to_sys(sg_to_sys, num_classes, metric)
         if metric == "crystal_system_accuracy_from_sg":
-            correct = map_[scores.argmax(dim=1)] == map_[labels_t]
-        else:
-            correct = _given_system_correct(scores, labels_t, map_)
-        mask = None
-    elif metric == "balanced_accuracy":
-        correct = ranks_of_labels(scores, labels_t) == 0
-        mask = torch.ones(num_classes, dtype=torch.bool)
-    else:
-        if train_class_counts is None:
-            raise ValueError(f"{metric} needs train_class_counts")
-        masks = _bucket_masks(as_counts(train_class_counts, num_classes), reference_scale)
-        correct = ranks_of_labels(scores, labels_t) == 0
-        mask = masks[metric.removesuffix("_accuracy")]
+            return map_[scores.argmax(dim=1)] == map_[labels_t], None
+        return _given_system_correct(scores, labels_t, map_), None
+    if metric == "balanced_accuracy":
+        return ranks_of_labels(scores, labels_t) == 0, torch.ones(num_classes, dtype=torch.bool)
+    if train_class_counts is None:
+        raise ValueError(f"{metric} needs train_class_counts")
+    masks = _bucket_masks(as_counts(train_class_counts, num_classes), reference_scale)
+    return ranks_of_labels(scores, labels_t) == 0, masks[metric.removesuffix("_accuracy")]
+
+
+def _bootstrap_class_counts(correct, labels_t, num_classes, mask, n_boot, rng, alpha, stratified):
+    """:func:`bootstrap_ci` of a mean of ``correct``: per-class binomial draws when stratified,
+    else resampled rows."""
+    num_samples = len(labels_t)
+    support = torch.bincount(labels_t, minlength=num_classes)
 
     def statistic(correct_per_class: torch.Tensor, class_support: torch.Tensor) -> torch.Tensor:
         """``[..., C]`` per-class counts -> ``[...]`` metric (NaN where undefined)."""
@@ -725,7 +736,6 @@ def bootstrap_ci(
     estimate = float(statistic(correct_per_class, support))
     if np.isnan(estimate):
         return None
-
     if stratified:
         support_np = support.numpy()
         rate = correct_per_class.numpy() / np.maximum(support_np, 1)
@@ -733,20 +743,20 @@ def bootstrap_ci(
         replicates = statistic(
             torch.from_numpy(draws).to(torch.float64), support.to(torch.float64)
         ).numpy()
-    else:
-        label_array = labels_t.numpy()
-        correct_np = correct.numpy().astype(np.float64)
-        replicates = np.empty(n_boot)
-        for b in range(n_boot):
-            index = rng.integers(0, num_samples, size=num_samples)
-            class_support = np.bincount(label_array[index], minlength=num_classes)
-            class_correct = np.bincount(
-                label_array[index], weights=correct_np[index], minlength=num_classes
-            )
-            replicates[b] = float(
-                statistic(torch.from_numpy(class_correct), torch.from_numpy(class_support))
-            )
-        replicates = replicates[~np.isnan(replicates)]
-        if replicates.size == 0:
-            return None
+        return _percentile_interval(estimate, replicates, alpha)
+    label_array = labels_t.numpy()
+    correct_np = correct.numpy().astype(np.float64)
+    replicates = np.empty(n_boot)
+    for b in range(n_boot):
+        index = rng.integers(0, num_samples, size=num_samples)
+        class_support = np.bincount(label_array[index], minlength=num_classes)
+        class_correct = np.bincount(
+            label_array[index], weights=correct_np[index], minlength=num_classes
+        )
+        replicates[b] = float(
+            statistic(torch.from_numpy(class_correct), torch.from_numpy(class_support))
+        )
+    replicates = replicates[~np.isnan(replicates)]
+    if replicates.size == 0:
+        return None
     return _percentile_interval(estimate, replicates, alpha)
