@@ -108,11 +108,13 @@ def _simulate(args: argparse.Namespace) -> int:
 # -- train --------------------------------------------------------------------------------------
 
 
+class _ConfigError(ValueError):
+    """A training config that cannot be used (printed as ``error: ...``, exit status 2)."""
+
+
 def _train(argv: Sequence[str]) -> int:
-    import yaml
     from transformers import HfArgumentParser
 
-    from .runtime import automatic_training_precision
     from .training import PhysMoETrainingArguments
     from .workflow import DataArguments, ModelArguments, RunArguments, train_and_evaluate
 
@@ -131,37 +133,10 @@ def _train(argv: Sequence[str]) -> int:
         )
         return 2
     config_path, overrides = Path(argv[0]), list(argv[1:])
-    if config_path.is_dir():
-        print(f"error: config file {config_path} is a folder, not a YAML file", file=sys.stderr)
-        return 2
-    if not config_path.is_file():
-        print(f"error: config file {config_path} not found", file=sys.stderr)
-        return 2
     try:
-        with open(config_path, encoding="utf-8") as handle:
-            settings = yaml.safe_load(handle) or {}
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f"{config_path}:{mark.line + 1}:{mark.column + 1}" if mark else str(config_path)
-        problem = getattr(error, "problem", None) or str(error)
-        context = getattr(error, "context", None)
-        detail = f"{problem} ({context})" if context else problem
-        print(f"error: {where}: invalid YAML: {detail}", file=sys.stderr)
-        return 2
-    except UnicodeDecodeError as error:
-        print(f"error: {config_path} is not UTF-8 text: {error}", file=sys.stderr)
-        return 2
-    if not isinstance(settings, dict):
-        print(
-            f"error: {config_path} must hold a mapping of argument names to values", file=sys.stderr
-        )
-        return 2
-    if isinstance(settings.get("model_overrides"), dict):
-        settings["model_overrides"] = json.dumps(settings["model_overrides"])
-    known = {action.dest for action in parser._actions}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        print(f"error: {config_path}: unknown settings {unknown}", file=sys.stderr)
+        settings = _train_settings(config_path, {action.dest for action in parser._actions})
+    except _ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     parser.set_defaults(**settings)
     chose_tqdm = "disable_tqdm" in settings or any(
@@ -171,56 +146,92 @@ def _train(argv: Sequence[str]) -> int:
         # A progress bar redrawn into a log file is one line per step: log summaries instead
         # (every logging_steps), as the Trainer does when its bar is off.
         parser.set_defaults(disable_tqdm=True)
-    model_args, data_args, run_args, training_args = parser.parse_args_into_dataclasses(
-        args=overrides
+    model_args, data_args, run_args, training_args = _parse_with_precision(
+        parser, settings, overrides
     )
+    results = train_and_evaluate(model_args, data_args, run_args, training_args)
+    if training_args.process_index == 0:
+        _print_run(results, run_args, training_args.output_dir)
+    return 0
+
+
+def _train_settings(config_path: Path, known: set[str]) -> dict:
+    """The YAML config as a dict of argument names to values (``model_overrides`` as JSON)."""
+    import yaml
+
+    if config_path.is_dir():
+        raise _ConfigError(f"config file {config_path} is a folder, not a YAML file")
+    if not config_path.is_file():
+        raise _ConfigError(f"config file {config_path} not found")
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            settings = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{config_path}:{mark.line + 1}:{mark.column + 1}" if mark else str(config_path)
+        problem = getattr(error, "problem", None) or str(error)
+        context = getattr(error, "context", None)
+        detail = f"{problem} ({context})" if context else problem
+        raise _ConfigError(f"{where}: invalid YAML: {detail}") from None
+    except UnicodeDecodeError as error:
+        raise _ConfigError(f"{config_path} is not UTF-8 text: {error}") from None
+    if not isinstance(settings, dict):
+        raise _ConfigError(f"{config_path} must hold a mapping of argument names to values")
+    if isinstance(settings.get("model_overrides"), dict):
+        settings["model_overrides"] = json.dumps(settings["model_overrides"])
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise _ConfigError(f"{config_path}: unknown settings {unknown}")
+    return settings
+
+
+def _parse_with_precision(parser, settings: dict, overrides: list[str]) -> tuple:
+    """The four argument dataclasses; without an explicit bf16/fp16 choice, with the
+    recommended precision of this machine (never breaking a valid config)."""
+    from .runtime import automatic_training_precision
+
+    parsed = parser.parse_args_into_dataclasses(args=overrides)
     chose_precision = any(key in settings for key in ("bf16", "fp16")) or any(
         argument.split("=")[0] in ("--bf16", "--fp16") for argument in overrides
     )
-    if not chose_precision:
-        chose_device = "use_cpu" in settings or any(
-            argument.split("=")[0].replace("-", "_") == "__use_cpu" for argument in overrides
-        )
-        automatic = automatic_training_precision(
-            training_args.use_cpu, may_set_use_cpu=not chose_device
-        )
-        if automatic:
-            # Parsed again: TrainingArguments turns bf16 into its mixed-precision setting in
-            # __post_init__, so setting the attribute afterwards would change nothing.
-            parser.set_defaults(**automatic)
-            try:
-                parsed = parser.parse_args_into_dataclasses(args=overrides)
-            except ValueError as error:  # never let the automatic choice break a valid config
-                logger.warning("bf16 not switched on (%s): training in fp32", error)
-                parser.set_defaults(bf16=False, use_cpu=settings.get("use_cpu", False))
-                parsed = parser.parse_args_into_dataclasses(args=overrides)
-            else:
-                device = "CPU" if parsed[3].use_cpu else "GPU"
-                note = "; use_cpu set: no accelerator here" if "use_cpu" in automatic else ""
-                logger.info("bf16 autocast (recommended on this %s)%s", device, note)
-            model_args, data_args, run_args, training_args = parsed
-    results = train_and_evaluate(model_args, data_args, run_args, training_args)
-    if training_args.process_index == 0:
-        print(_metrics_table(results, "test_", f"test split ({training_args.output_dir})"))
-        print(
-            "calibration temperature (fitted on validation): "
-            f"{results['calibration_temperature']:.3f}"
-        )
-        if results.get("hnm_most_confused_pairs"):
-            print(_confused_pairs_table(results["hnm_most_confused_pairs"]))
-        print(f"model, card, metrics and plots saved in {training_args.output_dir}")
-        if run_args.predict_files:
-            from .inference import SpaceGroupPredictor, format_predictions
+    if chose_precision:
+        return parsed
+    chose_device = "use_cpu" in settings or any(
+        argument.split("=")[0].replace("-", "_") == "__use_cpu" for argument in overrides
+    )
+    automatic = automatic_training_precision(parsed[3].use_cpu, may_set_use_cpu=not chose_device)
+    if not automatic:
+        return parsed
+    # Parsed again: TrainingArguments turns bf16 into its mixed-precision setting in
+    # __post_init__, so setting the attribute afterwards would change nothing.
+    parser.set_defaults(**automatic)
+    try:
+        parsed = parser.parse_args_into_dataclasses(args=overrides)
+    except ValueError as error:  # never let the automatic choice break a valid config
+        logger.warning("bf16 not switched on (%s): training in fp32", error)
+        parser.set_defaults(bf16=False, use_cpu=settings.get("use_cpu", False))
+        return parser.parse_args_into_dataclasses(args=overrides)
+    device = "CPU" if parsed[3].use_cpu else "GPU"
+    note = "; use_cpu set: no accelerator here" if "use_cpu" in automatic else ""
+    logger.info("bf16 autocast (recommended on this %s)%s", device, note)
+    return parsed
 
-            predictor = SpaceGroupPredictor.from_pretrained(
-                training_args.output_dir
-            )  # reload from disk
-            print(
-                format_predictions(
-                    [predictor.predict_file(path) for path in run_args.predict_files]
-                )
-            )
-    return 0
+
+def _print_run(results: dict, run_args, output_dir: str) -> None:
+    """The test metrics, the temperature, the miner's pairs, and predictions of the run's
+    ``predict_files`` by the model reloaded from disk."""
+    print(_metrics_table(results, "test_", f"test split ({output_dir})"))
+    print(
+        f"calibration temperature (fitted on validation): {results['calibration_temperature']:.3f}"
+    )
+    if results.get("hnm_most_confused_pairs"):
+        print(_confused_pairs_table(results["hnm_most_confused_pairs"]))
+    print(f"model, card, metrics and plots saved in {output_dir}")
+    if run_args.predict_files:
+        from .inference import SpaceGroupPredictor, format_predictions
+
+        predictor = SpaceGroupPredictor.from_pretrained(output_dir)  # reload from disk
+        print(format_predictions([predictor.predict_file(p) for p in run_args.predict_files]))
 
 
 # -- evaluate / predict / push ------------------------------------------------------------------
