@@ -4,15 +4,14 @@ trains nothing."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
+from scripts_under_test import load_script
 from tiny_models import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -20,13 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_longtail", REPO / "scripts" / "benchmark_longtail.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_longtail")
 
 
 def test_ablations_switch_one_term_of_the_best(bench):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,17 +9,13 @@ import numpy as np
 import spglib
 
 from physmoe.data.embedded import read_structure_archive
+from scripts_under_test import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location(
-        "build_default_structures", REPO / "scripts" / "build_default_structures.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("build_default_structures")
 
 
 def test_fast_build_covers_every_group_with_labels_spglib_agrees_with(

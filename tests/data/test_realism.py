@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from physmoe.crystallography import CRYSTAL_SYSTEMS, crystal_system_index
 from physmoe.data.embedded import read_structure_archive
 from physmoe.data.structures import Crystal
 from physmoe.data.symmetry import detect_space_group
+from scripts_under_test import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "src" / "physmoe" / "resources"
@@ -35,12 +34,7 @@ CSV_FIELDS = [
 
 @pytest.fixture(scope="module")
 def realism():
-    path = ROOT / "scripts" / "compare_realism.py"
-    spec = importlib.util.spec_from_file_location("compare_realism_under_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses need the module registered
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_realism", "compare_realism_under_test")
 
 
 def brute_force_distances(lattice: np.ndarray, frac: np.ndarray, reach: int = 3) -> np.ndarray:

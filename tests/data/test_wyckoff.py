@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -15,15 +12,11 @@ from physmoe.data.wyckoff import (
     wyckoff_positions,
     wyckoff_statistics,
 )
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build_wyckoff_table.py"
+from scripts_under_test import load_script
 
 
 def _build_script():
-    spec = importlib.util.spec_from_file_location("build_wyckoff_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("build_wyckoff_table")
 
 
 def test_shipped_table_equals_a_fresh_build_from_pyxtal():

@@ -9,7 +9,6 @@ the hierarchy by loops over samples and classes.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -36,6 +35,7 @@ from physmoe.models.resnet1d_moe import (
     hierarchical_space_group_logits,
 )
 from physmoe.models.resnet1d_moe import fast_path_resnet1d_moe as fast_path
+from scripts_under_test import load_script
 from tiny_models import TINY, TINY_STEM, tiny_config, tiny_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -991,12 +991,7 @@ def test_remote_code_loads_without_physmoe(trained_folder, tmp_path):
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location(
-        "benchmark_speed", REPO / "scripts" / "benchmark_speed.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmark_speed")
 
 
 def test_benchmark_straightforward_model_computes_the_same_function():
