@@ -5224,7 +5224,7 @@ LIKELY_CAUSES = [
     (
         "physmoe train",
         "output_dir is an existing file",
-        "workflow.py:_check_output_dir -> refuse an output_dir that exists and is not a folder",
+        "run_outputs.py:_check_output_dir -> refuse an output_dir that exists and is not a folder",
     ),
     (
         "physmoe train",

@@ -426,8 +426,8 @@ def _kill_while_saving(folder, index: int) -> None:
 def test_a_checkpoint_killed_at_any_file_of_its_save_is_skipped(
     two_checkpoints, tmp_path, caplog, index
 ):
+    from physmoe.run_outputs import _check_output_dir
     from physmoe.training import checkpoint_problem, last_complete_checkpoint
-    from physmoe.workflow import _check_output_dir
 
     out = _copy_run(two_checkpoints, tmp_path / "out")
     assert checkpoint_problem(out / "checkpoint-4") is None

@@ -55,7 +55,7 @@ def contents(folder: Path) -> dict[str, str]:
 
 
 def test_replacing_a_finished_model_trains_beside_it_and_swaps_at_the_end(tmp_path, capsys):
-    from physmoe.workflow import _check_output_dir, _replace_outputs
+    from physmoe.run_outputs import _check_output_dir, _replace_outputs
 
     out = tmp_path / "model"
     finished_run(out, "old")
@@ -100,7 +100,7 @@ def test_replacing_a_finished_model_trains_beside_it_and_swaps_at_the_end(tmp_pa
 def test_a_replacement_killed_while_swapping_is_completed_by_the_next_run(tmp_path, monkeypatch):
     import os
 
-    from physmoe.workflow import _check_output_dir, _replace_outputs
+    from physmoe.run_outputs import _check_output_dir, _replace_outputs
 
     def prepare(root: Path) -> tuple[Path, Path]:
         out, new = root / "model", root / "model.physmoe-new"
