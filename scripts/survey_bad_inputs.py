@@ -4981,7 +4981,8 @@ LIKELY_CAUSES = [
         "read_pattern",
         "anode after element",
         (
-            "data/readers.py:_ANODE_KEYWORD matches only 'anode/target/tube ... Co' -> also "
+            "data/wavelength_header.py:_ANODE_KEYWORD "
+            "matches only 'anode/target/tube ... Co' -> also "
             "'<element> anode|target|tube'"
         ),
     ),
@@ -5021,7 +5022,8 @@ LIKELY_CAUSES = [
         "read_pattern",
         "PANalytical",
         (
-            "data/readers.py:_header_wavelengths takes the unitless 0.5 after 'K-Alpha2/K-Alpha1' "
+            "data/wavelength_header.py:_header_wavelengths "
+            "takes the unitless 0.5 after 'K-Alpha2/K-Alpha1' "
             "as a Kα1 value -> ignore numbers in a clause naming a ratio (or require a unitless "
             "value to follow its keyword directly)"
         ),
@@ -5039,20 +5041,22 @@ LIKELY_CAUSES = [
         "read_simxrd",
         "limit",
         (
-            "data/readers.py:iter_simxrd passes limit to ase, which reads 0 / negative as 'no "
+            "data/reference_data.py:iter_simxrd "
+            "passes limit to ase, which reads 0 / negative as 'no "
             "limit' -> validate limit >= 0 and yield nothing for 0"
         ),
     ),
     (
         "read_simxrd",
         "malformed selection",
-        "data/readers.py:iter_simxrd -> wrap ase's parse error: ValueError naming the selection",
+        "data/reference_data.py:iter_simxrd "
+        "-> wrap ase's parse error: ValueError naming the selection",
     ),
     (
         "read_simxrd",
         "wavelength='1.54'",
         (
-            "data/readers.py:iter_simxrd math.isfinite(wavelength) -> type check "
+            "data/reference_data.py:iter_simxrd math.isfinite(wavelength) -> type check "
             "with a message naming wavelength"
         ),
     ),
@@ -5060,7 +5064,8 @@ LIKELY_CAUSES = [
         "read_reference_npy",
         "a text file",
         (
-            "data/readers.py:read_reference_npy maps every np.load 'allow_pickle' error to 'holds "
+            "data/reference_data.py:read_reference_npy "
+            "maps every np.load 'allow_pickle' error to 'holds "
             "pickled objects' -> check the magic (\\x93NUMPY / PK) first: 'not a .npy/.npz file'"
         ),
     ),
@@ -5068,7 +5073,8 @@ LIKELY_CAUSES = [
         "read_reference_npy",
         "empty .npy",
         (
-            "data/readers.py:read_reference_npy -> catch EOFError / UnpicklingError from np.load: "
+            "data/reference_data.py:read_reference_npy "
+            "-> catch EOFError / UnpicklingError from np.load: "
             "ValueError naming the file (empty or not .npy)"
         ),
     ),
@@ -5076,7 +5082,7 @@ LIKELY_CAUSES = [
         "read_reference_npy",
         "truncated .npz",
         (
-            "data/readers.py:read_reference_npy -> catch zipfile.BadZipFile: ValueError "
+            "data/reference_data.py:read_reference_npy -> catch zipfile.BadZipFile: ValueError "
             "'not a readable .npz (truncated?)'"
         ),
     ),

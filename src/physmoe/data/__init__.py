@@ -22,13 +22,11 @@ from .instruments import (
 )
 from .priors import space_group_counts, space_group_prior
 from .random_crystals import GeneratedCrystal, RandomCrystalGenerator
-from .readers import (
-    Pattern,
+from .readers import Pattern, read_cif, read_pattern
+from .reference_data import (
     ReferenceArrays,
     SimXRDRecord,
     iter_simxrd,
-    read_cif,
-    read_pattern,
     read_reference_npy,
     read_simxrd,
 )

@@ -60,7 +60,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .readers import _ANODE_NAMES, _PLAUSIBLE_WAVELENGTH, ANODE_KALPHA1, Pattern
+from .readers import Pattern
+from .wavelength_header import _ANODE_NAMES, _PLAUSIBLE_WAVELENGTH, ANODE_KALPHA1
 
 __all__ = [
     "INSTRUMENT_SUFFIXES",
