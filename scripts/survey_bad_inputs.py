@@ -5278,20 +5278,22 @@ LIKELY_CAUSES = [
         "simulate_peaks",
         "two_theta_range",
         (
-            "data/simulate.py:_check_options/_build_options unpack two_theta_range unchecked -> "
+            "data/simulate/options.py:_check_options/_build_options unpack two_theta_range "
+            "unchecked -> "
             "ValueError 'two_theta_range must be (min, max) numbers, got ...'"
         ),
     ),
     (
         "simulate_peaks",
         "b_iso",
-        "data/simulate.py:_site_b_iso float(b_iso) -> wrap: ValueError naming b_iso",
+        "data/simulate/options.py:_site_b_iso float(b_iso) -> wrap: ValueError naming b_iso",
     ),
     (
         "simulate_peaks",
         "NaCl with a = 564",
         (
-            "data/simulate.py:_reciprocal_points builds the whole hkl box (meshgrid) -> estimate "
+            "data/simulate/reflections.py:_reciprocal_points builds the whole hkl box (meshgrid) "
+            "-> estimate "
             "(H+1)(2K+1)(2L+1) first and refuse above a limit, naming cell and wavelength"
         ),
     ),
@@ -5299,7 +5301,7 @@ LIKELY_CAUSES = [
         "simulate_peaks",
         "wavelength=1e-3",
         (
-            "data/simulate.py:_reciprocal_points (same) -> refuse a box beyond a "
+            "data/simulate/reflections.py:_reciprocal_points (same) -> refuse a box beyond a "
             "limit, naming the wavelength"
         ),
     ),

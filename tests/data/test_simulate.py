@@ -14,6 +14,7 @@ import pytest
 from physmoe.data import simulate as simulate_module
 from physmoe.data.grid import CU_KA1, CU_KA2
 from physmoe.data.simulate import PeakList, simulate_peaks, simulate_peaks_batch
+from physmoe.data.simulate import reflections as simulate_reflections
 from physmoe.data.structures import Crystal, lattice_matrix
 
 from .conftest import SI_640E_B, SI_640E_HKL, SI_640E_INTENSITY, SI_640E_LATTICE
@@ -535,4 +536,4 @@ def test_bundled_structures_stay_below_the_reflection_box_limit():
             )
         limits = np.floor(g_max * lengths + 1e-9)
         points = (limits[:, 0] + 1) * (2 * limits[:, 1] + 1) * (2 * limits[:, 2] + 1)
-        assert points.max() < simulate_module._MAX_BOX_POINTS / 5
+        assert points.max() < simulate_reflections._MAX_BOX_POINTS / 5
