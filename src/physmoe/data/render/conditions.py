@@ -207,21 +207,12 @@ class MeasurementConditions:
             read_noise=(0.0, 0.0),
         )
 
-    def sample(
-        self,
-        batch_size: int,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-    ) -> SampledConditions:
-        """Draw one set of conditions per pattern.
+    def _scalar_ranges(self) -> dict[str, tuple[tuple[float, float], bool]]:
+        """Each scalar condition's ``(low, high)`` range and whether it is drawn log-uniformly.
 
-        Random numbers come from ``generator`` (on its own device; the global generator if None),
-        results are float64 tensors ``[batch_size]`` on ``device``.
+        The order fixes which uniform row each condition gets, so it is part of the seeded result.
         """
-        if int(batch_size) != batch_size or batch_size < 0:
-            raise ValueError(f"batch_size must be an integer >= 0, got {batch_size}")
-        draw_device = generator.device if generator is not None else torch.device("cpu")
-        scalar_ranges = {
+        return {
             "crystallite_size_nm": (self.crystallite_size_nm, True),
             "microstrain": (self.microstrain, False),
             "caglioti_u": (self.caglioti_u, False),
@@ -240,6 +231,22 @@ class MeasurementConditions:
             "counts": (self.counts or (1.0, 1.0), True),
             "read_noise": (self.read_noise, False),
         }
+
+    def sample(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> SampledConditions:
+        """Draw one set of conditions per pattern.
+
+        Random numbers come from ``generator`` (on its own device; the global generator if None),
+        results are float64 tensors ``[batch_size]`` on ``device``.
+        """
+        if int(batch_size) != batch_size or batch_size < 0:
+            raise ValueError(f"batch_size must be an integer >= 0, got {batch_size}")
+        draw_device = generator.device if generator is not None else torch.device("cpu")
+        scalar_ranges = self._scalar_ranges()
         uniform = torch.rand(
             len(scalar_ranges) + 1,
             batch_size,

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -145,6 +146,15 @@ def _render_sticks(
     return _scale_to_max_(pattern.view(batch, grid.num_points))
 
 
+class _UAxis(NamedTuple):
+    """The u axis of a chunk: FFT size and, per pattern, points per FWHM and node indices."""
+
+    size: int  # FFT points (one size for the whole chunk)
+    scale: torch.Tensor  # FFT points per unit u = the FWHM in points  [B]
+    index_table: torch.Tensor  # FFT index of each width-table node  [B, T]
+    index_step: torch.Tensor  # its increments  [B, T-1]
+
+
 def _render_profiles(
     two_theta: torch.Tensor,
     intensity: torch.Tensor,
@@ -158,10 +168,16 @@ def _render_profiles(
     usable flags. Returns unnormalised float32 patterns ``[B, L]``.
     """
     geometry = _grid_geometry(grid, two_theta.device)
-    batch, device = two_theta.shape[0], two_theta.device
-    first, spacing, inner = geometry["table_first"], geometry["table_spacing"], geometry["inner"]
-    num_nodes = geometry["table_axis"].shape[0]
+    axis = _u_axis(geometry, cond, grid, batch=two_theta.shape[0])
+    peak_index, weight = _stick_positions(two_theta, intensity, valid, geometry, axis)
+    sticks = _spread_sticks(peak_index, weight, axis.size)
+    profile_u = _convolve_pseudo_voigt(sticks, axis, cond)
+    return _read_back(profile_u, axis, geometry)
 
+
+def _u_axis(geometry: dict, cond: SampledConditions, grid: TwoThetaGrid, batch: int) -> _UAxis:
+    """u(2θ) on the width-table nodes, and the FFT grid that samples it."""
+    spacing, inner = geometry["table_spacing"], geometry["inner"]
     # u(2θ) on the table nodes: cumulative trapezoid of 1 / FWHM.  [B, T]
     inverse_fwhm = _fwhm_deg(
         geometry["table_axis"].expand(batch, -1), cond, grid.wavelength, grid.step
@@ -175,25 +191,44 @@ def _render_profiles(
     start = u_first - 2 * _MARGIN_FWHM
     span = u_last - u_first + 4 * _MARGIN_FWHM
     size = _fast_fft_size(math.ceil(_POINTS_PER_FWHM * float(span.max())) + 2)  # one sync per chunk
-    scale = size / span  # FFT points per unit u = FWHM in points  [B]
-    index_table = (u_table - start[:, None]) * scale[:, None]  # FFT index of each node  [B, T]
-    index_step = torch.diff(index_table, dim=1)  # [B, T-1]
+    scale = size / span
+    index_table = (u_table - start[:, None]) * scale[:, None]
+    return _UAxis(size, scale, index_table, torch.diff(index_table, dim=1))
 
-    # FFT index of every reflection (piecewise linear between nodes). Its intensity is divided by
-    # its FWHM (through d index / d2θ), which makes the profiles area-normalised in 2θ.
-    position = (two_theta - first) / spacing
+
+def _stick_positions(
+    two_theta: torch.Tensor,
+    intensity: torch.Tensor,
+    valid: torch.Tensor,
+    geometry: dict,
+    axis: _UAxis,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FFT index ``[B, P]`` (float32) and weight ``[B, P]`` of every reflection.
+
+    The index is piecewise linear between table nodes. The intensity is divided by the FWHM
+    (through d index / d2θ), which makes the profiles area-normalised in 2θ; reflections off
+    the table or beyond one margin of the grid get weight 0.
+    """
+    num_nodes = geometry["table_axis"].shape[0]
+    position = (two_theta - geometry["table_first"]) / geometry["table_spacing"]
     node = position.floor().clamp(0, num_nodes - 2)
-    node_step = torch.gather(index_step, 1, node.long())
-    peak_index = torch.gather(index_table, 1, node.long()) + (position - node) * node_step
+    node_step = torch.gather(axis.index_step, 1, node.long())
+    peak_index = torch.gather(axis.index_table, 1, node.long()) + (position - node) * node_step
     valid = valid & (position >= 0) & (position <= num_nodes - 1)
-    margin = (scale * _MARGIN_FWHM)[:, None]  # u_first - margin and u_last + margin, in points
-    valid = valid & (peak_index >= margin) & (peak_index <= size - margin)
+    margin = (axis.scale * _MARGIN_FWHM)[:, None]  # u_first - margin and u_last + margin
+    valid = valid & (peak_index >= margin) & (peak_index <= axis.size - margin)
     weight = torch.where(valid, intensity * node_step, 0.0).float()
+    return peak_index.float(), weight
 
-    # Spread each stick onto its 4 nearest points with cubic B-spline weights at its exact
-    # sub-point position, and divide the B-spline's spectrum (sinc⁴) out below: a peak's shape
-    # does not depend on where it falls between points.
-    peak_index = peak_index.float()
+
+def _spread_sticks(peak_index: torch.Tensor, weight: torch.Tensor, size: int) -> torch.Tensor:
+    """Each stick onto its 4 nearest FFT points with cubic B-spline weights -> ``[B, size]``.
+
+    The weights are taken at the stick's exact sub-point position, and the B-spline's spectrum
+    (sinc⁴) is divided out in the convolution, so a peak's shape does not depend on where it
+    falls between points.
+    """
+    batch, device = peak_index.shape[0], peak_index.device
     left = peak_index.floor()
     s = peak_index - left
     one_minus = 1 - s
@@ -214,12 +249,20 @@ def _render_profiles(
     tap_index = first_tap.unsqueeze(-1) + torch.arange(4, device=device)
     sticks = torch.zeros(batch * size, dtype=torch.float32, device=device)
     sticks.index_add_(0, tap_index.reshape(-1), tap_weight.reshape(-1))
+    return sticks.view(batch, size)
 
-    # Convolution with the area-normalised pseudo-Voigt of FWHM `scale` points by FFT; the
-    # spectrum is analytic (no truncated tails), divided by that of the B-spline.
-    frequency = torch.arange(size // 2 + 1, device=device, dtype=torch.float32) / size
+
+def _convolve_pseudo_voigt(
+    sticks: torch.Tensor, axis: _UAxis, cond: SampledConditions
+) -> torch.Tensor:
+    """Convolution ``[B, size]`` with the area-normalised pseudo-Voigt of FWHM ``scale`` points.
+
+    By FFT; the spectrum is analytic (no truncated tails), divided by that of the B-spline.
+    """
+    size = axis.size
+    frequency = torch.arange(size // 2 + 1, device=sticks.device, dtype=torch.float32) / size
     unspread = torch.sinc(frequency).pow_(-4)
-    x = (torch.pi * scale.float())[:, None] * frequency
+    x = (torch.pi * axis.scale.float())[:, None] * frequency
     eta = cond.eta.float()[:, None]
     spectrum = (
         torch.exp(-x)
@@ -227,12 +270,18 @@ def _render_profiles(
         .add_(torch.exp(x.square_().mul_(-1 / _FOUR_LN2)).mul_(1 - eta))
         .mul_(unspread)
     )
-    profile_u = torch.fft.irfft(torch.fft.rfft(sticks.view(batch, size)).mul_(spectrum), n=size)
+    return torch.fft.irfft(torch.fft.rfft(sticks).mul_(spectrum), n=size)
 
-    # Read back at the grid points: cubic (4-point Lagrange) interpolation at each grid point's
-    # FFT index (linear interpolation would flatten peak tops by ~ln2 / 8² = 1 %). The index
-    # table is linear between nodes and its inner nodes include both grid ends.
-    grid_index = _lerp(index_table[:, inner].float(), geometry["table_lerp"])  # [B, L]
+
+def _read_back(profile_u: torch.Tensor, axis: _UAxis, geometry: dict) -> torch.Tensor:
+    """The profiles ``[B, size]`` at the grid points ``[B, L]``.
+
+    Cubic (4-point Lagrange) interpolation at each grid point's FFT index: linear interpolation
+    would flatten peak tops by ~ln2 / 8² = 1 %. The index table is linear between nodes and its
+    inner nodes include both grid ends.
+    """
+    size = axis.size
+    grid_index = _lerp(axis.index_table[:, geometry["inner"]].float(), geometry["table_lerp"])
     left = grid_index.floor().clamp_(1, size - 3)
     t = grid_index.sub_(left)
     left = left.long().sub_(1)  # first of the 4 points

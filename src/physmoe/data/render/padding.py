@@ -50,32 +50,57 @@ def _as_numpy(values, what: str = "values") -> np.ndarray:
         raise ValueError(f"{what} must be numbers, got {values!r} ({error})") from None
 
 
+def _checked_peak_list(item, index: int, peaks_wavelength: float | None) -> dict:
+    """The arrays of peak list ``index`` as float64 numpy, their lengths and wavelength checked."""
+    arrays = _peak_arrays(item, index)
+    for name in ("two_theta", "intensity", "d_spacing"):
+        if arrays.get(name) is not None:
+            arrays[name] = _as_numpy(arrays[name], f"peak list {index}: {name}").reshape(-1)
+    if arrays.get("hkl") is not None:
+        arrays["hkl"] = _as_numpy(arrays["hkl"], f"peak list {index}: hkl").reshape(-1, 3)
+    count = arrays["two_theta"].size
+    for name in ("intensity", "hkl", "d_spacing"):
+        if arrays.get(name) is not None and len(arrays[name]) != count:
+            raise ValueError(
+                f"peak list {index}: two_theta has {count} values "
+                f"but {name} has {len(arrays[name])}"
+            )
+    wavelength = arrays.get("wavelength")
+    if (
+        wavelength is not None
+        and peaks_wavelength is not None
+        and abs(float(wavelength) - peaks_wavelength) > 1e-6
+    ):
+        raise ValueError(
+            f"peak list {index} was computed at wavelength {float(wavelength)} Angstrom but "
+            f"peaks_wavelength is {peaks_wavelength}; pass peaks_wavelength={float(wavelength)}"
+        )
+    return arrays
+
+
+def _check_values(two_theta: np.ndarray, intensity: np.ndarray, offsets: np.ndarray) -> None:
+    """ValueError naming the peak list and peak of the first bad position or intensity.
+
+    ``two_theta``, ``intensity``: all lists concatenated; ``offsets``: their cumulative lengths.
+    """
+
+    def fail(bad: np.ndarray, what: str) -> None:
+        first = int(np.flatnonzero(bad)[0])
+        index = int(np.searchsorted(offsets, first, side="right"))
+        start = offsets[index - 1] if index > 0 else 0
+        raise ValueError(f"peak list {index}, peak {first - start}: {what}")
+
+    bad = ~np.isfinite(two_theta) | (two_theta <= 0) | (two_theta >= 180)
+    if bad.any():
+        fail(bad, f"two_theta must be finite and in (0, 180) degrees, got {two_theta[bad][0]}")
+    bad = ~np.isfinite(intensity) | (intensity < 0)
+    if bad.any():
+        fail(bad, f"intensity must be finite and >= 0, got {intensity[bad][0]}")
+
+
 def _pad(peaks: Sequence, peaks_wavelength: float | None, device) -> _PaddedPeaks:
     """Validate peak lists and pad them into batch tensors (see :func:`pad_peaks`)."""
-    arrays = [_peak_arrays(item, index) for index, item in enumerate(peaks)]
-    for index, item in enumerate(arrays):
-        for name in ("two_theta", "intensity", "d_spacing"):
-            if item.get(name) is not None:
-                item[name] = _as_numpy(item[name], f"peak list {index}: {name}").reshape(-1)
-        if item.get("hkl") is not None:
-            item["hkl"] = _as_numpy(item["hkl"], f"peak list {index}: hkl").reshape(-1, 3)
-        count = item["two_theta"].size
-        for name in ("intensity", "hkl", "d_spacing"):
-            if item.get(name) is not None and len(item[name]) != count:
-                raise ValueError(
-                    f"peak list {index}: two_theta has {count} values "
-                    f"but {name} has {len(item[name])}"
-                )
-        wavelength = item.get("wavelength")
-        if (
-            wavelength is not None
-            and peaks_wavelength is not None
-            and abs(float(wavelength) - peaks_wavelength) > 1e-6
-        ):
-            raise ValueError(
-                f"peak list {index} was computed at wavelength {float(wavelength)} Angstrom but "
-                f"peaks_wavelength is {peaks_wavelength}; pass peaks_wavelength={float(wavelength)}"
-            )
+    arrays = [_checked_peak_list(item, index, peaks_wavelength) for index, item in enumerate(peaks)]
     lengths = np.array([item["two_theta"].size for item in arrays], dtype=np.int64)
     offsets = np.cumsum(lengths)
     batch, width = len(lengths), int(lengths.max(initial=0))
@@ -90,24 +115,13 @@ def _pad(peaks: Sequence, peaks_wavelength: float | None, device) -> _PaddedPeak
         ]
         return np.concatenate(parts) if parts else np.zeros((0, *shape))
 
-    def fail(bad: np.ndarray, what: str) -> None:
-        first = int(np.flatnonzero(bad)[0])
-        index = int(np.searchsorted(offsets, first, side="right"))
-        start = offsets[index - 1] if index > 0 else 0
-        raise ValueError(f"peak list {index}, peak {first - start}: {what}")
-
     def padded(values: np.ndarray, fill: float) -> torch.Tensor:
         out = np.full((batch, width, *values.shape[1:]), fill)
         out[mask] = values
         return torch.as_tensor(out, device=device)
 
     two_theta, intensity = concatenated("two_theta", 0.0), concatenated("intensity", 0.0)
-    bad = ~np.isfinite(two_theta) | (two_theta <= 0) | (two_theta >= 180)
-    if bad.any():
-        fail(bad, f"two_theta must be finite and in (0, 180) degrees, got {two_theta[bad][0]}")
-    bad = ~np.isfinite(intensity) | (intensity < 0)
-    if bad.any():
-        fail(bad, f"intensity must be finite and >= 0, got {intensity[bad][0]}")
+    _check_values(two_theta, intensity, offsets)
     hkl = d_spacing = None
     if any(item.get("hkl") is not None for item in arrays):
         hkl = padded(concatenated("hkl", 0.0, (3,)), 0.0)
