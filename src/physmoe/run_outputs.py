@@ -1,9 +1,10 @@
-"""A run's output folder: what a finished run writes there, resuming a killed run, and
-replacing a finished model only once its successor is complete (trained beside it, swapped at
-the end, a swap killed half-way completed by the next run)."""
+"""A run's output folder: resuming a killed run, replacing a finished model only once its
+successor is complete (trained beside it, swapped at the end, a swap killed half-way completed by
+the next run), and what a finished run saves there (model, results, card, plots) and pushes."""
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import logging
@@ -12,8 +13,24 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .training import last_complete_checkpoint
-from .utils import atomic_open
+import numpy as np
+import torch
+from datasets import DatasetDict
+from transformers.trainer_utils import PredictionOutput
+
+from .checkpoints import last_complete_checkpoint
+from .crystallography import ID2LABEL, sg_to_sys_map
+from .data.grid import TwoThetaGrid
+from .data.render import MeasurementConditions
+from .evaluation import (
+    apply_temperature,
+    per_class_accuracy,
+    plot_crystal_system_confusion,
+    plot_pattern_top5,
+    plot_per_class_accuracy,
+)
+from .training import named_predictions
+from .utils import atomic_open, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +95,7 @@ def _check_output_dir(
     they are all saved, so a failing or killed run leaves the old model as it was, and a killed
     replacement run resumes from its own checkpoints when started again. A replacement killed
     while swapping is completed here. Incomplete checkpoints (a run killed while saving one) are
-    skipped (:func:`~physmoe.training.last_complete_checkpoint`).
+    skipped (:func:`~physmoe.checkpoints.last_complete_checkpoint`).
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -175,5 +192,138 @@ def _replace_outputs(new: Path, output_dir: Path) -> None:
     logger.info("the new model replaced the old one in %s", output_dir)
 
 
-#: What SpaceGroupMetrics can report (physmoe.evaluation.compute_metrics) plus the Trainer's loss;
-#: expert_<k>_top1_accuracy is matched separately.
+# -- what a finished run saves ------------------------------------------------------------------
+
+
+def longtail_markdown_table(metrics: dict, prefix: str = "test_") -> str:
+    """Accuracy by training-frequency bucket as a markdown table (for the model card)."""
+    rows = [
+        ("many-shot (>= 100 training samples)", "many_shot"),
+        ("medium-shot (20-99)", "medium_shot"),
+        ("few-shot (< 20)", "few_shot"),
+        ("reference head", "head"),
+        ("reference medium", "medium"),
+        ("reference tail", "tail"),
+        ("reference extreme tail", "extreme_tail"),
+    ]
+    lines = ["| bucket | classes in test | class-mean accuracy |", "|---|---:|---:|"]
+    for name, key in rows:
+        count = metrics.get(f"{prefix}{key}_num_classes")
+        accuracy = metrics.get(f"{prefix}{key}_accuracy")
+        shown = "-" if accuracy is None else f"{accuracy:.3f}"
+        if key == "few_shot" and f"{prefix}few_shot_accuracy_ci_low" in metrics:
+            shown += (
+                f" (95% CI {metrics[f'{prefix}few_shot_accuracy_ci_low']:.3f}-"
+                f"{metrics[f'{prefix}few_shot_accuracy_ci_high']:.3f})"
+            )
+        lines.append(f"| {name} | {'-' if count is None else int(count)} | {shown} |")
+    return "\n".join(lines)
+
+
+@dataclass
+class _FinishedRun:
+    """What a finished run trained on and measured, for its saved outputs."""
+
+    dataset: DatasetDict  # the splits (train may be a stream)
+    metadata: dict  # the dataset's physmoe_dataset.json
+    conditions: MeasurementConditions  # training augmentation
+    train_counts: np.ndarray  # [230] training samples per class (expected ones for a stream)
+    results: dict  # validation_* and test_* metrics, temperature, miner pairs
+    test: PredictionOutput  # the test split's predictions (logits uncalibrated)
+    temperature: float  # calibration temperature fitted on validation
+
+
+def _save_outputs(trainer, output_dir: Path, run: _FinishedRun, plots: bool) -> None:
+    from .hub import write_model_card
+
+    # Weights, config and the feature extractor (processing class). Not pushed from here: the
+    # push comes once the card and the results exist (and a replaced model has been swapped).
+    trainer.save_model(str(output_dir), _internal_call=True)
+    write_json(output_dir / "all_results.json", run.results)
+    write_json(output_dir / "log_history.json", trainer.state.log_history, indent=1)
+    # The card takes test-split values only (its model-index reports the test split).
+    test_metrics = {key: value for key, value in run.results.items() if key.startswith("test_")}
+    training_data = {
+        "dataset": run.metadata.get("name"),
+        "structures (train / validation / test)": " / ".join(
+            str(len(run.dataset[split])) if split in run.dataset else "streamed"
+            for split in ("train", "validation", "test")
+        ),
+        "space groups in training": int((run.train_counts > 0).sum()),
+        "peak wavelength (A)": run.metadata.get("peak_wavelength"),
+        "calibration temperature (fitted on validation)": round(float(run.temperature), 4),
+    }
+    write_model_card(
+        output_dir,
+        metrics=test_metrics,
+        longtail_table=longtail_markdown_table(run.results),
+        training_data=training_data,
+        conditions=_condition_summary(run.conditions),
+        overwrite=True,
+    )
+    if plots:
+        _save_plots(output_dir, run, trainer)
+
+
+def _push_outputs(trainer, output_dir: Path) -> None:
+    from .hub import push_checkpoint
+
+    repo_id = getattr(trainer, "hub_model_id", None) or trainer.args.hub_model_id or output_dir.name
+    url = push_checkpoint(
+        output_dir,
+        repo_id,
+        private=bool(trainer.args.hub_private_repo),
+        token=trainer.args.hub_token,
+        revision=trainer.args.hub_revision,
+        commit_message="physmoe train: final model, card and metrics",
+    )
+    logger.info("pushed %s to the Hub: %s", output_dir, url)
+
+
+def _condition_summary(conditions: MeasurementConditions) -> dict:
+    return {
+        name: value
+        for name, value in dataclasses.asdict(conditions).items()
+        if not isinstance(value, (list, dict))
+    }
+
+
+def _save_plots(output_dir: Path, run: _FinishedRun, trainer) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'physmoe[plot]'): no plots")
+        return
+    predictions = named_predictions(run.test.predictions)
+    logits = torch.as_tensor(apply_temperature(predictions["logits"], run.temperature))
+    labels = torch.as_tensor(run.test.label_ids)
+    accuracy, test_counts = per_class_accuracy(logits, labels, num_classes=logits.shape[1])
+    accuracy = np.where(test_counts > 0, accuracy, np.nan)
+    plot_per_class_accuracy(
+        accuracy,
+        run.train_counts,
+        output_dir / _PLOT_FILES[0],
+        test_counts=test_counts,
+        overwrite=True,
+    )
+    system_of = sg_to_sys_map()
+    system_logits = torch.as_tensor(predictions["crystal_system_logits"])
+    plot_crystal_system_confusion(
+        system_of[labels].numpy(),
+        system_logits.argmax(1).numpy(),
+        output_dir / _PLOT_FILES[1],
+        overwrite=True,
+    )
+    example = trainer.eval_data_collator([run.dataset["test"][0]])["input_values"][0].numpy()
+    probabilities = torch.softmax(logits[0], dim=0)
+    top = probabilities.topk(5)
+    grid = TwoThetaGrid.from_config(trainer.model.config)
+    plot_pattern_top5(
+        grid.values(),
+        example,
+        top.indices.tolist(),
+        top.values.tolist(),
+        output_dir / _PLOT_FILES[2],
+        title=f"test pattern 0, true {ID2LABEL[int(labels[0])]}",
+        overwrite=True,
+    )

@@ -1,5 +1,4 @@
-"""physmoe.workflow without the command line: replacing or resuming the outputs of finished and
-killed runs."""
+"""physmoe.run_outputs: replacing or resuming the outputs of finished and killed runs."""
 
 from __future__ import annotations
 
