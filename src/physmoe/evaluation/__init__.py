@@ -2,7 +2,8 @@
 
 * :func:`compute_metrics`: every split-level metric in one dict (top-1/5, balanced accuracy,
   macro-F1, crystal-system accuracies, shot and reference buckets, ECE, NLL, per-expert accuracy).
-* :func:`bootstrap_ci`: bootstrap intervals for small buckets.
+* :func:`bootstrap_ci`, :func:`bucket_accuracy_ci`, :func:`two_stage_bootstrap`: bootstrap
+  intervals for small buckets.
 * :func:`per_class_accuracy`, :func:`confusion_matrix`, :func:`class_buckets`,
   :func:`hnm_most_confused_pairs`.
 * :class:`TemperatureScaler`, :func:`expected_calibration_error`.
@@ -14,22 +15,24 @@
   :func:`plot_crystal_system_confusion`, :func:`plot_pattern_top5`.
 """
 
+from .bootstrap import (
+    BOOTSTRAP_METRICS,
+    ConfidenceInterval,
+    bootstrap_ci,
+    bucket_accuracy_ci,
+    two_stage_bootstrap,
+)
 from .calibration import TemperatureScaler, apply_temperature, expected_calibration_error
 from .metrics import (
-    BOOTSTRAP_METRICS,
     REFERENCE_THRESHOLDS,
     REFERENCE_TRAIN_SIZE,
     SHOT_THRESHOLDS,
-    ConfidenceInterval,
     ConfusedPair,
-    bootstrap_ci,
-    bucket_accuracy_ci,
     class_buckets,
     compute_metrics,
     confusion_matrix,
     hnm_most_confused_pairs,
     per_class_accuracy,
-    two_stage_bootstrap,
 )
 from .plots import plot_crystal_system_confusion, plot_pattern_top5, plot_per_class_accuracy
 from .real import (
