@@ -359,7 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log progress (INFO) to stderr"
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_simulate_command(commands)
+    # main() hands "train" to _train's own parser: this entry only lists it in the help.
+    commands.add_parser(
+        "train", help="train, calibrate and test a model from a YAML config", add_help=False
+    )
+    _add_evaluate_command(commands)
+    _add_predict_command(commands)
+    _add_push_command(commands)
+    return parser
 
+
+def _add_simulate_command(commands: argparse._SubParsersAction) -> None:
     simulate = commands.add_parser(
         "simulate", help="generate a long-tailed dataset of random crystals"
     )
@@ -380,10 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="reuse a non-empty out_dir of another run"
     )
 
-    commands.add_parser(
-        "train", help="train, calibrate and test a model from a YAML config", add_help=False
-    )
 
+def _add_evaluate_command(commands: argparse._SubParsersAction) -> None:
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a dataset split")
     evaluate.add_argument(
         "checkpoint",
@@ -411,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="with --real --conditions lab: rendering seed"
     )
 
+
+def _add_predict_command(commands: argparse._SubParsersAction) -> None:
     predict = commands.add_parser(
         "predict",
         help="ranked space groups for CIFs, text patterns (.xy/.xye/.csv) or instrument files "
@@ -448,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
 
+
+def _add_push_command(commands: argparse._SubParsersAction) -> None:
     push = commands.add_parser("push", help="upload a checkpoint folder to the Hugging Face Hub")
     push.add_argument("checkpoint")
     push.add_argument("repo_id")
@@ -456,7 +469,6 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit-message", default="Upload ResNet1D_MoE checkpoint")
     push.add_argument("--token", default=None)
     push.add_argument("--include-training-state", action="store_true")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -206,13 +206,27 @@ def iter_simxrd(
     if not path.is_file():  # ase.db.connect would silently create an empty database
         raise FileNotFoundError(f"SimXRD database not found: {path}")
     _check_wavelength(wavelength)
+    _check_limit(limit)
+    if limit == 0:
+        return
+    database = _open_read_only(connect, path, selection)
+    select_kwargs = {} if limit is None else {"limit": int(limit)}
+    for row in database.select(selection, **select_kwargs):
+        yield _simxrd_record(row, f"{path}: row {row.id}", wavelength)
+
+
+def _check_limit(limit: Any) -> None:
+    """Refuse a ``limit`` that is neither None nor an integer >= 0."""
     # ase reads a limit of 0 or below as "no limit": that would return every row.
     if limit is not None and (
         isinstance(limit, bool) or not isinstance(limit, numbers.Integral) or limit < 0
     ):
         raise ValueError(f"limit must be None or an integer >= 0, got {limit!r}")
-    if limit == 0:
-        return
+
+
+def _open_read_only(connect: Any, path: Path, selection: Any) -> Any:
+    """The ASE database at ``path``, opened read-only, after checking ``selection`` and that the
+    file is an ASE SQLite database (``connect`` is ``ase.db.connect``)."""
     from ase.db.core import parse_selection
 
     try:  # ase's own errors ("too many values to unpack") do not say what was wrong
@@ -224,47 +238,63 @@ def iter_simxrd(
     database = connect(str(path), type="db")
     # Read-only for ASE too: ase.db creates its tables in any file it opens that lacks them.
     database._connect = lambda: sqlite3.connect(uri, uri=True, timeout=20)
-    select_kwargs = {} if limit is None else {"limit": int(limit)}
-    for row in database.select(selection, **select_kwargs):
-        where = f"{path}: row {row.id}"
-        d_spacing = _parse_number_list(_row_value(row, "latt_dis"), "latt_dis", where)
-        intensity = _parse_number_list(_row_value(row, "intensity"), "intensity", where)
-        if d_spacing.shape != intensity.shape:
-            raise ValueError(
-                f"{where}: latt_dis has {d_spacing.size} values but intensity has {intensity.size}"
-            )
-        if np.any(d_spacing <= 0):
-            raise ValueError(f"{where}: latt_dis has non-positive d-spacings")
-        space_group, simxrd_system, letter = _parse_tager(_row_value(row, "tager"), where)
-        if not 1 <= space_group <= NUM_SPACE_GROUPS:
-            raise ValueError(f"{where}: space group {space_group} is outside 1..230")
-        if not 1 <= simxrd_system <= 7:
-            raise ValueError(f"{where}: crystal system {simxrd_system} is outside SimXRD's 1..7")
-        # SimXRD numbers crystal systems in reverse (1 = cubic ... 7 = triclinic).
-        system = 7 - simxrd_system
-        if system != crystal_system_index(space_group):
-            raise ValueError(
-                f"{where}: tager says crystal system {simxrd_system} "
-                f"({CRYSTAL_SYSTEMS[system]}) but space "
-                f"group {space_group} is {CRYSTAL_SYSTEMS[crystal_system_index(space_group)]}"
-            )
-        two_theta = bragg_two_theta(d_spacing, wavelength)
-        keep = np.isfinite(two_theta)
-        two_theta = two_theta[keep]
-        order = np.argsort(two_theta, kind="stable")
-        formula = _row_value(row, "chem_form")
-        yield SimXRDRecord(
-            row_id=int(row.id),
-            space_group=space_group,
-            crystal_system=system,
-            lattice_letter=letter,
-            two_theta=two_theta[order],
-            intensity=intensity[keep][order],
-            d_spacing=d_spacing[keep][order],
-            wavelength=float(wavelength),
-            formula=str(formula) if formula is not None else str(row.formula),
-            simulation_param=_parse_literal(_row_value(row, "simulation_param")),
+    return database
+
+
+def _simxrd_record(row: Any, where: str, wavelength: float) -> SimXRDRecord:
+    """One database row as a record, its 2θ computed at ``wavelength``; ``where`` names the row
+    in errors."""
+    d_spacing, intensity = _simxrd_peaks(row, where)
+    space_group, system, letter = _simxrd_labels(row, where)
+    two_theta = bragg_two_theta(d_spacing, wavelength)
+    keep = np.isfinite(two_theta)
+    two_theta = two_theta[keep]
+    order = np.argsort(two_theta, kind="stable")
+    formula = _row_value(row, "chem_form")
+    return SimXRDRecord(
+        row_id=int(row.id),
+        space_group=space_group,
+        crystal_system=system,
+        lattice_letter=letter,
+        two_theta=two_theta[order],
+        intensity=intensity[keep][order],
+        d_spacing=d_spacing[keep][order],
+        wavelength=float(wavelength),
+        formula=str(formula) if formula is not None else str(row.formula),
+        simulation_param=_parse_literal(_row_value(row, "simulation_param")),
+    )
+
+
+def _simxrd_peaks(row: Any, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The row's checked d-spacings and intensities."""
+    d_spacing = _parse_number_list(_row_value(row, "latt_dis"), "latt_dis", where)
+    intensity = _parse_number_list(_row_value(row, "intensity"), "intensity", where)
+    if d_spacing.shape != intensity.shape:
+        raise ValueError(
+            f"{where}: latt_dis has {d_spacing.size} values but intensity has {intensity.size}"
         )
+    if np.any(d_spacing <= 0):
+        raise ValueError(f"{where}: latt_dis has non-positive d-spacings")
+    return d_spacing, intensity
+
+
+def _simxrd_labels(row: Any, where: str) -> tuple[int, int, str | None]:
+    """The row's space group, crystal-system index (physmoe's numbering) and lattice letter,
+    checked against each other."""
+    space_group, simxrd_system, letter = _parse_tager(_row_value(row, "tager"), where)
+    if not 1 <= space_group <= NUM_SPACE_GROUPS:
+        raise ValueError(f"{where}: space group {space_group} is outside 1..230")
+    if not 1 <= simxrd_system <= 7:
+        raise ValueError(f"{where}: crystal system {simxrd_system} is outside SimXRD's 1..7")
+    # SimXRD numbers crystal systems in reverse (1 = cubic ... 7 = triclinic).
+    system = 7 - simxrd_system
+    if system != crystal_system_index(space_group):
+        raise ValueError(
+            f"{where}: tager says crystal system {simxrd_system} "
+            f"({CRYSTAL_SYSTEMS[system]}) but space "
+            f"group {space_group} is {CRYSTAL_SYSTEMS[crystal_system_index(space_group)]}"
+        )
+    return space_group, system, letter
 
 
 def read_simxrd(path: str | os.PathLike, **kwargs: Any) -> list[SimXRDRecord]:

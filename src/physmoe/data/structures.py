@@ -353,64 +353,9 @@ class Crystal:
         ``source`` names the file in errors.
         """
         where = f"{source}: " if source else ""
-        number_only = getattr(small, "spacegroup_number", 0)
-        if not 0 <= number_only <= 230:  # 0: not given; others would silently become P1
-            raise ValueError(f"{where}space-group number {number_only} is not in 1..230")
-        if small.spacegroup is None and not small.symops and 1 <= number_only <= 230:
-            # Only _space_group_IT_number / _symmetry_Int_Tables_number: its standard setting.
-            small.determine_and_set_spacegroup("N")
-            logger.warning(
-                "%sonly the space-group number %d is given: using its standard setting %s",
-                where,
-                number_only,
-                small.spacegroup.xhm() if small.spacegroup else "?",
-            )
-        if small.spacegroup is None and not small.symops and small.spacegroup_hm.strip():
-            raise ValueError(
-                f"{where}space group {small.spacegroup_hm!r} is not recognised "
-                "and the file lists no "
-                "symmetry operations, so the unit cell cannot be filled"
-            )
-        if small.spacegroup is None and not small.symops:
-            logger.warning("%sno space group or symmetry operations given; assuming P1", where)
-        cell = small.cell
-        if (cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma) == (1, 1, 1, 90, 90, 90):
-            # gemmi's default when _cell_length_a/b/c or _cell_angle_alpha/beta/gamma are missing
-            raise ValueError(
-                f"{where}no unit cell: _cell_length_a/b/c and _cell_angle_alpha/beta/gamma are "
-                "missing or incomplete"
-            )
-        lattice = lattice_matrix(cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma)
-        # U_eq = 1/3 sum_ij U^ij a*_i a*_j (a_i . a_j) for sites with only anisotropic U.
-        reciprocal_lengths = np.linalg.norm(np.linalg.inv(lattice), axis=0)
-        metric = lattice @ lattice.T
-        species, coords, occupancies, b_iso = [], [], [], []
-        for site in small.sites:
-            if not site.occ >= 0:  # negative or NaN
-                raise ValueError(f"{where}site {site.label!r} has occupancy {site.occ} < 0")
-        for site in small.get_all_unit_cell_sites():
-            if site.occ <= 0:
-                continue
-            if site.occ > 1 + 1e-3:
-                raise ValueError(f"{where}site {site.label!r} has occupancy {site.occ} > 1")
-            name = (
-                site.element.name
-                if site.element.atomic_number > 0
-                else site.type_symbol or site.label
-            )
-            try:
-                species.append(element_symbol(name))
-            except ValueError as error:
-                raise ValueError(f"{where}site {site.label!r}: {error}") from None
-            u_iso = site.u_iso
-            if u_iso <= 0 and site.aniso.nonzero():
-                u = np.array(site.aniso.as_mat33().tolist())
-                u_iso = float(
-                    np.sum(u * np.outer(reciprocal_lengths, reciprocal_lengths) * metric) / 3
-                )
-            coords.append(site.fract.tolist())
-            occupancies.append(min(float(site.occ), 1.0))
-            b_iso.append(8 * math.pi**2 * max(u_iso, 0.0))
+        _set_gemmi_space_group(small, where)
+        lattice = _gemmi_lattice(small.cell, where)
+        species, coords, occupancies, b_iso = _gemmi_unit_cell_sites(small, lattice, where)
         if not species:
             raise ValueError(f"{where}no atom sites with non-zero occupancy")
         number = small.spacegroup.number if small.spacegroup is not None else None
@@ -547,6 +492,76 @@ def _set_fractional_from_cartesian(
     logger.warning("%s: sites given only in Cartesian coordinates; converted to fractional", path)
     for site, xyz in zip(small.sites, fractional, strict=True):
         site.fract = gemmi.Fractional(*xyz)
+
+
+def _set_gemmi_space_group(small: gemmi.SmallStructure, where: str) -> None:
+    """Give ``small`` the standard setting of its space-group number when that is all the file
+    states; refuse a number outside 1..230 and an unknown symbol without symmetry operations."""
+    number_only = getattr(small, "spacegroup_number", 0)
+    if not 0 <= number_only <= 230:  # 0: not given; others would silently become P1
+        raise ValueError(f"{where}space-group number {number_only} is not in 1..230")
+    if small.spacegroup is None and not small.symops and 1 <= number_only <= 230:
+        # Only _space_group_IT_number / _symmetry_Int_Tables_number: its standard setting.
+        small.determine_and_set_spacegroup("N")
+        logger.warning(
+            "%sonly the space-group number %d is given: using its standard setting %s",
+            where,
+            number_only,
+            small.spacegroup.xhm() if small.spacegroup else "?",
+        )
+    if small.spacegroup is None and not small.symops and small.spacegroup_hm.strip():
+        raise ValueError(
+            f"{where}space group {small.spacegroup_hm!r} is not recognised "
+            "and the file lists no "
+            "symmetry operations, so the unit cell cannot be filled"
+        )
+    if small.spacegroup is None and not small.symops:
+        logger.warning("%sno space group or symmetry operations given; assuming P1", where)
+
+
+def _gemmi_lattice(cell: gemmi.UnitCell, where: str) -> np.ndarray:
+    """The lattice matrix of a gemmi cell; ValueError when the CIF gave none."""
+    if (cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma) == (1, 1, 1, 90, 90, 90):
+        # gemmi's default when _cell_length_a/b/c or _cell_angle_alpha/beta/gamma are missing
+        raise ValueError(
+            f"{where}no unit cell: _cell_length_a/b/c and _cell_angle_alpha/beta/gamma are "
+            "missing or incomplete"
+        )
+    return lattice_matrix(cell.a, cell.b, cell.c, cell.alpha, cell.beta, cell.gamma)
+
+
+def _gemmi_unit_cell_sites(
+    small: gemmi.SmallStructure, lattice: np.ndarray, where: str
+) -> tuple[list[str], list[list[float]], list[float], list[float]]:
+    """Species, fractional coordinates, occupancies and B of every unit-cell site with non-zero
+    occupancy (occupancies above 1 by rounding are clipped; larger or negative ones refused)."""
+    # U_eq = 1/3 sum_ij U^ij a*_i a*_j (a_i . a_j) for sites with only anisotropic U.
+    reciprocal_lengths = np.linalg.norm(np.linalg.inv(lattice), axis=0)
+    metric = lattice @ lattice.T
+    for site in small.sites:
+        if not site.occ >= 0:  # negative or NaN
+            raise ValueError(f"{where}site {site.label!r} has occupancy {site.occ} < 0")
+    species, coords, occupancies, b_iso = [], [], [], []
+    for site in small.get_all_unit_cell_sites():
+        if site.occ <= 0:
+            continue
+        if site.occ > 1 + 1e-3:
+            raise ValueError(f"{where}site {site.label!r} has occupancy {site.occ} > 1")
+        name = (
+            site.element.name if site.element.atomic_number > 0 else site.type_symbol or site.label
+        )
+        try:
+            species.append(element_symbol(name))
+        except ValueError as error:
+            raise ValueError(f"{where}site {site.label!r}: {error}") from None
+        u_iso = site.u_iso
+        if u_iso <= 0 and site.aniso.nonzero():
+            u = np.array(site.aniso.as_mat33().tolist())
+            u_iso = float(np.sum(u * np.outer(reciprocal_lengths, reciprocal_lengths) * metric) / 3)
+        coords.append(site.fract.tolist())
+        occupancies.append(min(float(site.occ), 1.0))
+        b_iso.append(8 * math.pi**2 * max(u_iso, 0.0))
+    return species, coords, occupancies, b_iso
 
 
 def _is_instance_of(obj: Any, module_prefix: str, class_names: tuple[str, ...]) -> bool:

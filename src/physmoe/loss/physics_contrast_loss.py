@@ -761,32 +761,15 @@ class PhysMoELossWrapper(nn.Module):
         self.num_experts = int(_config_value(cfg, "num_experts"))
         tail_expert_ids = list(_config_value(cfg, "tail_expert_ids"))
         self.feat_dim = int(_config_value(cfg, "feat_dim", "feature_dim"))
-        weights = {
-            "scl": lambda_scl,
-            "dol": lambda_dol,
-            "col": lambda_col,
-            "hier": lambda_hier,
-            "reg": lambda_reg,
-            "hnm": lambda_hnm,
-            "tau": tau,
-        }
-        check_loss_weights(
-            {
-                ("tau" if name == "tau" else f"lambda_{name}"): value
-                for name, value in weights.items()
-            }
+        self._set_loss_weights(
+            lambda_scl=lambda_scl,
+            lambda_dol=lambda_dol,
+            lambda_col=lambda_col,
+            lambda_hier=lambda_hier,
+            lambda_reg=lambda_reg,
+            lambda_hnm=lambda_hnm,
+            tau=tau,
         )
-        self.lambda_scl, self.lambda_dol, self.lambda_col = (
-            float(lambda_scl),
-            float(lambda_dol),
-            float(lambda_col),
-        )
-        self.lambda_hier, self.lambda_reg, self.lambda_hnm = (
-            float(lambda_hier),
-            float(lambda_reg),
-            float(lambda_hnm),
-        )
-        self.tau = float(tau)
         self.rule_threshold = float(rule_threshold)
         self.validate = bool(validate)
 
@@ -800,6 +783,30 @@ class PhysMoELossWrapper(nn.Module):
             rule_threshold=rule_threshold, validate=self.validate,
         )  # fmt: skip
         self.num_classes = self._rule_matrix.shape[0]
+        self._set_log_prior(class_prior, prior_floor)
+
+        self.icl = ICLMoELoss(
+            self.num_experts, tail_expert_ids, gamma=gamma, detach_ensemble=detach_ensemble
+        )
+        self._register_host_buffers()
+
+    def _set_loss_weights(self, **weights: float) -> None:
+        """Keep the loss weights as floats, after refusing any that is not a finite number >= 0
+        (``ValueError`` naming it)."""
+        check_loss_weights(weights)
+        self.lambda_scl = float(weights["lambda_scl"])
+        self.lambda_dol = float(weights["lambda_dol"])
+        self.lambda_col = float(weights["lambda_col"])
+        self.lambda_hier = float(weights["lambda_hier"])
+        self.lambda_reg = float(weights["lambda_reg"])
+        self.lambda_hnm = float(weights["lambda_hnm"])
+        self.tau = float(weights["tau"])
+
+    def _set_log_prior(
+        self, class_prior: torch.Tensor | Sequence[float] | None, prior_floor: float
+    ) -> None:
+        """Keep ``log(class_prior)`` on the host (the ``log_prior`` buffer's source; None without a
+        prior), which logit adjustment (``tau > 0``) needs."""
         self._log_prior = None
         if class_prior is not None:
             self._log_prior = log_class_prior(
@@ -811,9 +818,9 @@ class PhysMoELossWrapper(nn.Module):
                 "[num_classes] probabilities or counts"
             )
 
-        self.icl = ICLMoELoss(
-            self.num_experts, tail_expert_ids, gamma=gamma, detach_ensemble=detach_ensemble
-        )
+    def _register_host_buffers(self) -> None:
+        """Register the class-shaped constants as non-persistent buffers: :meth:`reset_buffers`
+        rebuilds them from the host copies, so checkpoints need not hold them."""
         for name, value in self._buffers_from_host().items():
             self.register_buffer(name, value, persistent=False)
 
