@@ -254,23 +254,6 @@ def test_train_refuses_mistakes_before_training(tmp_path, capsys):
         _check_metric_name(fine)
 
 
-def test_model_overrides_and_missing_models_are_named(tmp_path):
-    from physmoe.workflow import ModelArguments, build_model
-
-    counts = np.ones(230)
-    with pytest.raises(
-        ValueError, match=r"model_overrides must be a JSON object: Expecting property name"
-    ):
-        build_model(ModelArguments(model_overrides="{tau: 1}"), counts)
-    with pytest.raises(
-        ValueError, match=r"model_overrides must be a JSON object, got \['tau', 1\]"
-    ):
-        build_model(ModelArguments(model_overrides=["tau", 1]), counts)  # a YAML list
-    missing = tmp_path / "no_model"
-    with pytest.raises(FileNotFoundError, match=f"no such checkpoint folder: {missing}"):
-        build_model(ModelArguments(model_name_or_path=str(missing)), counts)
-
-
 def test_evaluate_real_and_predict_name_broken_models(tmp_path, capsys):
     from tiny_models import tiny_model
 
@@ -500,22 +483,6 @@ def test_simulate_with_the_fast_generator(tmp_path, capsys):
     assert set(dataset["train"]["source"]) == {"random_crystals"}
 
 
-def test_unknown_model_overrides_are_refused_with_a_suggestion(tmp_path):
-    from physmoe.workflow import ModelArguments, build_model
-
-    counts = np.ones(230)
-    message = r"unknown ResNet1DMoEConfig fields 'tua' \(did you mean 'tau'\?\)"
-    with pytest.raises(ValueError, match=message):
-        build_model(ModelArguments(model_overrides='{"tua": 1.0}'), counts)
-    from tiny_models import tiny_model
-
-    saved = tmp_path / "base"
-    tiny_model(seed=3).save_pretrained(saved)
-    with pytest.raises(ValueError, match=r"unknown ResNet1DMoEConfig fields 'no_such'"):
-        arguments = ModelArguments(model_name_or_path=str(saved), model_overrides='{"no_such": 1}')
-        build_model(arguments, counts)
-
-
 def test_evaluate_max_samples_limits_every_split(small_dataset, tmp_path):
     from physmoe import XRDFeatureExtractor
     from physmoe.workflow import DataArguments, load_data
@@ -538,19 +505,6 @@ def test_evaluate_max_samples_limits_every_split(small_dataset, tmp_path):
     )
     assert len(limited["train"]) == 4 and len(limited["test"]) == 3
     assert sorted(path.name for path in data.rglob("*")) == files
-
-
-def test_the_balanced_experts_preset_gets_the_training_prior():
-    from physmoe.workflow import ModelArguments, build_model
-
-    counts = np.arange(1, 231, dtype=float)
-    model = build_model(
-        ModelArguments(model_overrides='{"loss_preset": "balanced_experts"}'), counts
-    )
-    assert model.config.class_prior == pytest.approx(list(counts / counts.sum()))
-    labels = torch.tensor([0, 5, 229, 61])
-    out = model(torch.rand(4, model.config.num_points), labels=labels)
-    assert torch.isfinite(out.loss)
 
 
 @pytest.mark.parametrize(("extra", "expected"), [([], True), (["--disable_tqdm", "false"], False)])
