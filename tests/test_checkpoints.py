@@ -15,6 +15,7 @@ _CHECKPOINT_FILES = (
     "modeling_resnet1d_moe.py",
     "configuration_resnet1d_moe.py",
     "fast_path_resnet1d_moe.py",
+    "loss_resnet1d_moe.py",
     "config.json",
     "model.safetensors",
     "preprocessor_config.json",

@@ -55,6 +55,7 @@ MODEL_FILES = {
     "configuration_resnet1d_moe.py",
     "modeling_resnet1d_moe.py",
     "fast_path_resnet1d_moe.py",
+    "loss_resnet1d_moe.py",
 }
 EXPECTED_PUSH = MODEL_FILES | {".gitattributes", "README.md"}
 
@@ -340,6 +341,7 @@ def test_checkpoint_files_selects_what_users_need(tmp_path):
         "config.json",
         "configuration_resnet1d_moe.py",
         "fast_path_resnet1d_moe.py",
+        "loss_resnet1d_moe.py",
         "model.safetensors",
         "modeling_resnet1d_moe.py",
         "preprocessor_config.json",

@@ -49,6 +49,7 @@ _RUN_OUTPUTS = (
     "configuration_resnet1d_moe.py",
     "modeling_resnet1d_moe.py",
     "fast_path_resnet1d_moe.py",
+    "loss_resnet1d_moe.py",
     *_PLOT_FILES,
 )
 

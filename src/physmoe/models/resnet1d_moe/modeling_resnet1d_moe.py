@@ -21,23 +21,24 @@ maps with BatchNorm, and all experts run as one matmul and one batched matmul. H
 (projections, cosine classifiers, gate, hierarchy) run in fp32 with autocast off: they are cheap
 and the cosine logits are scaled by 30.
 
+The classifier's loss and hard-negative miner (building them from the config, checking labels,
+computing the loss, updating the miner) live in :mod:`.loss_resnet1d_moe`.
+
 This file must stay importable without physmoe (``trust_remote_code=True`` checkpoints carry a
-copy of it and of the fast path): physmoe is imported only through :func:`_import_physmoe`.
-Inference works without it; training (``labels`` given) needs ``physmoe.loss``.
+copy of it, of the fast path and of the loss module): physmoe is imported only through
+:func:`.loss_resnet1d_moe.import_physmoe`. Inference works without it; training (``labels``
+given) needs ``physmoe.loss``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +51,17 @@ from .fast_path_resnet1d_moe import applies as _fast_path_applies
 from .fast_path_resnet1d_moe import clear_caches as _clear_fast_path_caches
 from .fast_path_resnet1d_moe import encode as _fast_path_encode
 from .fast_path_resnet1d_moe import expert_stages as _fast_path_expert_stages
+from .loss_resnet1d_moe import DEFAULT_PRIOR_FLOOR as _DEFAULT_PRIOR_FLOOR  # noqa: F401 (re-export)
+from .loss_resnet1d_moe import RULE_LOSS_PRESETS as _RULE_LOSS_PRESETS  # noqa: F401 (re-export)
+from .loss_resnet1d_moe import ResNet1DMoEHardNegativeMinerState
+from .loss_resnet1d_moe import apply_miner_epoch_momentum as _apply_miner_epoch_momentum
+from .loss_resnet1d_moe import balanced_experts_constants as _balanced_experts_constants
+from .loss_resnet1d_moe import build_miner_and_loss as _build_miner_and_loss
+from .loss_resnet1d_moe import check_labels as _check_labels
+from .loss_resnet1d_moe import compute_loss as _compute_loss
+from .loss_resnet1d_moe import import_physmoe as _import_physmoe
+from .loss_resnet1d_moe import is_physmoe_miner as _is_physmoe_miner
+from .loss_resnet1d_moe import update_miner as _update_miner
 
 logger = logging.get_logger(__name__)
 
@@ -62,45 +74,9 @@ __all__ = [
     "hierarchical_space_group_logits",
 ]
 
-#: Loss presets that need the rule matrix and the label -> crystal-system map.
-_RULE_LOSS_PRESETS = ("physmoe", "physmoe_no_contrast", "scheme2", "balanced_experts")
-#: Default floor of zero-count class priors (``physmoe.loss.moe_loss.DEFAULT_PRIOR_FLOOR``).
-_DEFAULT_PRIOR_FLOOR = 1e-6
-
-
-def _import_physmoe(name: str) -> ModuleType | None:
-    """Import ``physmoe.<...>``, or ``None`` when physmoe is not installed (remote-code use)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name == "physmoe":
-            return None
-        raise
-
 
 def _is_compiling() -> bool:
     return torch.compiler.is_compiling()
-
-
-def _balanced_experts_constants(config: ResNet1DMoEConfig) -> tuple[np.ndarray, np.ndarray]:
-    """``(taus [K], log_prior [C])`` float32 of the ``"balanced_experts"`` preset, computed in
-    numpy (this may run inside transformers' meta-device context) exactly as ``physmoe.loss``
-    does: the prior normalised, clamped at ``prior_floor``, then the log."""
-    if config.class_prior is None:
-        raise ValueError(
-            "loss_preset='balanced_experts' needs config.class_prior, the training class "
-            "frequencies (counts or probabilities, one per label): its ensemble is balanced "
-            "against that prior"
-        )
-    prior = np.asarray(config.class_prior, dtype=np.float64)
-    if prior.shape != (config.num_labels,):
-        raise ValueError(
-            f"class_prior has {prior.shape[0]} entries, num_labels is {config.num_labels}"
-        )
-    floor = _DEFAULT_PRIOR_FLOOR if config.prior_floor is None else float(config.prior_floor)
-    log_prior = np.log(np.maximum(prior / prior.sum(), floor)).astype(np.float32)
-    taus = np.asarray(config.balanced_expert_taus(), dtype=np.float64).astype(np.float32)
-    return taus, log_prior
 
 
 # ------------------------------------------------------------------------------------------------
@@ -465,11 +441,6 @@ class ResNet1DMoEPreTrainedModel(PreTrainedModel):
         return torch.float32
 
 
-def _is_physmoe_miner(module: nn.Module) -> bool:
-    hnm = _import_physmoe("physmoe.loss.hnm")
-    return hnm is not None and isinstance(module, hnm.HardNegativeMining_Proto)
-
-
 class ResNet1DMoEModel(ResNet1DMoEPreTrainedModel):
     """The trunk: ``input_values [B, L]`` -> pooled features ``[B, D]``."""
 
@@ -655,19 +626,6 @@ class ResNet1DMoECosineClassifier(nn.Module):
         )
 
 
-class ResNet1DMoEHardNegativeMinerState(nn.Module):
-    """Inference-only stand-in for ``physmoe.loss.HardNegativeMining_Proto`` when physmoe is not
-    installed: the same persistent float32 buffers ``prototypes`` ``[C, D]`` and
-    ``confusion_matrix`` ``[C, C]``, so checkpoints load and save identically."""
-
-    def __init__(self, num_classes: int, feat_dim: int) -> None:
-        super().__init__()
-        self.register_buffer("prototypes", torch.zeros(num_classes, feat_dim, dtype=torch.float32))
-        self.register_buffer(
-            "confusion_matrix", torch.zeros(num_classes, num_classes, dtype=torch.float32)
-        )
-
-
 def hierarchical_space_group_logits(
     ensemble_logits: torch.Tensor,
     crystal_system_logits: torch.Tensor,
@@ -777,72 +735,10 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
             self.register_buffer("expert_taus", taus, persistent=False)
             self.register_buffer("log_class_prior", log_prior, persistent=False)
 
-        loss_module = _import_physmoe("physmoe.loss")
-        if loss_module is None:
-            logger.info("physmoe is not installed: ResNet1D_MoE runs inference only (no loss)")
-            self.hard_negative_miner = ResNet1DMoEHardNegativeMinerState(config.num_labels, dim)
-            self.physmoe_loss = None
-        else:
-            self.hard_negative_miner = loss_module.HardNegativeMining_Proto(
-                config.num_labels,
-                dim,
-                momentum=config.hnm_momentum,
-                temperature=config.hnm_temperature,
-                k=min(config.hnm_k, config.num_labels - 1),
-                validate=config.validate_inputs,
-            )
-            self.physmoe_loss = self._build_loss(loss_module)
+        self.hard_negative_miner, self.physmoe_loss = _build_miner_and_loss(config)
         self.post_init()
 
     # -- construction helpers -------------------------------------------------------------------
-
-    def _build_loss(self, loss_module: ModuleType) -> nn.Module:
-        """The ``physmoe.loss`` wrapper of ``config.loss_preset`` with the config's overrides."""
-        config = self.config
-        numbers = config.space_group_numbers
-        rule_matrix = sg_to_sys = None
-        if numbers is not None:
-            crystallography = importlib.import_module("physmoe.crystallography")
-            full = (
-                crystallography.rule_similarity_matrix()
-                if config.rule_matrix == "physmoe"
-                else crystallography.operator_cosine_matrix()
-            ).numpy()
-            index = np.asarray(numbers) - 1
-            # numpy, not torch: this may run inside transformers' meta-device context.
-            rule_matrix = torch.from_numpy(np.ascontiguousarray(full[np.ix_(index, index)]))
-            sg_to_sys = torch.from_numpy(np.asarray(config.label_crystal_systems, dtype=np.int64))
-        elif config.loss_preset in _RULE_LOSS_PRESETS:
-            raise ValueError(
-                f"loss_preset={config.loss_preset!r} needs the space group of every label "
-                "(rule matrix, "
-                f"crystal systems): set config.label_space_groups or id2label names ending in '(n)'"
-            )
-        class_prior = None
-        if config.class_prior is not None:
-            if len(config.class_prior) != config.num_labels:
-                raise ValueError(
-                    f"class_prior has {len(config.class_prior)} entries, "
-                    f"num_labels is {config.num_labels}"
-                )
-            class_prior = torch.from_numpy(np.asarray(config.class_prior, dtype=np.float64))
-        overrides = config.loss_overrides()
-        try:
-            return loss_module.build_loss(
-                config.loss_preset,
-                config,
-                rule_matrix,
-                sg_to_sys,
-                class_prior=class_prior,
-                validate=False,
-                **overrides,
-            )
-        except TypeError as error:
-            raise ValueError(
-                f"loss_preset={config.loss_preset!r} does not accept the loss settings "
-                f"{sorted(overrides)} "
-                f"set in the config ({error})"
-            ) from error
 
     def _init_own_state(self) -> None:
         if self.config.rule_bias_init is None:
@@ -937,50 +833,24 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         """
         return_dict = self.config.return_dict if return_dict is None else return_dict
         if labels is not None:
-            labels = self._check_labels(labels, input_values)
+            labels = _check_labels(
+                labels,
+                input_values,
+                self.num_labels,
+                has_loss=self.physmoe_loss is not None,
+                check_values=self._checks_values(),
+            )
         features = self.forward_features(input_values)
         head = self.forward_head(features)
         loss = loss_components = None
         if labels is not None:
-            loss, loss_components = self.physmoe_loss(
-                {
-                    "features": features,
-                    "sys_logits": head["crystal_system_logits"],
-                    "expert_logits": head["expert_logits"],
-                    "gating_weights": head["gating_weights"],
-                    "ensemble_logits": head["ensemble_logits"],
-                },
-                {"labels": labels},
-                hard_negative_miner=self.hard_negative_miner,
+            loss, loss_components = _compute_loss(
+                self.physmoe_loss, features, head, labels, self.hard_negative_miner
             )
         output = SpaceGroupClassifierOutput(
             loss=loss, features=features, loss_components=loss_components, **head
         )
         return output if return_dict else output.to_tuple()
-
-    def _check_labels(self, labels: torch.Tensor, input_values: torch.Tensor) -> torch.Tensor:
-        if self.physmoe_loss is None:
-            raise ImportError(
-                "training ResNet1D_MoE (labels given) needs the physmoe package for its loss "
-                "(pip install physmoe); inference without labels works without it"
-            )
-        if not isinstance(labels, torch.Tensor):
-            raise TypeError(
-                f"labels must be a torch.Tensor of class indices, got {type(labels).__name__}"
-            )
-        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-            raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
-        batch = input_values.shape[0] if isinstance(input_values, torch.Tensor) else None
-        if labels.dim() != 1 or labels.shape[0] != batch:
-            raise ValueError(f"labels must be [batch] = [{batch}], got {list(labels.shape)}")
-        if self._checks_values():
-            if bool(((labels < 0) | (labels >= self.num_labels)).any()):
-                bad = labels[(labels < 0) | (labels >= self.num_labels)]
-                raise ValueError(
-                    f"labels must lie in 0..{self.num_labels - 1} (space-group number - 1), "
-                    f"got {bad[:5].tolist()}"
-                )
-        return labels.long()
 
     # -- hard-negative mining -------------------------------------------------------------------
 
@@ -996,26 +866,12 @@ class ResNet1DMoEForSpaceGroupClassification(ResNet1DMoEPreTrainedModel):
         ``confusion_matrix[label, predicted] += 1`` with ``predicted`` = argmax of
         ``logits_or_predictions`` ``[N, C]`` or the given classes ``[N]``. No gradient.
         """
-        miner = self.hard_negative_miner
-        if not hasattr(miner, "update_prototypes"):
-            raise ImportError(
-                "updating the hard-negative miner needs the physmoe package (pip install physmoe)"
-            )
-        labels = labels.detach().long()
-        miner.update_prototypes(features.detach().float(), labels)
-        # Keywords: the miner's positional order is the seed's (predicted, labels); these names
-        # also work with physmoe releases whose order was (labels, predictions).
-        miner.update_confusion_matrix(labels=labels, predictions=logits_or_predictions.detach())
+        _update_miner(self.hard_negative_miner, features, logits_or_predictions, labels)
 
     @torch.no_grad()
     def apply_epoch_momentum(self) -> None:
         """Decay the miner's confusion counts once per epoch (``*= 1 - momentum``)."""
-        miner = self.hard_negative_miner
-        if not hasattr(miner, "apply_epoch_momentum"):
-            raise ImportError(
-                "updating the hard-negative miner needs the physmoe package (pip install physmoe)"
-            )
-        miner.apply_epoch_momentum()
+        _apply_miner_epoch_momentum(self.hard_negative_miner)
 
     # -- saving ---------------------------------------------------------------------------------
 
