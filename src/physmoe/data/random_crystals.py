@@ -50,6 +50,7 @@ import moyopy
 import numpy as np
 
 from ..crystallography import NUM_SPACE_GROUPS, crystal_system_index
+from ._placement import closest_ratios, contact_ratios
 from .priors import resolve_prior, sample_space_groups
 from .structures import Crystal, lattice_matrix
 from .wyckoff import (
@@ -324,20 +325,6 @@ def _orbit_positions(ops: np.ndarray, free: np.ndarray) -> np.ndarray:
     return np.mod(np.einsum("mij,tj->tmi", ops[:, :, :3], free) + ops[:, :, 3], 1.0)
 
 
-def _squared_distances(delta: np.ndarray, lattice: np.ndarray, shifts: np.ndarray | None):
-    """Squared length of fractional differences ``[..., 3]`` to their nearest image: by rounding
-    alone (exact in orthogonal cells; an upper bound otherwise) or the least over ``shifts``."""
-    delta = delta - np.rint(delta)
-    cartesian = delta @ lattice
-    squared = (cartesian * cartesian).sum(-1)
-    if shifts is None:
-        return squared
-    # |(d + s) L|^2 = |d L|^2 + 2 (d L) . (s L) + |s L|^2: no [..., S, 3] intermediate.
-    shifted = shifts @ lattice
-    cross = cartesian @ (2 * shifted.T)
-    return (squared[..., None] + cross + (shifted * shifted).sum(-1)).min(-1)
-
-
 # Images to search beyond rounding, per crystal system: none where the axes are orthogonal, the
 # 3 x 3 block of the oblique plane (ab for gamma = 120 deg, ac for monoclinic beta) and all 27
 # cells for triclinic cells; exact for the reduced cells that _random_lattice draws.
@@ -396,14 +383,10 @@ def _place(
         neighbours = np.concatenate([np.full(len(ops) - 1, o), placed_orbit])
         limits = (factor * contacts[o, neighbours]) ** 2
         candidates = _orbit_positions(ops, rng.random((_CANDIDATES if dof[o] else 1, 3)))
-        others = np.concatenate(
-            [candidates[:, 1:], np.broadcast_to(placed, (len(candidates), *placed.shape))],
-            axis=1,
-        )  # [T, m - 1 + P, 3]
-        delta = others - candidates[:, :1]
         while True:
-            squared = _squared_distances(delta, lattice, shifts)
-            closest = (squared / limits).min(axis=1, initial=np.inf)  # >= 1: far enough
+            closest, worst = closest_ratios(
+                candidates, placed, limits, lattice, _images(shifts, lattice)
+            )
             if (closest >= 1).any():
                 break
             growths += 1
@@ -412,9 +395,11 @@ def _place(
             # Grow just enough for the best candidate, along the axes its worst contact runs
             # along: atoms on a line (0, 0, z) need a long c, not a bigger cell.
             t = int(np.argmax(closest))
-            worst = delta[t, int(np.argmin(squared[t] / limits))]
+            j = int(worst[t])
+            other = candidates[t, j + 1] if j < len(ops) - 1 else placed[j - len(ops) + 1]
+            delta = other - candidates[t, 0]
             needed = min(1.0 / math.sqrt(max(closest[t], 1e-12)), _MAX_STEP) * 1.001
-            lattice = _grow(lattice, np.abs(worst - np.rint(worst)), system, needed - 1.0)
+            lattice = _grow(lattice, np.abs(delta - np.rint(delta)), system, needed - 1.0)
         chosen = candidates[int(np.argmax(closest >= 1))]
         result[o] = chosen
         placed = np.concatenate([placed, chosen])
@@ -428,12 +413,20 @@ def _closest_contacts(
     """Least ``distance / contact distance`` of every orbit's atoms to any atom, ``[O]`` (as in
     :func:`_place`, each orbit's first atom stands for the whole orbit)."""
     sizes = [len(orbit) for orbit in orbits]
-    coords = np.concatenate(orbits)
     orbit_of_atom = np.repeat(np.arange(len(orbits)), sizes)
     firsts = np.cumsum([0, *sizes[:-1]])
-    squared = _squared_distances(coords[firsts, None, :] - coords, lattice, shifts)  # [O, N]
-    squared[np.arange(len(firsts)), firsts] = np.inf
-    return (np.sqrt(squared) / contacts[:, orbit_of_atom]).min(axis=1, initial=np.inf)
+    return contact_ratios(
+        np.concatenate(orbits), firsts, orbit_of_atom, contacts, lattice, _images(shifts, lattice)
+    )
+
+
+_NO_IMAGES = np.zeros((0, 3))
+
+
+def _images(shifts: np.ndarray | None, lattice: np.ndarray) -> np.ndarray:
+    """The Cartesian lattice translations ``[S, 3]`` the distance kernels search (see
+    :mod:`._placement`)."""
+    return _NO_IMAGES if shifts is None else shifts @ lattice
 
 
 def _shortest_translation(lattice: np.ndarray) -> float:
@@ -463,11 +456,7 @@ def _compact(orbits, ops_list, dof, contacts, lattice, shifts, factor, volume, r
         neighbours = np.concatenate([np.full(len(ops) - 1, o), other_orbit])
         limits = (factor * contacts[o, neighbours]) ** 2
         candidates = _orbit_positions(ops, rng.random((_CANDIDATES, 3)))
-        near = np.concatenate(
-            [candidates[:, 1:], np.broadcast_to(others, (len(candidates), *others.shape))], axis=1
-        )
-        squared = _squared_distances(near - candidates[:, :1], lattice, shifts)
-        closest = (squared / limits).min(axis=1, initial=np.inf)
+        closest, _ = closest_ratios(candidates, others, limits, lattice, _images(shifts, lattice))
         if (closest >= 1).any():
             orbits = [*orbits[:o], candidates[int(np.argmax(closest))], *orbits[o + 1 :]]
     return orbits, lattice
