@@ -105,6 +105,12 @@ def test_crystals_obey_their_crystal_system_and_keep_atoms_apart():
         shortest = _shortest_translation(crystal.lattice)
         assert shortest >= 0.8 * max(_contact_distance(s, s) for s in crystal.species) - 1e-9
         assert len(crystal) <= 32
+        # Built without Crystal's validation: it must pass it unchanged.
+        checked = Crystal(crystal.lattice, crystal.species, crystal.frac_coords)
+        assert checked.species == crystal.species
+        for name in ("lattice", "frac_coords", "occupancies", "b_iso"):
+            assert getattr(crystal, name).dtype == np.float64
+            np.testing.assert_array_equal(getattr(checked, name), getattr(crystal, name))
 
 
 def _shortest_translation(lattice: np.ndarray) -> float:

@@ -44,6 +44,7 @@ import math
 import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import gemmi
 import moyopy
@@ -102,6 +103,16 @@ class GeneratedCrystal(Crystal):
     seed: int = 0
     wyckoff: tuple[str, ...] = ()
     attempts: int = 1
+
+    @classmethod
+    def _built(cls, **fields) -> GeneratedCrystal:
+        """A crystal the generator made: float64 arrays of the right shapes and canonical element
+        symbols by construction, so ``Crystal``'s input validation (a twentieth of the time to
+        build a crystal) is skipped; the tests check such crystals pass it unchanged."""
+        crystal = object.__new__(cls)
+        size = len(fields["species"])
+        crystal.__dict__.update(occupancies=np.ones(size), b_iso=np.zeros(size), **fields)
+        return crystal
 
     @property
     def structure_id(self) -> str:
@@ -262,7 +273,7 @@ class RandomCrystalGenerator:
                 "attempts (impossible Wyckoff combinations within max_atoms?)"
             )
         positions = wyckoff_positions(requested)
-        return GeneratedCrystal(
+        return GeneratedCrystal._built(
             lattice=lattice,
             species=species,
             frac_coords=coords,
@@ -309,20 +320,39 @@ def _random_lattice(space_group: int, volume: float, rng: np.random.Generator) -
                 lengths[2] *= 2.45 if space_group in _RHOMBOHEDRAL else 1.63
         elif system == _CUBIC:
             lengths[:] = 1.0
-        cosines = np.cos(np.radians([alpha, beta, gamma]))
-        if 1 - (cosines**2).sum() + 2 * cosines.prod() < 0.05:  # (nearly) flat cell
+        cos_a, cos_b, cos_g = (math.cos(math.radians(angle)) for angle in (alpha, beta, gamma))
+        if 1 - cos_a**2 - cos_b**2 - cos_g**2 + 2 * cos_a * cos_b * cos_g < 0.05:  # (nearly) flat
             continue
         unit = lattice_matrix(*lengths, alpha, beta, gamma)
         gram = unit @ unit.T
-        off_diagonal = np.abs(gram[np.triu_indices(3, 1)])
-        shorter = np.minimum.reduceat(np.diag(gram)[[0, 1, 0, 2, 1, 2]], [0, 2, 4])
-        if np.all(off_diagonal <= shorter / 2 + 1e-9):
+        if all(
+            abs(gram[i, j]) <= min(gram[i, i], gram[j, j]) / 2 + 1e-9
+            for i, j in ((0, 1), (0, 2), (1, 2))
+        ):
             return unit * (volume / abs(np.linalg.det(unit))) ** (1 / 3)
 
 
-def _orbit_positions(ops: np.ndarray, free: np.ndarray) -> np.ndarray:
-    """Orbit of each free point: ``ops [m, 3, 4]``, ``free [T, 3]`` -> ``[T, m, 3]`` in [0, 1)."""
-    return np.mod(np.einsum("mij,tj->tmi", ops[:, :, :3], free) + ops[:, :, 3], 1.0)
+class _Orbit(NamedTuple):
+    """The orbit operators of one Wyckoff position, arranged for one matrix product."""
+
+    rotation: np.ndarray  # [3, 3 m]: a free point (row) times it is its m images, flattened
+    translation: np.ndarray  # [m, 3]
+    size: int  # m
+
+
+@functools.lru_cache(maxsize=4096)
+def _orbit(space_group: int, position: int) -> _Orbit:
+    """Operators of Wyckoff position ``position`` (index into the group's table)."""
+    positions = wyckoff_positions(space_group)
+    ops = positions.ops[positions.op_offsets[position] : positions.op_offsets[position + 1]]
+    rotation = np.ascontiguousarray(ops[:, :, :3].transpose(2, 0, 1).reshape(3, -1))
+    return _Orbit(rotation, np.ascontiguousarray(ops[:, :, 3]), len(ops))
+
+
+def _orbit_positions(orbit: _Orbit, free: np.ndarray) -> np.ndarray:
+    """Orbit of each free point ``free [T, 3]`` -> ``[T, m, 3]`` in [0, 1)."""
+    images = (free @ orbit.rotation).reshape(len(free), orbit.size, 3)
+    return np.mod(images + orbit.translation, 1.0, out=images)
 
 
 # Images to search beyond rounding, per crystal system: none where the axes are orthogonal, the
@@ -356,7 +386,7 @@ def _grow(lattice: np.ndarray, direction: np.ndarray, system: int, step: float) 
 
 
 def _place(
-    ops_list: list[np.ndarray],
+    operators: list[_Orbit],
     dof: np.ndarray,
     contacts: np.ndarray,
     lattice: np.ndarray,
@@ -373,16 +403,16 @@ def _place(
     orbit and the atoms placed before (themselves whole orbits) as its first atom does, so only
     the first atom's distances are checked, ``[T, m + P]`` instead of ``[T, m, m + P]``.
     """
-    order = sorted(range(len(ops_list)), key=lambda o: (dof[o] > 0, -len(ops_list[o])))
+    order = sorted(range(len(operators)), key=lambda o: (dof[o] > 0, -operators[o].size))
     placed = np.empty((0, 3))
     placed_orbit = np.empty(0, dtype=np.int64)
-    result: list[np.ndarray] = [placed] * len(ops_list)
+    result: list[np.ndarray] = [placed] * len(operators)
     growths = 0
     for o in order:
-        ops = ops_list[o]
-        neighbours = np.concatenate([np.full(len(ops) - 1, o), placed_orbit])
+        size = operators[o].size
+        neighbours = np.concatenate([np.full(size - 1, o), placed_orbit])
         limits = (factor * contacts[o, neighbours]) ** 2
-        candidates = _orbit_positions(ops, rng.random((_CANDIDATES if dof[o] else 1, 3)))
+        candidates = _orbit_positions(operators[o], rng.random((_CANDIDATES if dof[o] else 1, 3)))
         while True:
             closest, worst = closest_ratios(
                 candidates, placed, limits, lattice, _images(shifts, lattice)
@@ -396,7 +426,7 @@ def _place(
             # along: atoms on a line (0, 0, z) need a long c, not a bigger cell.
             t = int(np.argmax(closest))
             j = int(worst[t])
-            other = candidates[t, j + 1] if j < len(ops) - 1 else placed[j - len(ops) + 1]
+            other = candidates[t, j + 1] if j < size - 1 else placed[j - size + 1]
             delta = other - candidates[t, 0]
             needed = min(1.0 / math.sqrt(max(closest[t], 1e-12)), _MAX_STEP) * 1.001
             lattice = _grow(lattice, np.abs(delta - np.rint(delta)), system, needed - 1.0)
@@ -434,7 +464,7 @@ def _shortest_translation(lattice: np.ndarray) -> float:
     return math.sqrt(np.einsum("ij,ij->i", translations, translations).min())
 
 
-def _compact(orbits, ops_list, dof, contacts, lattice, shifts, factor, volume, rng):
+def _compact(orbits, operators, dof, contacts, lattice, shifts, factor, volume, rng):
     """Shrink the cell towards ``volume``: scale it until the closest contact reaches
     ``factor``, move an orbit of that contact to a random place where it fits, repeat."""
     self_contact = float(np.diag(contacts).max())
@@ -452,10 +482,9 @@ def _compact(orbits, ops_list, dof, contacts, lattice, shifts, factor, volume, r
         orbit_of_atom = np.repeat(np.arange(len(orbits)), [len(orbit) for orbit in orbits])
         others = np.concatenate(orbits)[orbit_of_atom != o]
         other_orbit = orbit_of_atom[orbit_of_atom != o]
-        ops = ops_list[o]
-        neighbours = np.concatenate([np.full(len(ops) - 1, o), other_orbit])
+        neighbours = np.concatenate([np.full(operators[o].size - 1, o), other_orbit])
         limits = (factor * contacts[o, neighbours]) ** 2
-        candidates = _orbit_positions(ops, rng.random((_CANDIDATES, 3)))
+        candidates = _orbit_positions(operators[o], rng.random((_CANDIDATES, 3)))
         closest, _ = closest_ratios(candidates, others, limits, lattice, _images(shifts, lattice))
         if (closest >= 1).any():
             orbits = [*orbits[:o], candidates[int(np.argmax(closest))], *orbits[o + 1 :]]
@@ -472,13 +501,11 @@ def _build(
 ) -> tuple[np.ndarray, list[str], np.ndarray] | None:
     """Lattice ``[3, 3]``, species and fractional coordinates ``[N, 3]`` of one structure, or
     None when its atoms found no place or only an unphysically loose cell holds them."""
-    positions = wyckoff_positions(space_group)
-    offsets = positions.op_offsets
-    ops_list = [positions.ops[offsets[w] : offsets[w + 1]] for w in combination]
-    dof = positions.degrees_of_freedom[list(combination)]
+    operators = [_orbit(space_group, w) for w in combination]
+    dof = wyckoff_positions(space_group).degrees_of_freedom[list(combination)]
     orbit_elements = [elements[e] for e in element_of_orbit]
     contacts = np.array([[_contact_distance(a, b) for b in orbit_elements] for a in orbit_elements])
-    multiplicities = np.array([len(ops) for ops in ops_list])
+    multiplicities = np.array([orbit.size for orbit in operators])
     system = crystal_system_index(space_group)
     shifts = _SYSTEM_SHIFTS.get(system)
     # The volume of a solid: atoms as spheres of their shortest contact distance filling a
@@ -491,12 +518,12 @@ def _build(
     translations = _NONZERO_SHIFTS @ lattice
     shortest = math.sqrt(np.einsum("ij,ij->i", translations, translations).min())
     lattice = lattice * max(1.0, factor * float(np.diag(contacts).max()) / shortest)
-    placement = _place(ops_list, dof, contacts, lattice, shifts, factor, system, rng)
+    placement = _place(operators, dof, contacts, lattice, shifts, factor, system, rng)
     if placement is None:
         return None
     orbits, lattice = placement
     orbits, lattice = _compact(
-        orbits, ops_list, dof, contacts, lattice, shifts, factor, volume, rng
+        orbits, operators, dof, contacts, lattice, shifts, factor, volume, rng
     )
     if abs(np.linalg.det(lattice)) > _MAX_VOLUME_PER_ATOM * multiplicities.sum():
         return None
