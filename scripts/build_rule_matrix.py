@@ -17,13 +17,8 @@ import numpy as np
 
 from physmoe.crystallography import compute_rule_similarity_matrix
 
-TARGET = (
-    Path(__file__).resolve().parents[1]
-    / "src"
-    / "physmoe"
-    / "resources"
-    / "rule_similarity_matrix.npy"
-)
+RESOURCES = Path(__file__).resolve().parents[1] / "src" / "physmoe" / "resources"
+TARGET = RESOURCES / "rule_similarity_matrix.npy"
 
 
 def main() -> int:

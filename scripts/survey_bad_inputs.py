@@ -264,6 +264,48 @@ def _record(entry, name, expected, category, happened, should, seconds):
         print(f"      {_short(happened, 300)}", file=sys.__stdout__, flush=True)
 
 
+def _changed_text(changed: list[str]) -> str:
+    """The first six changes of protected paths (and how many more)."""
+    return "; ".join(changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
+
+
+def _record_check(entry, name, expected_text, problem, worked, should, seconds):
+    """Record a finished ``ok`` case by its check's ``problem``: None is ``worked``; a problem
+    prefixed ``"misleading: "`` a misleading message; any other a wrong answer."""
+    if problem is None:
+        _record(entry, name, expected_text, WORKED, worked, should, seconds)
+    elif str(problem).startswith("misleading: "):
+        _record(
+            entry, name, expected_text, RAW, str(problem)[len("misleading: ") :], should, seconds
+        )
+    else:
+        _record(entry, name, expected_text, WRONG, str(problem), should, seconds)
+
+
+def _record_exception(
+    entry, name, expected_text, should, seconds, *, expect, fragment, error, refused
+):
+    """Record a case that raised: ``error`` is (message, its text alone, whether its type means
+    bad input (MEANINGFUL), where it was raised); ``refused`` what to say if the input was valid."""
+    message, text, meaningful, where = error
+    if not meaningful:
+        _record(entry, name, expected_text, RAW, f"{message} (raised in {where})", should, seconds)
+    elif expect == "ok":
+        _record(entry, name, expected_text, RAW, refused, should, seconds)
+    elif fragment is None or _matches(text, fragment):
+        _record(entry, name, expected_text, CLEAR, message, should, seconds)
+    else:
+        _record(
+            entry,
+            name,
+            expected_text,
+            RAW,
+            f"message does not name the problem: {message} (in {where})",
+            should,
+            seconds,
+        )
+
+
 def run_case(
     entry: str,
     name: str,
@@ -311,11 +353,9 @@ def run_case(
         "either": f"ok or error {_fragment_text(fragment)}",
     }[expect]
     if changed or late:
-        what = "; ".join(changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
         outcome = f"{type(error).__name__}: {error}" if error is not None else "returned"
-        _record(
-            entry, name, expected_text, SIDE, f"{late or what}; then {outcome}", should, seconds
-        )
+        happened = f"{late or _changed_text(changed)}; then {outcome}"
+        _record(entry, name, expected_text, SIDE, happened, should, seconds)
         return
     if error is None:
         if expect == "error":
@@ -330,51 +370,41 @@ def run_case(
             )
             return
         problem = check(result, ctx) if check is not None else None
-        if problem is None:
-            _record(
-                entry, name, expected_text, WORKED, f"returned {_describe(result)}", should, seconds
-            )
-        elif str(problem).startswith("misleading: "):
-            _record(
-                entry,
-                name,
-                expected_text,
-                RAW,
-                str(problem)[len("misleading: ") :],
-                should,
-                seconds,
-            )
-        else:
-            _record(entry, name, expected_text, WRONG, str(problem), should, seconds)
+        worked = f"returned {_describe(result)}"
+        _record_check(entry, name, expected_text, problem, worked, should, seconds)
         return
     where = _raise_site(error)
     message = f"{type(error).__name__}: {error}"
-    if not isinstance(error, MEANINGFUL):
-        _record(entry, name, expected_text, RAW, f"{message} (raised in {where})", should, seconds)
-        return
-    if expect == "ok":
-        _record(
+    _record_exception(
+        entry,
+        name,
+        expected_text,
+        should,
+        seconds,
+        expect=expect,
+        fragment=fragment,
+        error=(message, str(error), isinstance(error, MEANINGFUL), where),
+        refused=f"valid input refused: {message} (in {where})",
+    )
+
+
+def case_of(entry: str, call, protect=None):
+    """The ``case(name, value, expect, fragment, check, should, **kwargs)`` of a group whose cases
+    run ``call(value, **kwargs)``, with the paths ``protect(value)`` protected."""
+
+    def case(name, value, expect, fragment=None, check=None, should=None, **kwargs):
+        run_case(
             entry,
             name,
-            expected_text,
-            RAW,
-            f"valid input refused: {message} (in {where})",
-            should,
-            seconds,
+            lambda: call(value, **kwargs),
+            expect=expect,
+            fragment=fragment,
+            check=check,
+            protect=protect(value) if protect is not None else (),
+            should=should,
         )
-        return
-    if fragment is None or _matches(str(error), fragment):
-        _record(entry, name, expected_text, CLEAR, message, should, seconds)
-    else:
-        _record(
-            entry,
-            name,
-            expected_text,
-            RAW,
-            f"message does not name the problem: {message} (in {where})",
-            should,
-            seconds,
-        )
+
+    return case
 
 
 def _raise_site(error: BaseException) -> str:
@@ -492,7 +522,7 @@ def cli_case(
     changed = changes(before, snapshot(protect))
     late = after() if after is not None else None
     if changed or late:
-        what = "; ".join(changed[:6]) + (f" (+{len(changed) - 6} more)" if len(changed) > 6 else "")
+        what = _changed_text(changed)
         outcome = (
             (f"rc {result.rc}" + (f": {_short(result.error_line, 160)}" if result.rc else ""))
             if result
@@ -584,14 +614,7 @@ def cli_case(
         if check
         else None
     )
-    if problem is None:
-        _record(entry, name, expected_text, WORKED, "rc 0", should, seconds)
-    elif str(problem).startswith("misleading: "):
-        _record(
-            entry, name, expected_text, RAW, str(problem)[len("misleading: ") :], should, seconds
-        )
-    else:
-        _record(entry, name, expected_text, WRONG, str(problem), should, seconds)
+    _record_check(entry, name, expected_text, problem, "rc 0", should, seconds)
     return result
 
 
@@ -672,33 +695,18 @@ def child_case(
         )
         return
     message = f"{report['type']}: {report['message']}"
-    meaningful = any(
-        c in report["mro"] for c in ("ValueError", "TypeError", "OSError", "ImportError")
+    meaningful = any(kind.__name__ in report["mro"] for kind in MEANINGFUL)
+    _record_exception(
+        entry,
+        name,
+        expected_text,
+        should,
+        seconds,
+        expect=expect,
+        fragment=fragment,
+        error=(message, report["message"], meaningful, report["where"]),
+        refused=f"valid input refused: {message}",
     )
-    if not meaningful:
-        _record(
-            entry,
-            name,
-            expected_text,
-            RAW,
-            f"{message} (raised in {report['where']})",
-            should,
-            seconds,
-        )
-    elif expect == "ok":
-        _record(entry, name, expected_text, RAW, f"valid input refused: {message}", should, seconds)
-    elif fragment is None or _matches(report["message"], fragment):
-        _record(entry, name, expected_text, CLEAR, message, should, seconds)
-    else:
-        _record(
-            entry,
-            name,
-            expected_text,
-            RAW,
-            f"message does not name the problem: {message} (in {report['where']})",
-            should,
-            seconds,
-        )
 
 
 # -- fixtures -------------------------------------------------------------------------------------
@@ -768,55 +776,22 @@ def xy_text(two_theta, intensity, header: str = "", fmt: str = "{:.3f} {:.2f}") 
 def small_dataset() -> Path:
     """60 embedded structures of 4 groups (2, 14, 62, 225), built like the default dataset (as
     tests/test_cli.py's small_dataset fixture)."""
-    from physmoe.data.embedded import (
-        default_dataset,
-        read_structure_archive,
-        write_structure_archive,
-    )
+    from tiny_training import small_embedded_dataset
 
-    root = folder("data")
-    full = read_structure_archive()
-    keep = np.concatenate([np.flatnonzero(full.space_groups == g)[:15] for g in (2, 14, 62, 225)])
-    archive = write_structure_archive(
-        root / "small.npz",
-        full.structure_ids[keep].tolist(),
-        [full.crystal(int(i)) for i in keep],
-        [int(g) or None for g in full.requested_space_groups[keep]],
-        full.space_groups[keep].tolist(),
-    )
-    default_dataset(cache_dir=root / "cache", archive=archive, progress=False)
-    (built,) = (root / "cache").iterdir()
-    return built
+    return small_embedded_dataset(folder("data"))
 
 
 def train_settings(data_path: Path | str, output_dir: Path, **extra) -> dict:
-    from tiny_models import TINY
+    from tiny_training import tiny_train_settings
 
-    settings = {
-        "preset": "reference",
-        "dataset": str(data_path),
-        "output_dir": str(output_dir),
-        "model_overrides": dict(TINY),
+    defaults = {
         "num_train_epochs": 1,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 16,
-        "learning_rate": 3e-3,
-        "eval_strategy": "epoch",
-        "save_strategy": "epoch",
-        "load_best_model_at_end": True,
-        "metric_for_best_model": "balanced_accuracy",
-        "logging_steps": 2,
-        "use_cpu": True,
-        "report_to": "none",
         "bootstrap_samples": 20,
-        "bf16": False,
-        "disable_tqdm": True,
         "plots": False,
         "seed": 0,
         "dataloader_num_workers": 0,
-        **extra,
     }
-    return {name: value for name, value in settings.items() if value is not None}
+    return tiny_train_settings(data_path, output_dir, **{**defaults, **extra})
 
 
 def write_config(path: Path, settings: dict) -> Path:
@@ -1065,17 +1040,7 @@ def group_read_pattern() -> None:
     n = len(tt)
     base = write_text(root / "clean.xy", xy_text(tt, inten))
 
-    def case(name, path, expect, fragment=None, check=None, should=None, **kwargs):
-        run_case(
-            entry,
-            name,
-            lambda: read_pattern(path, **kwargs),
-            expect=expect,
-            fragment=fragment,
-            check=check,
-            protect=[path],
-            should=should,
-        )
+    case = case_of(entry, read_pattern, protect=lambda path: [path])
 
     def data_match(result, ctx):
         if len(result.two_theta) != n:
@@ -1642,17 +1607,7 @@ def group_read_simxrd() -> None:
     entry = "read_simxrd"
     root = folder("simxrd")
 
-    def case(name, path, expect, fragment=None, check=None, should=None, **kwargs):
-        run_case(
-            entry,
-            name,
-            lambda: read_simxrd(path, **kwargs),
-            expect=expect,
-            fragment=fragment,
-            check=check,
-            protect=[path.parent],
-            should=should,
-        )
+    case = case_of(entry, read_simxrd, protect=lambda path: [path.parent])
 
     def count_is(count):
         return lambda result, ctx: (
@@ -1743,17 +1698,9 @@ def group_read_reference_npy() -> None:
     intensity = rng.uniform(0, 100, (3, 8500)).astype(np.float32)
     labels = np.array([0, 13, 224])
 
-    def case(name, path, expect, fragment=None, check=None, should=None, **kwargs):
-        run_case(
-            entry,
-            name,
-            lambda: read_reference_npy(path, **kwargs),
-            expect=expect,
-            fragment=fragment,
-            check=check,
-            protect=[path] if Path(path).exists() else [],
-            should=should,
-        )
+    case = case_of(
+        entry, read_reference_npy, protect=lambda path: [path] if Path(path).exists() else []
+    )
 
     def saved(name, content, allow=True):
         path = root / name
@@ -1891,16 +1838,7 @@ def group_predict_input_values() -> None:
     entry = "predict_input_values"
     predictor, x, reference = FX.predictor, FX.clean_input, FX.clean_result
 
-    def case(name, values, expect, fragment=None, check=None, should=None, **kwargs):
-        run_case(
-            entry,
-            name,
-            lambda: predictor.predict_input_values(values, **kwargs),
-            expect=expect,
-            fragment=fragment,
-            check=check,
-            should=should,
-        )
+    case = case_of(entry, predictor.predict_input_values)
 
     same = same_prediction(reference, 1e-4)
     case("clean pattern [num_points]", x, "ok", check=same)
@@ -2156,17 +2094,11 @@ def group_predict_file() -> None:
     tt_co, in_co = profile(CO, 5.0, 115.0, 0.02)
     tt_mo, in_mo = profile(MO, 2.0, 40.0, 0.01)
 
-    def case(name, path, expect, fragment=None, check=None, should=None, **kwargs):
-        run_case(
-            entry,
-            name,
-            lambda: predictor.predict_file(path, **kwargs),
-            expect=expect,
-            fragment=fragment,
-            check=check,
-            protect=[path, FX.model] if Path(path).exists() else [FX.model],
-            should=should,
-        )
+    case = case_of(
+        entry,
+        predictor.predict_file,
+        protect=lambda path: [path, FX.model] if Path(path).exists() else [FX.model],
+    )
 
     def used(value, note):
         def check(result, ctx):
@@ -2423,24 +2355,21 @@ def group_from_pretrained() -> None:
             ("no such checkpoint", "not a model id!"),
         ),
     ]
+    loaders = {
+        "ResNet1D_MoE.from_pretrained": ResNet1D_MoE.from_pretrained,
+        "SpaceGroupPredictor.from_pretrained": SpaceGroupPredictor.from_pretrained,
+    }
     for name, path, expect, fragment in variants:
         protect = [path] if isinstance(path, Path) and path.exists() else []
-        run_case(
-            "ResNet1D_MoE.from_pretrained",
-            name,
-            lambda path=path: ResNet1D_MoE.from_pretrained(path),
-            expect=expect,
-            fragment=fragment,
-            protect=protect,
-        )
-        run_case(
-            "SpaceGroupPredictor.from_pretrained",
-            name,
-            lambda path=path: SpaceGroupPredictor.from_pretrained(path),
-            expect=expect,
-            fragment=fragment,
-            protect=protect,
-        )
+        for loader, load in loaders.items():
+            run_case(
+                loader,
+                name,
+                lambda path=path, load=load: load(path),
+                expect=expect,
+                fragment=fragment,
+                protect=protect,
+            )
     good = copy_model("good")
     bert = broken("bert", rewrite_config(model_type="bert"))
     run_case(
@@ -2736,6 +2665,13 @@ def group_losses() -> None:
     def lossy(entry, name, fn, expect="error", fragment=None, check=None, should=None):
         run_case(entry, name, fn, expect=expect, fragment=fragment, check=check, should=should)
 
+    def with_labels(entry, call, count):
+        """``call(labels)``: finite for the valid batch, a clear error for the first ``count``
+        bad labels."""
+        lossy(entry, "valid batch", lambda: call(labels), "ok", check=finite)
+        for name, bad, fragment in bad_labels[:count]:
+            lossy(entry, name, lambda bad=bad: call(bad), fragment=fragment)
+
     bad_labels = [
         ("label 230 (out of range)", torch.tensor([0, 13, 61, 230, 13, 0]), ("230", "0..229")),
         ("label -1", torch.tensor([0, 13, 61, -1, 13, 0]), ("-1", "0..229")),
@@ -2800,22 +2736,11 @@ def group_losses() -> None:
     )
 
     hierarchical = HierarchicalLoss(sys_map)
-    lossy(
+    with_labels(
         "HierarchicalLoss",
-        "valid batch",
-        lambda: hierarchical(outputs["sys_logits"], outputs["expert_logits"][:, 0], labels),
-        "ok",
-        check=finite,
+        lambda y: hierarchical(outputs["sys_logits"], outputs["expert_logits"][:, 0], y),
+        4,
     )
-    for name, bad, fragment in bad_labels[:4]:
-        lossy(
-            "HierarchicalLoss",
-            name,
-            lambda bad=bad: hierarchical(
-                outputs["sys_logits"], outputs["expert_logits"][:, 0], bad
-            ),
-            fragment=fragment,
-        )
     lossy(
         "HierarchicalLoss",
         "sys_logits [B, 6]",
@@ -2836,20 +2761,7 @@ def group_losses() -> None:
     )
 
     center = CenterRegularizationLoss(classes, dim, rule_matrix=rule)
-    lossy(
-        "CenterRegularizationLoss",
-        "valid batch",
-        lambda: center(features, labels),
-        "ok",
-        check=finite,
-    )
-    for name, bad, fragment in bad_labels[:4]:
-        lossy(
-            "CenterRegularizationLoss",
-            name,
-            lambda bad=bad: center(features, bad),
-            fragment=fragment,
-        )
+    with_labels("CenterRegularizationLoss", lambda y: center(features, y), 4)
     lossy(
         "CenterRegularizationLoss",
         "features of another width",
@@ -2858,20 +2770,9 @@ def group_losses() -> None:
     )
 
     icl = ICLMoELoss(experts, tail_expert_ids=[2, 3])
-    lossy(
-        "ICLMoELoss",
-        "valid batch",
-        lambda: icl(outputs["expert_logits"], outputs["gating_weights"], labels),
-        "ok",
-        check=finite,
+    with_labels(
+        "ICLMoELoss", lambda y: icl(outputs["expert_logits"], outputs["gating_weights"], y), 3
     )
-    for name, bad, fragment in bad_labels[:3]:
-        lossy(
-            "ICLMoELoss",
-            name,
-            lambda bad=bad: icl(outputs["expert_logits"], outputs["gating_weights"], bad),
-            fragment=fragment,
-        )
     lossy(
         "ICLMoELoss",
         "gating_weights [B, 3]",
@@ -4523,17 +4424,7 @@ def group_instrument_files() -> None:
     entry = "read_pattern (instrument files)"
     root = folder("instrument")
 
-    def case(name, path, expect, fragment=None, check=None, should=None, **kwargs):
-        run_case(
-            entry,
-            name,
-            lambda: read_pattern(path, **kwargs),
-            expect=expect,
-            fragment=fragment,
-            check=check,
-            protect=[path],
-            should=should,
-        )
+    case = case_of(entry, read_pattern, protect=lambda path: [path])
 
     def sane(minimum_points, wavelength=1.5406):
         def check(result, ctx):

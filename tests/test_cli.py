@@ -16,8 +16,7 @@ from safetensors.torch import load_file
 from hub_server import hub_server_fixture  # noqa: F401 (provides the hub_server fixture)
 from physmoe.cli import main
 from physmoe.crystallography import ID2LABEL
-from physmoe.data.embedded import default_dataset, read_structure_archive, write_structure_archive
-from tiny_models import TINY
+from tiny_training import small_embedded_dataset, tiny_train_settings
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -25,44 +24,13 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 @pytest.fixture(scope="module")
 def small_dataset(tmp_path_factory) -> Path:
     """60 embedded structures of 4 groups, built like the default dataset."""
-    root = tmp_path_factory.mktemp("data")
-    full = read_structure_archive()
-    keep = np.concatenate([np.flatnonzero(full.space_groups == g)[:15] for g in (2, 14, 62, 225)])
-    archive = write_structure_archive(
-        root / "small.npz",
-        full.structure_ids[keep].tolist(),
-        [full.crystal(int(i)) for i in keep],
-        [int(g) or None for g in full.requested_space_groups[keep]],
-        full.space_groups[keep].tolist(),
-    )
-    default_dataset(cache_dir=root / "cache", archive=archive, progress=False)
-    (built,) = (root / "cache").iterdir()
-    return built
+    return small_embedded_dataset(tmp_path_factory.mktemp("data"))
 
 
 def write_config(path: Path, dataset: Path, output_dir: Path, **extra) -> Path:
-    settings = {
-        "preset": "reference",
-        "dataset": str(dataset),
-        "output_dir": str(output_dir),
-        "model_overrides": TINY,
-        "num_train_epochs": 2,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 16,
-        "learning_rate": 3e-3,
-        "eval_strategy": "epoch",
-        "save_strategy": "epoch",
-        "load_best_model_at_end": True,
-        "metric_for_best_model": "balanced_accuracy",
-        "logging_steps": 2,
-        "use_cpu": True,
-        "report_to": "none",
-        "bootstrap_samples": 50,
-        "bf16": False,
-        "disable_tqdm": True,
-        **extra,
-    }
-    settings = {name: value for name, value in settings.items() if value is not None}  # None: unset
+    settings = tiny_train_settings(
+        dataset, output_dir, **{"num_train_epochs": 2, "bootstrap_samples": 50, **extra}
+    )  # extra: None unsets
     path.write_text(yaml.safe_dump(settings))
     return path
 
@@ -141,10 +109,13 @@ def test_train_evaluate_predict_end_to_end(small_dataset, tmp_path, capsys):
 def test_finished_models_are_not_overwritten_and_killed_runs_resume(
     small_dataset, tmp_path, capsys
 ):
+    def config_for(output_dir: Path, name: str, epochs: int = 1) -> Path:
+        return write_config(
+            tmp_path / name, small_dataset, output_dir, num_train_epochs=epochs, plots=False
+        )
+
     out = tmp_path / "model"
-    config = write_config(
-        tmp_path / "run.yaml", small_dataset, out, num_train_epochs=1, plots=False
-    )
+    config = config_for(out, "run.yaml")
     assert main(["train", str(config)]) == 0
     before = (out / "model.safetensors").read_bytes()
     assert main(["train", str(config)]) == 1
@@ -172,35 +143,11 @@ def test_finished_models_are_not_overwritten_and_killed_runs_resume(
 
     # A run killed after its first epoch's checkpoint continues from it.
     killed = tmp_path / "killed"
-    assert (
-        main(
-            [
-                "train",
-                str(
-                    write_config(
-                        tmp_path / "k.yaml", small_dataset, killed, num_train_epochs=1, plots=False
-                    )
-                ),
-            ]
-        )
-        == 0
-    )
+    assert main(["train", str(config_for(killed, "k.yaml"))]) == 0
     (killed / "model.safetensors").unlink()  # as if it had died before saving the final model
     (first_checkpoint,) = killed.glob("checkpoint-*")
     state = (first_checkpoint / "trainer_state.json").read_bytes()
-    assert (
-        main(
-            [
-                "train",
-                str(
-                    write_config(
-                        tmp_path / "k2.yaml", small_dataset, killed, num_train_epochs=2, plots=False
-                    )
-                ),
-            ]
-        )
-        == 0
-    )
+    assert main(["train", str(config_for(killed, "k2.yaml", epochs=2))]) == 0
     # The first epoch was not trained again (its checkpoint is untouched); the second was.
     assert (first_checkpoint / "trainer_state.json").read_bytes() == state
     assert len(list(killed.glob("checkpoint-*"))) == 2 and (killed / "model.safetensors").is_file()

@@ -3,34 +3,19 @@ holds exactly what the global batches imply."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from ddp_launch import run_two_processes
 from physmoe.loss import HardNegativeMining_Proto
 
 HERE = Path(__file__).resolve().parent
 
 
 def test_two_process_training_keeps_replicas_and_miner_in_sync(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE), "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(HERE / "ddp_train_worker.py"),
-        str(tmp_path),
-    ]
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+    result = run_two_processes(HERE / "ddp_train_worker.py", tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert ranks[0]["world_size"] == 2

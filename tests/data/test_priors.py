@@ -15,13 +15,8 @@ from physmoe.data.priors import (
     space_group_prior,
 )
 
-CSV = (
-    Path(__file__).resolve().parents[2]
-    / "src"
-    / "physmoe"
-    / "resources"
-    / "space_group_frequencies.csv"
-)
+RESOURCES = Path(__file__).resolve().parents[2] / "src" / "physmoe" / "resources"
+CSV = RESOURCES / "space_group_frequencies.csv"
 
 
 def _csv_counts(source: str) -> dict[int, int]:

@@ -17,24 +17,16 @@ from scripts_under_test import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 RESOURCES = ROOT / "src" / "physmoe" / "resources"
-CSV_FIELDS = [
-    "id",
-    "formula",
-    "space_group",
-    "crystal_system",
-    "num_sites",
-    "category",
-    "source_package",
-    "package_version",
-    "package_licence",
-    "path",
-    "origin",
-]
 
 
 @pytest.fixture(scope="module")
 def realism():
     return load_script("compare_realism", "compare_realism_under_test")
+
+
+@pytest.fixture(scope="module")
+def collector():
+    return load_script("collect_real_structures", "collect_real_structures_under_test")
 
 
 def brute_force_distances(lattice: np.ndarray, frac: np.ndarray, reach: int = 3) -> np.ndarray:
@@ -103,14 +95,14 @@ def test_pair_distances_match_brute_force_and_pymatgen(realism, seed):
     np.testing.assert_allclose(got[off_diagonal], reference[off_diagonal], atol=1e-6)
 
 
-def test_shipped_real_structures_load_with_documented_fields():
+def test_shipped_real_structures_load_with_documented_fields(collector):
     archive_path = RESOURCES / "real_structures.npz"
     sources_path = RESOURCES / "real_structures_sources.csv"
     assert archive_path.stat().st_size < 2_000_000
     archive = read_structure_archive(archive_path)
     with sources_path.open() as handle:
         reader = csv.DictReader(handle)
-        assert reader.fieldnames == CSV_FIELDS
+        assert reader.fieldnames == list(collector.CSV_FIELDS)  # as the script writes them
         rows = list(reader)
     assert len(rows) == len(archive) >= 300
     assert [r["id"] for r in rows] == [str(i) for i in archive.structure_ids]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import zlib
 from collections import Counter
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
+from ddp_launch import run_two_processes
 from physmoe.data import (
     FEATURES,
     PXRDCollator,
@@ -35,7 +35,6 @@ from physmoe.data.streaming import STREAM_STATE_FILE, StreamLayout
 from physmoe.training import PhysMoETrainer, PhysMoETrainingArguments
 from tiny_models import tiny_model
 
-TESTS = Path(__file__).resolve().parents[1]
 MAX_ATOMS = 16  # small cells: fast generation
 
 
@@ -418,20 +417,7 @@ def test_trainer_surfaces_a_worker_error(tmp_path):
 
 @pytest.mark.slow
 def test_two_ranks_stream_disjoint_crystals(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(TESTS), "HF_HUB_OFFLINE": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        __file__,
-        str(tmp_path),
-    ]
-    result = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=300, check=False
-    )
+    result = run_two_processes(__file__, tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     seen = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert all(len(steps) == 4 and all(len(ids) == 4 for ids in steps) for steps in seen)

@@ -17,13 +17,18 @@ CELL = (
     "_cell_length_a {a}\n_cell_length_b {b}\n_cell_length_c {c}\n_cell_angle_alpha 90\n"
     "_cell_angle_beta 90\n_cell_angle_gamma 90\n"
 )
+# The atom-site loop's header up to the fractional coordinates (more columns may follow).
+FRACTIONAL_SITES = (
+    "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+    "_atom_site_fract_z\n"
+)
 
 NACL_CIF = (
     "data_NaCl\n"
     + CELL.format(a=5.64, b=5.64, c=5.64)
     + "_symmetry_space_group_name_H-M 'F m -3 m'\n"
-    "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
-    "_atom_site_fract_z\n_atom_site_occupancy\n_atom_site_U_iso_or_equiv\n"
+    + FRACTIONAL_SITES
+    + "_atom_site_occupancy\n_atom_site_U_iso_or_equiv\n"
     "Na1 Na+ 0 0 0 1 0.010\nCl1 Cl- 0.5 0.5 0.5 1 0.020\n"
 )
 
@@ -31,8 +36,8 @@ DISORDERED_CIF = (
     "data_FeNiO\n"
     + CELL.format(a=4.0, b=4.0, c=4.0)
     + "_symmetry_space_group_name_H-M 'P m -3 m'\n"
-    "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
-    "_atom_site_fract_z\n_atom_site_occupancy\n"
+    + FRACTIONAL_SITES
+    + "_atom_site_occupancy\n"
     "Fe1 Fe 0 0 0 0.5\nNi1 Ni 0 0 0 0.5\nO1 O 0.5 0.5 0.5 0.8\n"
 )
 
@@ -191,9 +196,11 @@ def test_cif_with_disorder_and_symmetry_operations_only(tmp_path):
 def test_cif_with_only_anisotropic_u_gets_u_equivalent(tmp_path):
     path = tmp_path / "aniso.cif"
     path.write_text(
-        "data_x\n" + CELL.format(a=4, b=5, c=6) + "_symmetry_space_group_name_H-M 'P 1'\n"
-        "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
-        "_atom_site_fract_z\nFe1 Fe 0.1 0.2 0.3\n"
+        "data_x\n"
+        + CELL.format(a=4, b=5, c=6)
+        + "_symmetry_space_group_name_H-M 'P 1'\n"
+        + FRACTIONAL_SITES
+        + "Fe1 Fe 0.1 0.2 0.3\n"
         "loop_\n_atom_site_aniso_label\n_atom_site_aniso_U_11\n_atom_site_aniso_U_22\n"
         "_atom_site_aniso_U_33\n_atom_site_aniso_U_12\n_atom_site_aniso_U_13\n_atom_site_aniso_U_23\n"
         "Fe1 0.01 0.02 0.03 0 0 0\n"
@@ -249,10 +256,7 @@ def test_cif_errors(tmp_path):
         Crystal.from_cif(empty)
 
 
-SITES = (
-    "loop_\n_atom_site_label\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
-    "_atom_site_fract_z\n_atom_site_occupancy\nNa1 Na 0 0 0 {na}\nCl1 Cl 0.5 0.5 0.5 1\n"
-)
+SITES = FRACTIONAL_SITES + "_atom_site_occupancy\nNa1 Na 0 0 0 {na}\nCl1 Cl 0.5 0.5 0.5 1\n"
 
 
 @pytest.mark.parametrize(
