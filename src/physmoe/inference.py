@@ -323,39 +323,15 @@ class SpaceGroupPredictor:
         input_values = self.normalize_input_values(input_values, sources).to(self.device)
         if sources is not None and len(sources) != len(input_values):
             raise ValueError(f"{len(sources)} sources for {len(input_values)} patterns")
-        with recommended_autocast(self.device, self.autocast_dtype):
-            output = self.model(input_values)
-        probabilities = torch.softmax(
-            apply_temperature(output.logits.float(), self.temperature), dim=-1
-        )
-        system_probabilities = torch.softmax(output.crystal_system_logits.float(), dim=-1)
+        probabilities, system_probabilities = self._probabilities(input_values)
         top_probabilities, top_labels = probabilities.topk(top_k, dim=-1)
-        # Summed probability of every powder-equivalence set, then the best label's set.
-        label_class = self._label_powder_class.to(probabilities.device)
-        num_sets = int(label_class.max()) + 1
-        class_probabilities = probabilities.new_zeros(len(probabilities), num_sets)
-        class_probabilities.index_add_(1, label_class, probabilities)
-        best_class = label_class[top_labels[:, 0]]
-        set_probabilities = class_probabilities.gather(1, best_class[:, None])[:, 0].cpu().numpy()
+        best_class, set_probabilities = self._best_powder_set(probabilities, top_labels[:, 0])
         top_probabilities, top_labels = top_probabilities.cpu().numpy(), top_labels.cpu().numpy()
         system_probabilities = system_probabilities.cpu().numpy()
         sources = [f"pattern {i}" for i in range(len(input_values))] if sources is None else sources
         predictions = []
         for row, source in enumerate(sources):
-            candidates = []
-            for rank, (label, probability) in enumerate(
-                zip(top_labels[row], top_probabilities[row], strict=True), 1
-            ):
-                number = int(self.label_space_groups[label])
-                candidates.append(
-                    SpaceGroupCandidate(
-                        rank=rank,
-                        space_group=number,
-                        symbol=space_group_symbol(number),
-                        crystal_system=CRYSTAL_SYSTEMS[crystal_system_index(number)],
-                        probability=float(probability),
-                    )
-                )
+            candidates = self._candidates(top_labels[row], top_probabilities[row])
             systems = {
                 name: float(p)
                 for name, p in zip(CRYSTAL_SYSTEMS, system_probabilities[row], strict=True)
@@ -375,6 +351,48 @@ class SpaceGroupPredictor:
                 )
             )
         return predictions
+
+    def _probabilities(self, input_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibrated space-group probabilities ``[B, num_labels]`` and crystal-system
+        probabilities ``[B, 7]`` of model-ready ``input_values``, in float32."""
+        with recommended_autocast(self.device, self.autocast_dtype):
+            output = self.model(input_values)
+        probabilities = torch.softmax(
+            apply_temperature(output.logits.float(), self.temperature), dim=-1
+        )
+        system_probabilities = torch.softmax(output.crystal_system_logits.float(), dim=-1)
+        return probabilities, system_probabilities
+
+    def _best_powder_set(
+        self, probabilities: torch.Tensor, best_labels: torch.Tensor
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Per row, the powder-equivalence set of the best label (an index into
+        :func:`powder_equivalence_classes`) and the summed probability of its labels."""
+        label_class = self._label_powder_class.to(probabilities.device)
+        num_sets = int(label_class.max()) + 1
+        class_probabilities = probabilities.new_zeros(len(probabilities), num_sets)
+        class_probabilities.index_add_(1, label_class, probabilities)
+        best_class = label_class[best_labels]
+        set_probabilities = class_probabilities.gather(1, best_class[:, None])[:, 0].cpu().numpy()
+        return best_class, set_probabilities
+
+    def _candidates(
+        self, labels: np.ndarray, probabilities: np.ndarray
+    ) -> list[SpaceGroupCandidate]:
+        """One row's ranked candidates from its top labels and their probabilities."""
+        candidates = []
+        for rank, (label, probability) in enumerate(zip(labels, probabilities, strict=True), 1):
+            number = int(self.label_space_groups[label])
+            candidates.append(
+                SpaceGroupCandidate(
+                    rank=rank,
+                    space_group=number,
+                    symbol=space_group_symbol(number),
+                    crystal_system=CRYSTAL_SYSTEMS[crystal_system_index(number)],
+                    probability=float(probability),
+                )
+            )
+        return candidates
 
     def normalize_input_values(
         self, input_values, sources: Sequence[str] | None = None

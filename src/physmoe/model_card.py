@@ -174,25 +174,6 @@ def _render_model_card(
     conditions = _checked_mapping(conditions, "conditions")
     model_name = model_name or checkpoint_dir.resolve().name
     test_metrics = _test_metrics(metrics) if metrics is not None else {}
-    dataset_type = str(training_data.get("dataset_id", DEFAULT_DATASET_TYPE))
-    dataset_name = str(
-        training_data.get("dataset_name", training_data.get("dataset_id", DEFAULT_DATASET_NAME))
-    )
-    eval_results = [
-        EvalResult(
-            task_type="other",
-            task_name=TASK_NAME,
-            dataset_type=dataset_type,
-            dataset_name=dataset_name,
-            dataset_split="test",
-            metric_type=_MODEL_INDEX_TYPES.get(key, key),
-            metric_name=metric_display_name(key),
-            metric_value=value,
-            metric_config="macro" if key == "macro_f1" else None,
-        )
-        for key, value in test_metrics.items()
-        if _is_score(key, value)
-    ]
     card_data = ModelCardData(
         library_name="physmoe",
         license="apache-2.0",
@@ -200,7 +181,7 @@ def _render_model_card(
         model_name=model_name,
         base_model=base_model,
         datasets=[training_data["dataset_id"]] if "dataset_id" in training_data else None,
-        eval_results=eval_results or None,
+        eval_results=_eval_results(test_metrics, training_data) or None,
     )
     config = _read_json(checkpoint_dir / CONFIG_NAME)
     card = ModelCard.from_template(
@@ -219,6 +200,32 @@ def _render_model_card(
     )
     # Jinja blocks leave runs of blank lines behind; markdown needs at most one.
     return re.sub(r"\n{3,}", "\n\n", str(card)).rstrip() + "\n"
+
+
+def _eval_results(
+    test_metrics: Mapping[str, float | int | None], training_data: Mapping[str, object]
+) -> list[EvalResult]:
+    """The ``model-index`` results: one per score in ``test_metrics``, on the training data's
+    dataset (named by ``dataset_id``/``dataset_name``, else the defaults)."""
+    dataset_type = str(training_data.get("dataset_id", DEFAULT_DATASET_TYPE))
+    dataset_name = str(
+        training_data.get("dataset_name", training_data.get("dataset_id", DEFAULT_DATASET_NAME))
+    )
+    return [
+        EvalResult(
+            task_type="other",
+            task_name=TASK_NAME,
+            dataset_type=dataset_type,
+            dataset_name=dataset_name,
+            dataset_split="test",
+            metric_type=_MODEL_INDEX_TYPES.get(key, key),
+            metric_name=metric_display_name(key),
+            metric_value=value,
+            metric_config="macro" if key == "macro_f1" else None,
+        )
+        for key, value in test_metrics.items()
+        if _is_score(key, value)
+    ]
 
 
 def _test_metrics(metrics: Mapping[str, object]) -> dict[str, float | int | None]:

@@ -78,11 +78,23 @@ def _init_worker(config: _RunConfig) -> None:
     _WORKER_CONFIG = config
 
 
+def _empty_stats() -> dict:
+    """Generation statistics of no structures yet (the key order is the shard metadata's)."""
+    return {"attempts": 0, "timeouts": 0, "dropped": [], "agree": 0, "seconds": 0.0}
+
+
+def _add_stats(total: dict, stats: dict) -> None:
+    """Add the generation statistics ``stats`` into ``total`` in place."""
+    for key in ("attempts", "timeouts", "agree", "seconds"):
+        total[key] += stats[key]
+    total["dropped"].extend(stats["dropped"])
+
+
 def _generate_chunk(indices: Sequence[int]) -> tuple[list[dict], dict]:
     """Rows for some structure indices plus their statistics (runs in a worker)."""
     config = _WORKER_CONFIG
     prior = np.asarray(config.prior)
-    rows, stats = [], {"attempts": 0, "timeouts": 0, "dropped": [], "agree": 0, "seconds": 0.0}
+    rows, stats = [], _empty_stats()
     start = time.perf_counter()
     if config.settings.generator == "fast":
         return _generate_fast_chunk(indices, config, rows, stats, start)
@@ -314,12 +326,9 @@ def generate_dataset(
     Returns:
         The saved ``DatasetDict`` (train / validation / test), loaded from ``out_dir/dataset``.
     """
-    if int(num_structures) != num_structures or num_structures < 1:
-        raise ValueError(f"num_structures must be a positive integer, got {num_structures}")
-    if int(shard_size) != shard_size or shard_size < 1:
-        raise ValueError(f"shard_size must be a positive integer, got {shard_size}")
-    if int(num_proc) != num_proc or num_proc < 1:
-        raise ValueError(f"num_proc must be a positive integer, got {num_proc}")
+    _check_positive_int("num_structures", num_structures)
+    _check_positive_int("shard_size", shard_size)
+    _check_positive_int("num_proc", num_proc)
     out_dir = Path(out_dir)
     settings = GenerationSettings(
         max_atoms=max_atoms,
@@ -346,6 +355,22 @@ def generate_dataset(
 
     for stray in (out_dir / _SHARDS).glob(".*.tmp-*"):  # left by a killed run
         stray.unlink()
+    pending, done = _pending_shards(out_dir, num_structures, shard_size)
+    if done:
+        logger.info("%d of %d structures already generated in %s", done, num_structures, out_dir)
+    config = _RunConfig(seed=int(seed), prior=tuple(prior_vector.tolist()), settings=settings)
+    _run_shards(out_dir, config, pending, shard_size, num_structures, num_proc, done, progress)
+    return build_dataset_dict(out_dir)
+
+
+def _check_positive_int(name: str, value) -> None:
+    if int(value) != value or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def _pending_shards(out_dir: Path, num_structures: int, shard_size: int) -> tuple[list[int], int]:
+    """The shards still to generate (missing or incomplete) and how many structures the
+    complete ones cover."""
     num_shards = math.ceil(num_structures / shard_size)
     pending = [
         k for k in range(num_shards)
@@ -357,11 +382,7 @@ def generate_dataset(
         len(_shard_range(k, shard_size, num_structures))
         for k in set(range(num_shards)) - set(pending)
     )
-    if done:
-        logger.info("%d of %d structures already generated in %s", done, num_structures, out_dir)
-    config = _RunConfig(seed=int(seed), prior=tuple(prior_vector.tolist()), settings=settings)
-    _run_shards(out_dir, config, pending, shard_size, num_structures, num_proc, done, progress)
-    return build_dataset_dict(out_dir)
+    return pending, done
 
 
 def _run_shards(
@@ -379,13 +400,9 @@ def _run_shards(
     remaining = {shard: len(_shard_range(shard, shard_size, num_structures)) for shard in pending}
 
     def collect(shard: int, chunk: range, rows: list[dict], stats: dict) -> None:
-        shard_rows, shard_stats = buffers.setdefault(
-            shard, ([], {"attempts": 0, "timeouts": 0, "dropped": [], "agree": 0, "seconds": 0.0})
-        )
+        shard_rows, shard_stats = buffers.setdefault(shard, ([], _empty_stats()))
         shard_rows.extend(rows)
-        for key in ("attempts", "timeouts", "agree", "seconds"):
-            shard_stats[key] += stats[key]
-        shard_stats["dropped"].extend(stats["dropped"])
+        _add_stats(shard_stats, stats)
         remaining[shard] -= len(chunk)
         if remaining[shard] == 0:
             shard_range = _shard_range(shard, shard_size, num_structures)
@@ -430,8 +447,27 @@ def build_dataset_dict(out_dir: str | os.PathLike) -> DatasetDict:
     manifest = json.loads(manifest_path.read_text())
     if (out_dir / _DATASET).is_dir():
         return load_dataset_dict(out_dir / _DATASET)
-    num_structures, shard_size = manifest["num_structures"], manifest["shard_size"]
-    paths, totals = [], {"attempts": 0, "timeouts": 0, "dropped": [], "agree": 0, "seconds": 0.0}
+    paths, totals = _complete_shards(out_dir, manifest["num_structures"], manifest["shard_size"])
+    metadata = _dataset_metadata(manifest, totals)
+    _split_and_save(out_dir, paths, manifest, metadata)
+    generation = metadata["generation"]
+    logger.info(
+        "%d structures saved to %s: %d dropped, %d failed attempts (%d timeouts), "
+        "%.1f%% requested = detected",
+        generation["structures"],
+        out_dir / _DATASET,
+        len(generation["dropped"]),
+        generation["failed_attempts"],
+        generation["timeouts"],
+        100 * generation["requested_equals_detected"],
+    )
+    return load_dataset_dict(out_dir / _DATASET)
+
+
+def _complete_shards(out_dir: Path, num_structures: int, shard_size: int) -> tuple[list[str], dict]:
+    """The paths of all the run's shards and their summed statistics; a ValueError naming the
+    first shard that is missing or incomplete."""
+    paths, totals = [], _empty_stats()
     for shard in range(math.ceil(num_structures / shard_size)):
         path = _shard_path(out_dir, shard)
         stats = _shard_stats(path, _shard_range(shard, shard_size, num_structures))
@@ -440,11 +476,14 @@ def build_dataset_dict(out_dir: str | os.PathLike) -> DatasetDict:
                 f"shard {path} is missing or incomplete; run generate_dataset again to finish it"
             )
         paths.append(str(path))
-        for key in ("attempts", "timeouts", "agree", "seconds"):
-            totals[key] += stats[key]
-        totals["dropped"].extend(stats["dropped"])
-    generated = num_structures - len(totals["dropped"])
-    metadata = {
+        _add_stats(totals, stats)
+    return paths, totals
+
+
+def _dataset_metadata(manifest: dict, totals: dict) -> dict:
+    """The ``physmoe_dataset.json`` content: the run's parameters, statistics and split."""
+    generated = manifest["num_structures"] - len(totals["dropped"])
+    return {
         "source": "pyxtal",
         "wavelength": manifest["wavelength"],
         "two_theta_range": manifest["two_theta_range"],
@@ -464,6 +503,11 @@ def build_dataset_dict(out_dir: str | os.PathLike) -> DatasetDict:
             "seed": manifest["seed"],
         },
     }
+
+
+def _split_and_save(out_dir: Path, paths: list[str], manifest: dict, metadata: dict) -> None:
+    """Split the shards at ``paths`` with the run's fractions and seed and save the
+    ``DatasetDict`` with ``metadata`` to ``out_dir/dataset``."""
     # The shards are converted to a memory-mapped Arrow file (not held in memory), split, saved.
     cache_dir = out_dir / ".build-cache"
     shutil.rmtree(cache_dir, ignore_errors=True)
@@ -475,15 +519,3 @@ def build_dataset_dict(out_dir: str | os.PathLike) -> DatasetDict:
         save_dataset_dict(dataset_dict, out_dir / _DATASET, metadata)
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
-    generation = metadata["generation"]
-    logger.info(
-        "%d structures saved to %s: %d dropped, %d failed attempts (%d timeouts), "
-        "%.1f%% requested = detected",
-        generated,
-        out_dir / _DATASET,
-        len(generation["dropped"]),
-        generation["failed_attempts"],
-        generation["timeouts"],
-        100 * generation["requested_equals_detected"],
-    )
-    return load_dataset_dict(out_dir / _DATASET)

@@ -149,7 +149,21 @@ def _read_text(path: Path, encoding: str | None) -> str:
     """The text of a pattern file: gzip/bzip2/xz decompressed, a byte-order mark (UTF-8, UTF-16,
     UTF-32) honoured and removed, leading NUL bytes dropped. Without ``encoding``: UTF-8, else
     UTF-16 when every other byte is NUL, else Latin-1 (with a warning naming the file)."""
-    data = path.read_bytes()
+    data = _decompressed(path, path.read_bytes())
+    if data.startswith(b"PK\x03\x04"):
+        raise ValueError(f"{path} is a zip archive, not a text pattern: extract it first")
+    bom_encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), None)
+    if bom_encoding is not None:
+        data = data[len(next(bom for bom, enc in _BOMS if enc == bom_encoding)) :]
+        _warn_if_bom_overrides(path, bom_encoding, encoding)
+        return _decode(path, data, bom_encoding)
+    if encoding is None:
+        return _decode_unlabelled(path, data)
+    return _decode(path, data, encoding)
+
+
+def _decompressed(path: Path, data: bytes) -> bytes:
+    """``data`` decompressed when it starts with a gzip, bzip2 or xz magic, else unchanged."""
     for magic, name, decompress in _COMPRESSED:
         if data.startswith(magic):
             try:
@@ -158,49 +172,57 @@ def _read_text(path: Path, encoding: str | None) -> str:
                 raise ValueError(f"{path}: cannot decompress this {name} file: {error}") from None
             logger.info("%s: %s-compressed, read decompressed", path, name)
             break
-    if data.startswith(b"PK\x03\x04"):
-        raise ValueError(f"{path} is a zip archive, not a text pattern: extract it first")
-    bom_encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), None)
-    if bom_encoding is not None:
-        data = data[len(next(bom for bom, enc in _BOMS if enc == bom_encoding)) :]
-        if encoding is not None and codecs.lookup(encoding).name.replace("_", "-") not in (
-            codecs.lookup(bom_encoding).name,
-            "utf-8-sig",
-            "utf-16",
-            "utf-32",
-        ):
-            logger.warning(
-                "%s starts with a %s byte-order mark: reading it as %s, not %s",
-                path,
-                bom_encoding,
-                bom_encoding,
-                encoding,
-            )
-        encoding = bom_encoding
-    elif encoding is None:
-        # Drop leading NULs in pairs: an odd one may be the high byte of big-endian UTF-16 text.
-        padding = len(data) - len(data.lstrip(b"\x00"))
-        body = data[padding // 2 * 2 :]
-        sample = body[:4096]
-        if len(sample) >= 4 and sample.count(b"\x00") * 3 >= len(sample):
-            odd = sample[1::2].count(b"\x00")
-            even = sample[0::2].count(b"\x00")
-            encoding = "utf-16-le" if odd > even else "utf-16-be"
-            data = body
-            logger.warning("%s: no byte-order mark but NUL bytes: reading it as %s", path, encoding)
-        else:
-            data = data[padding:]
-            try:
-                return data.decode("utf-8").lstrip("\ufeff\x00")
-            except UnicodeDecodeError as error:
-                logger.warning(
-                    "%s is not UTF-8 (byte %#x at offset %d): reading it as Latin-1; pass "
-                    "encoding= if that is wrong",
-                    path,
-                    data[error.start],
-                    error.start,
-                )
-                encoding = "latin-1"
+    return data
+
+
+def _warn_if_bom_overrides(path: Path, bom_encoding: str, encoding: str | None) -> None:
+    """Warn when the caller's ``encoding`` disagrees with the file's byte-order mark, which is
+    what the file is read as."""
+    if encoding is not None and codecs.lookup(encoding).name.replace("_", "-") not in (
+        codecs.lookup(bom_encoding).name,
+        "utf-8-sig",
+        "utf-16",
+        "utf-32",
+    ):
+        logger.warning(
+            "%s starts with a %s byte-order mark: reading it as %s, not %s",
+            path,
+            bom_encoding,
+            bom_encoding,
+            encoding,
+        )
+
+
+def _decode_unlabelled(path: Path, data: bytes) -> str:
+    """The text of a file with neither a byte-order mark nor a given encoding: UTF-16 when NUL
+    bytes say so, else UTF-8, else Latin-1 (with a warning naming the file)."""
+    # Drop leading NULs in pairs: an odd one may be the high byte of big-endian UTF-16 text.
+    padding = len(data) - len(data.lstrip(b"\x00"))
+    body = data[padding // 2 * 2 :]
+    sample = body[:4096]
+    if len(sample) >= 4 and sample.count(b"\x00") * 3 >= len(sample):
+        odd = sample[1::2].count(b"\x00")
+        even = sample[0::2].count(b"\x00")
+        encoding = "utf-16-le" if odd > even else "utf-16-be"
+        logger.warning("%s: no byte-order mark but NUL bytes: reading it as %s", path, encoding)
+        return _decode(path, body, encoding)
+    data = data[padding:]
+    try:
+        return data.decode("utf-8").lstrip("\ufeff\x00")
+    except UnicodeDecodeError as error:
+        logger.warning(
+            "%s is not UTF-8 (byte %#x at offset %d): reading it as Latin-1; pass "
+            "encoding= if that is wrong",
+            path,
+            data[error.start],
+            error.start,
+        )
+    return _decode(path, data, "latin-1")
+
+
+def _decode(path: Path, data: bytes, encoding: str) -> str:
+    """``data`` decoded as ``encoding``, leading BOM characters and NULs stripped; a ValueError
+    naming the file when it does not decode or holds NUL characters (binary, or mislabelled)."""
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as error:

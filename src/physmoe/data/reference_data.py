@@ -357,12 +357,33 @@ def read_reference_npy(
     if not path.is_file():
         raise FileNotFoundError(f"reference file not found: {path}")
     grid = TwoThetaGrid() if grid is None else grid
+    _check_npy_magic(path)
+    content = _reference_dict(_load_npy(path, allow_pickle), path)
+    intensity_key = next((k for k in _INTENSITY_KEYS if k in content), None)
+    label_key = next((k for k in _LABEL_KEYS if k in content), None)
+    if intensity_key is None or label_key is None:
+        raise ValueError(
+            f"{path}: need keys {' or '.join(map(repr, _INTENSITY_KEYS))} and 'labels230'; "
+            f"found {sorted(map(str, content))}"
+        )
+    intensity = _reference_intensity(content[intensity_key], intensity_key, grid, path)
+    labels = _reference_labels(content[label_key], len(intensity), path)
+    return ReferenceArrays(intensity=intensity, labels=labels, grid=grid, source=str(path))
+
+
+def _check_npy_magic(path: Path) -> None:
+    """Refuse a file that is neither a ``.npy`` nor a ``.npz`` (a zip) by its first bytes."""
     with path.open("rb") as file:
         head = file.read(6)
     # Check the magic first: np.load reads anything else as a pickle ("holds pickled objects").
     if not head.startswith((b"\x93NUMPY", b"PK")):
         what = "it is empty" if not head else f"it starts with {head!r}"
         raise ValueError(f"{path} is not a .npy or .npz file ({what})")
+
+
+def _load_npy(path: Path, allow_pickle: bool) -> Any:
+    """``np.load`` of ``path``, an ``.npz`` read into a dict; a pickle refused unless
+    ``allow_pickle``, a damaged file reported as a ValueError naming it."""
     try:
         loaded = np.load(path, allow_pickle=allow_pickle)
         if isinstance(loaded, np.lib.npyio.NpzFile):
@@ -380,6 +401,11 @@ def read_reference_npy(
         raise ValueError(
             f"{path}: cannot read the file ({type(error).__name__}: {error}); is it truncated?"
         ) from None
+    return loaded
+
+
+def _reference_dict(loaded: Any, path: Path) -> dict:
+    """The dict a loaded file holds (``np.save`` of a dict stores it as a 0-d object array)."""
     content: Any = loaded
     if isinstance(loaded, np.ndarray) and loaded.dtype == object and loaded.shape == ():
         content = loaded.item()
@@ -388,24 +414,27 @@ def read_reference_npy(
             f"{path}: expected a dict with {_INTENSITY_KEYS[0]!r} (or {_INTENSITY_KEYS[1]!r}) and "
             f"'labels230', got {type(content).__name__}"
         )
-    intensity_key = next((k for k in _INTENSITY_KEYS if k in content), None)
-    label_key = next((k for k in _LABEL_KEYS if k in content), None)
-    if intensity_key is None or label_key is None:
-        raise ValueError(
-            f"{path}: need keys {' or '.join(map(repr, _INTENSITY_KEYS))} and 'labels230'; "
-            f"found {sorted(map(str, content))}"
-        )
-    intensity = np.asarray(content[intensity_key])
+    return content
+
+
+def _reference_intensity(value: Any, key: str, grid: TwoThetaGrid, path: Path) -> np.ndarray:
+    """The stored patterns as a floating ``[N, grid.num_points]`` array (floats not copied)."""
+    intensity = np.asarray(value)
     if not np.issubdtype(intensity.dtype, np.floating):
         intensity = intensity.astype(np.float32)
     if intensity.ndim != 2 or intensity.shape[1] != grid.num_points:
         raise ValueError(
-            f"{path}: {intensity_key!r} must be [N, {grid.num_points}] (the grid's points), "
+            f"{path}: {key!r} must be [N, {grid.num_points}] (the grid's points), "
             f"got shape {intensity.shape}"
         )
-    raw_labels = np.asarray(content[label_key]).reshape(-1)
-    if raw_labels.shape[0] != intensity.shape[0]:
-        raise ValueError(f"{path}: {raw_labels.shape[0]} labels for {intensity.shape[0]} patterns")
+    return intensity
+
+
+def _reference_labels(value: Any, num_patterns: int, path: Path) -> np.ndarray:
+    """The stored labels as int64 ``[num_patterns]``, checked to be integers in 0..229."""
+    raw_labels = np.asarray(value).reshape(-1)
+    if raw_labels.shape[0] != num_patterns:
+        raise ValueError(f"{path}: {raw_labels.shape[0]} labels for {num_patterns} patterns")
     if not np.issubdtype(raw_labels.dtype, np.number) or np.any(raw_labels != np.round(raw_labels)):
         raise ValueError(f"{path}: 'labels230' must be integers, got dtype {raw_labels.dtype}")
     labels = raw_labels.astype(np.int64)
@@ -414,4 +443,4 @@ def read_reference_npy(
             f"{path}: 'labels230' must be 0-based labels in 0..229, "
             f"got range {labels.min()}..{labels.max()}"
         )
-    return ReferenceArrays(intensity=intensity, labels=labels, grid=grid, source=str(path))
+    return labels

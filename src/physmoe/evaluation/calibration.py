@@ -90,6 +90,66 @@ def _nll_derivatives(
     return float(gradient), float(curvature)
 
 
+def _without_hopeless(
+    logits: torch.Tensor, labels: torch.Tensor, t_max: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits`` and ``labels`` without the samples whose true class has probability 0 at
+    every temperature up to ``t_max``; a ValueError when that is every sample."""
+    # Hard hierarchical inference gives the classes of other crystal systems the dtype's lowest
+    # value: when it masked the true class, that sample's probability is 0 (below float64's
+    # range) at every T in the bounds, its NLL infinite whatever T is. It says nothing about T.
+    true_logit = logits.gather(1, labels[:, None]).squeeze(1)
+    hopeless = (logits.amax(dim=1) - true_logit) / t_max > -math.log(
+        torch.finfo(torch.float64).tiny
+    )
+    if bool(hopeless.all()):
+        raise ValueError(
+            "every sample's true class has probability 0 at every temperature "
+            "(masked out by hard "
+            "hierarchical inference?): nothing to fit"
+        )
+    if bool(hopeless.any()):
+        logger.info(
+            "temperature fit leaves out %d of %d samples "
+            "whose true class has probability 0 at every "
+            "temperature (masked out by hard hierarchical inference)",
+            int(hopeless.sum()),
+            len(labels),
+        )
+        logits, labels = logits[~hopeless], labels[~hopeless]
+    return logits, labels
+
+
+def _minimise_nll(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    low: float,
+    high: float,
+    tolerance: float,
+    max_iterations: int,
+) -> float:
+    """The ``beta`` in ``[low, high]`` minimising the mean NLL of ``softmax(beta * logits)``:
+    a bound when the minimum lies beyond it, else safeguarded Newton inside the bracket."""
+    gradient_low, _ = _nll_derivatives(logits, labels, low)
+    gradient_high, _ = _nll_derivatives(logits, labels, high)
+    if gradient_low >= 0:
+        return low
+    if gradient_high <= 0:
+        return high
+    beta = min(max(1.0, low), high)
+    for _ in range(max_iterations):
+        gradient, curvature = _nll_derivatives(logits, labels, beta)
+        if abs(gradient) < tolerance or high - low < 1e-12 * beta:
+            break
+        if gradient > 0:
+            high = beta
+        else:
+            low = beta
+        step = beta - gradient / curvature if curvature > 0 else float("nan")
+        beta = step if low < step < high else 0.5 * (low + high)
+    return beta
+
+
 class TemperatureScaler:
     """Post-hoc temperature scaling: ``calibrated_logits = logits / temperature``.
 
@@ -144,48 +204,8 @@ class TemperatureScaler:
         t_min, t_max = (self._check_temperature(float(b)) for b in bounds)
         if not t_min < t_max:
             raise ValueError(f"bounds must satisfy T_min < T_max, got {bounds}")
-        # Hard hierarchical inference gives the classes of other crystal systems the dtype's lowest
-        # value: when it masked the true class, that sample's probability is 0 (below float64's
-        # range) at every T in the bounds, its NLL infinite whatever T is. It says nothing about T.
-        true_logit = logits.gather(1, labels[:, None]).squeeze(1)
-        hopeless = (logits.amax(dim=1) - true_logit) / t_max > -math.log(
-            torch.finfo(torch.float64).tiny
-        )
-        if bool(hopeless.all()):
-            raise ValueError(
-                "every sample's true class has probability 0 at every temperature "
-                "(masked out by hard "
-                "hierarchical inference?): nothing to fit"
-            )
-        if bool(hopeless.any()):
-            logger.info(
-                "temperature fit leaves out %d of %d samples "
-                "whose true class has probability 0 at every "
-                "temperature (masked out by hard hierarchical inference)",
-                int(hopeless.sum()),
-                len(labels),
-            )
-            logits, labels = logits[~hopeless], labels[~hopeless]
-        low, high = 1.0 / t_max, 1.0 / t_min  # bracket on beta
-
-        gradient_low, _ = _nll_derivatives(logits, labels, low)
-        gradient_high, _ = _nll_derivatives(logits, labels, high)
-        if gradient_low >= 0:
-            beta = low
-        elif gradient_high <= 0:
-            beta = high
-        else:
-            beta = min(max(1.0, low), high)
-            for _ in range(max_iterations):
-                gradient, curvature = _nll_derivatives(logits, labels, beta)
-                if abs(gradient) < tolerance or high - low < 1e-12 * beta:
-                    break
-                if gradient > 0:
-                    high = beta
-                else:
-                    low = beta
-                step = beta - gradient / curvature if curvature > 0 else float("nan")
-                beta = step if low < step < high else 0.5 * (low + high)
+        logits, labels = _without_hopeless(logits, labels, t_max)
+        beta = _minimise_nll(logits, labels, 1.0 / t_max, 1.0 / t_min, tolerance, max_iterations)
         temperature = 1.0 / beta
         if beta in (1.0 / t_max, 1.0 / t_min):
             logger.warning(
