@@ -70,14 +70,7 @@ def _lines(reflections: list[_Reflections], options: _Options) -> list[PeakList]
     if which_wavelength is not None:
         intensity *= options.ratios[which_wavelength[order]]
 
-    # Merge coincident lines: a line starts where the structure changes or the gap exceeds
-    # merge_tol.
-    new_line = np.empty(len(two_theta), dtype=bool)
-    new_line[0] = True
-    np.greater(two_theta[1:] - two_theta[:-1], options.merge_tol, out=new_line[1:])
-    if structure is not None:
-        new_line[1:] |= structure[1:] != structure[:-1]
-    starts = new_line.nonzero()[0]
+    starts = _line_starts(two_theta, structure, options.merge_tol)
     line_intensity = np.add.reduceat(intensity, starts)
     line_structure = None if structure is None else structure[starts]
     _scale_to_100(line_intensity, line_structure, num_structures)
@@ -92,17 +85,44 @@ def _lines(reflections: list[_Reflections], options: _Options) -> list[PeakList]
         line_structure = None if structure is None else line_structure[keep]
         line_hkl = None if line_hkl is None else line_hkl[keep]
     line_two_theta, line_d = two_theta[starts], 1.0 / np.sqrt(g2[which[starts]])
-    if structure is None:
-        return [
-            PeakList._trusted(line_two_theta, line_intensity, line_hkl, line_d, options.wavelength)
-        ]
+    return _split_by_structure(
+        line_two_theta, line_intensity, line_hkl, line_d, line_structure, num_structures, options
+    )
+
+
+def _line_starts(
+    two_theta: np.ndarray, structure: np.ndarray | None, merge_tol: float
+) -> np.ndarray:
+    """Where each merged line begins in the sorted reflections ``[R]``: where the structure
+    changes or the gap to the previous reflection exceeds ``merge_tol``."""
+    new_line = np.empty(len(two_theta), dtype=bool)
+    new_line[0] = True
+    np.greater(two_theta[1:] - two_theta[:-1], merge_tol, out=new_line[1:])
+    if structure is not None:
+        new_line[1:] |= structure[1:] != structure[:-1]
+    return new_line.nonzero()[0]
+
+
+def _split_by_structure(
+    two_theta: np.ndarray,
+    intensity: np.ndarray,
+    hkl: np.ndarray | None,
+    d_spacing: np.ndarray,
+    line_structure: np.ndarray | None,
+    num_structures: int,
+    options: _Options,
+) -> list[PeakList]:
+    """One peak list per structure from the lines of all (sorted by structure; ``line_structure``
+    None for a single structure)."""
+    if line_structure is None:
+        return [PeakList._trusted(two_theta, intensity, hkl, d_spacing, options.wavelength)]
     bounds = np.searchsorted(line_structure, np.arange(num_structures + 1)).tolist()
     return [
         PeakList._trusted(
-            line_two_theta[lo:hi],
-            line_intensity[lo:hi],
-            None if line_hkl is None else line_hkl[lo:hi],
-            line_d[lo:hi],
+            two_theta[lo:hi],
+            intensity[lo:hi],
+            None if hkl is None else hkl[lo:hi],
+            d_spacing[lo:hi],
             options.wavelength,
         )
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
