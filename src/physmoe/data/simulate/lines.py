@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..structures import Crystal
+from .compiled import lines_of_one
 from .options import PeakList, _Options
 from .reflections import _Reflections, _reflections
 from .scattering import _concatenate, _structure_factors
@@ -38,28 +39,24 @@ def _empty(options: _Options) -> PeakList:
 def _lines(reflections: list[_Reflections], options: _Options) -> list[PeakList]:
     """The peak list of every structure from its reflections and ``|F|^2``.
 
-    The reflections of all structures are concatenated; lines are sorted by (structure, 2θ), so
+    One structure takes one compiled call (:func:`.compiled.lines_of_one`). For a group, the
+    reflections of all structures are concatenated and the lines sorted by (structure, 2θ), so
     merging, scaling and the intensity cut are a few numpy calls for the whole group.
     """
     num_structures = len(reflections)
+    if num_structures == 1:
+        return [_lines_of_one(reflections[0], options)]
     g2 = _concatenate([found.g2 for found in reflections])
     squared = _concatenate([found.squared for found in reflections])
     counts = [len(found.g2) for found in reflections]
-    if num_structures == 1:
-        absent = reflections[0].absent
-    else:
-        absent = np.repeat([found.absent for found in reflections], counts)
+    absent = np.repeat([found.absent for found in reflections], counts)
     which_wavelength, which, sin2 = _lines_in_range(g2, squared, absent, options)
     if len(which) == 0:
         return [_empty(options) for _ in reflections]
     # Sort by (structure, sin^2 θ), i.e. by (structure, 2θ), before computing anything per line.
-    if num_structures == 1:
-        structure = None
-        order = sin2.argsort(kind="stable")
-    else:
-        structure = np.repeat(np.arange(num_structures), counts)[which]
-        order = np.lexsort((sin2, structure))
-        structure = structure[order]
+    structure = np.repeat(np.arange(num_structures), counts)[which]
+    order = np.lexsort((sin2, structure))
+    structure = structure[order]
     which, sin2 = which[order], sin2[order]
     # In sin^2 θ alone: cos 2θ = 1 - 2 sin^2 θ, so 2θ = arccos(1 - 2 sin^2 θ) and
     # LP = (1 + cos^2 2θ) / (sin^2 θ cos θ).
@@ -72,7 +69,7 @@ def _lines(reflections: list[_Reflections], options: _Options) -> list[PeakList]
 
     starts = _line_starts(two_theta, structure, options.merge_tol)
     line_intensity = np.add.reduceat(intensity, starts)
-    line_structure = None if structure is None else structure[starts]
+    line_structure = structure[starts]
     _scale_to_100(line_intensity, line_structure, num_structures)
 
     line_hkl = None
@@ -82,7 +79,7 @@ def _lines(reflections: list[_Reflections], options: _Options) -> list[PeakList]
     keep = line_intensity > options.min_intensity
     if not keep.all():
         starts, line_intensity = starts[keep], line_intensity[keep]
-        line_structure = None if structure is None else line_structure[keep]
+        line_structure = line_structure[keep]
         line_hkl = None if line_hkl is None else line_hkl[keep]
     line_two_theta, line_d = two_theta[starts], 1.0 / np.sqrt(g2[which[starts]])
     return _split_by_structure(
@@ -90,16 +87,30 @@ def _lines(reflections: list[_Reflections], options: _Options) -> list[PeakList]
     )
 
 
-def _line_starts(
-    two_theta: np.ndarray, structure: np.ndarray | None, merge_tol: float
-) -> np.ndarray:
+def _lines_of_one(found: _Reflections, options: _Options) -> PeakList:
+    """One structure's peak list (the same lines as :func:`_lines` makes for a group)."""
+    which, starts, two_theta, intensity = lines_of_one(
+        found.g2, found.squared, found.absent, options.bragg[:, 0], options.ratios,
+        options.sin2_low, options.sin2_high, options.merge_tol,
+    )  # fmt: skip
+    if len(which) == 0:
+        return _empty(options)
+    hkl = _representative_hkl(found.hkl, which, starts) if options.return_hkl else None
+    keep = intensity > options.min_intensity
+    if not keep.all():
+        starts, two_theta, intensity = starts[keep], two_theta[keep], intensity[keep]
+        hkl = None if hkl is None else hkl[keep]
+    d_spacing = 1.0 / np.sqrt(found.g2[which[starts]])
+    return PeakList._trusted(two_theta, intensity, hkl, d_spacing, options.wavelength)
+
+
+def _line_starts(two_theta: np.ndarray, structure: np.ndarray, merge_tol: float) -> np.ndarray:
     """Where each merged line begins in the sorted reflections ``[R]``: where the structure
     changes or the gap to the previous reflection exceeds ``merge_tol``."""
     new_line = np.empty(len(two_theta), dtype=bool)
     new_line[0] = True
     np.greater(two_theta[1:] - two_theta[:-1], merge_tol, out=new_line[1:])
-    if structure is not None:
-        new_line[1:] |= structure[1:] != structure[:-1]
+    new_line[1:] |= structure[1:] != structure[:-1]
     return new_line.nonzero()[0]
 
 
@@ -108,14 +119,11 @@ def _split_by_structure(
     intensity: np.ndarray,
     hkl: np.ndarray | None,
     d_spacing: np.ndarray,
-    line_structure: np.ndarray | None,
+    line_structure: np.ndarray,
     num_structures: int,
     options: _Options,
 ) -> list[PeakList]:
-    """One peak list per structure from the lines of all (sorted by structure; ``line_structure``
-    None for a single structure)."""
-    if line_structure is None:
-        return [PeakList._trusted(two_theta, intensity, hkl, d_spacing, options.wavelength)]
+    """One peak list per structure from the lines of all, sorted by structure."""
     bounds = np.searchsorted(line_structure, np.arange(num_structures + 1)).tolist()
     return [
         PeakList._trusted(
@@ -130,14 +138,10 @@ def _split_by_structure(
 
 
 def _scale_to_100(
-    line_intensity: np.ndarray, line_structure: np.ndarray | None, num_structures: int
+    line_intensity: np.ndarray, line_structure: np.ndarray, num_structures: int
 ) -> None:
     """Scale each structure's strongest line to 100, in place (lines sorted by structure). A
     structure whose lines are all 0 (a K-alpha2 ratio of 0) keeps them at 0: they are cut."""
-    if line_structure is None:
-        strongest = line_intensity.max()
-        line_intensity *= 100.0 / strongest if strongest > 0 else 0.0
-        return
     bounds = np.searchsorted(line_structure, np.arange(num_structures + 1))
     has_lines = bounds[1:] > bounds[:-1]
     strongest = np.zeros(num_structures)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..structures import Crystal
+from .compiled import reflections_in_range
 from .options import _Options
 
 # Direct (reflection, site) phases while box points x sites stay below this (float64 phases of
@@ -144,7 +145,7 @@ def _reflections(crystals: Sequence[Crystal], options: _Options) -> list[_Reflec
             found.append(_Reflections(hkl.astype(np.float64), g2, (axes, mask)))
             continue
         box = _half_box(h_max, k_max, l_max)
-        g2 = box.quad @ coefficients
-        keep = ((g2 >= g2_low) & (g2 <= g2_high)).nonzero()[0]
-        found.append(_Reflections(box.hkl[keep], g2[keep]))
+        found.append(
+            _Reflections(*reflections_in_range(box.hkl, box.quad, coefficients, g2_low, g2_high))
+        )
     return found

@@ -1,5 +1,6 @@
 """Scattering: atomic form factors (IT92 or pymatgen's table) and structure factors ``|F|^2``
-(the direct pair kernel for small cells, the separable box kernel for large ones)."""
+(the compiled pair kernel of :mod:`.compiled` for a list of reflections, the separable box
+kernel here for large cells)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import gemmi
 import numpy as np
 
 from ..structures import Crystal
+from .compiled import pair_squared
 from .reflections import _Reflections
 
 # Entries of the complex64 blocks held at once by the box kernel (8 MB and 0.5 MB).
@@ -22,7 +24,8 @@ _GATHER_BLOCK_ENTRIES = 1 << 16
 # Site types (distinct element and B) up to which the box-wide matrix product beats weighting each
 # site directly (measured: the crossover is ~32 types up to 200 sites, ~64 at 400 sites).
 _MIN_MATMUL_TYPES = 32
-# Amplitudes below this fraction of F(000) are rounding residue (float32 phases give ~1e-7).
+# Amplitudes below this fraction of F(000) are rounding residue (the box kernel's float32 phases
+# give ~1e-7).
 _ABSENT_AMPLITUDE = 1e-5
 
 
@@ -78,7 +81,6 @@ class _Elements:
     """The distinct elements of a site list, with what the kernels need of them."""
 
     site_element: np.ndarray  # [N] int: index of each site's element
-    onehot: np.ndarray  # [E, N] float32: 1 where site n holds element e
     site_z: np.ndarray  # [N] float64: atomic number of each site, for F(000)
     neg_b: np.ndarray  # [E * 4 + 1, 1]: minus the Gaussian widths b, element by element, then 0
     # [E, E * 4 + 1]: the weights a, block-diagonal (sums each element's terms), then the constant
@@ -104,7 +106,6 @@ def _elements(species: tuple[str, ...], table: str) -> _Elements:
     z = np.array([gemmi.Element(s).atomic_number for s in symbols], dtype=np.float64)
     return _Elements(
         site_element=site_element,
-        onehot=np.eye(num_elements, dtype=np.float32)[:, site_element],
         site_z=z[site_element],
         neg_b=np.append(-b.reshape(-1), 0.0)[:, None],
         a_block=np.concatenate([a_block.reshape(num_elements, -1), constant], axis=1),
@@ -116,8 +117,7 @@ def _elements(species: tuple[str, ...], table: str) -> _Elements:
 def _form_factors(elements: _Elements, s2: np.ndarray) -> np.ndarray:
     """Atomic form factors ``[E, M]`` at ``s^2 = (sin(theta) / lambda)^2`` ``[M]`` (Angstrom^-2).
 
-    Reflections run along the last axis: numpy reduces and multiplies contiguous rows much faster
-    than short last axes (measured 4x on the pair kernel's sums).
+    Computed in numpy even for the compiled pair kernel: its vectorised ``exp`` beats a loop.
     """
     form = elements.a_block @ np.exp(elements.neg_b * s2)
     if elements.mott_bethe:
@@ -151,25 +151,6 @@ def _unit_phasors(turns: np.ndarray) -> np.ndarray:
     np.cos(angle, out=phasors[0])
     np.sin(angle, out=phasors[1])
     return phasors
-
-
-def _pair_squared(
-    phasors: np.ndarray, s2: np.ndarray, crystal: Crystal, b_site: np.ndarray, elements: _Elements
-) -> np.ndarray:
-    """``|F|^2`` float64 ``[M]`` of one structure from its unit phasors ``[2, M, N]`` (cos, sin of
-    ``2 pi hkl . x_j``) at ``s^2 [M]``: the occupancy-weighted phasor sum of every element is one
-    float32 matrix product, then weighted by the element's form factor."""
-    form = _form_factors(elements, s2)  # [E, M]
-    if b_site.any():  # Debye-Waller factors (usually all 0)
-        first_b = float(b_site[0])
-        if (b_site == first_b).all():  # one B for every site: a factor per reflection
-            form *= np.exp(-first_b * s2)
-        else:
-            phasors = phasors * np.exp(np.multiply.outer(s2, -b_site)).astype(np.float32)
-    weights = np.multiply(elements.onehot, crystal.occupancies, dtype=np.float32)  # [E, N]
-    sums = weights @ phasors.transpose(0, 2, 1)  # [2, E, M]
-    amplitude = np.add.reduce(sums * form, axis=1)  # real and imaginary part of F, [2, M]
-    return np.add.reduce(amplitude * amplitude)
 
 
 def _box_squared(
@@ -258,26 +239,19 @@ def _structure_factors(
     reflections: list[_Reflections],
     table: str,
 ) -> None:
-    """Fill ``reflections[i].squared`` for every structure. The phases of all pair-kernel
-    structures are concatenated, so their trigonometry is a few large numpy calls."""
-    blocks = [
-        (found.hkl @ crystal.frac_coords.T).reshape(-1)
-        for crystal, found in zip(crystals, reflections, strict=True)
-        if found.box is None
-    ]
-    if blocks:
-        phasors = _unit_phasors(_concatenate(blocks))
-    start = 0
+    """Fill ``reflections[i].squared`` for every structure: the box kernel for the large cells
+    that come with their box, the compiled pair kernel for the rest."""
     for crystal, b_site, found in zip(crystals, b_sites, reflections, strict=True):
         elements = _elements(tuple(crystal.species), table)
         found.absent = _absent_below(crystal, elements)
         if found.box is not None:
             found.squared = _box_squared(found, crystal, b_site, elements)
             continue
-        shape = (2, len(found.g2), len(crystal.species))
-        block = phasors[:, start : start + shape[1] * shape[2]].reshape(shape)
-        start += shape[1] * shape[2]
-        found.squared = _pair_squared(block, found.g2 / 4, crystal, b_site, elements)
+        s2 = found.g2 / 4
+        found.squared = pair_squared(
+            found.hkl, s2, _form_factors(elements, s2), crystal.frac_coords,
+            elements.site_element, crystal.occupancies, b_site,
+        )  # fmt: skip
 
 
 def _concatenate(arrays: list[np.ndarray]) -> np.ndarray:
