@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from physmoe.crystallography import crystal_system_index
-from physmoe.data._placement import closest_ratios, contact_ratios
-from physmoe.data.random_crystals import _SYSTEM_SHIFTS, _images, _random_lattice
+from physmoe.data._placement import _images, closest_ratios, contact_ratios
+from physmoe.data.random_crystals import _NO_SHIFTS, _SYSTEM_SHIFTS, _random_lattice
 
 # A group of every crystal system: triclinic, monoclinic, orthorhombic, tetragonal, trigonal,
 # hexagonal, cubic.
@@ -28,7 +28,7 @@ def _nearest_squared(first: np.ndarray, others: np.ndarray, lattice: np.ndarray)
 def test_closest_ratios_match_brute_force(space_group):
     rng = np.random.default_rng(space_group)
     lattice = _random_lattice(space_group, volume=300.0, rng=rng)
-    images = _images(_SYSTEM_SHIFTS.get(crystal_system_index(space_group)), lattice)
+    images = _images(_SYSTEM_SHIFTS.get(crystal_system_index(space_group), _NO_SHIFTS), lattice)
     candidates = rng.random((16, 4, 3))
     placed = rng.random((9, 3))
     limits = rng.uniform(1.0, 9.0, 3 + 9)
@@ -44,7 +44,7 @@ def test_closest_ratios_match_brute_force(space_group):
 def test_contact_ratios_match_brute_force(space_group):
     rng = np.random.default_rng(100 + space_group)
     lattice = _random_lattice(space_group, volume=200.0, rng=rng)
-    images = _images(_SYSTEM_SHIFTS.get(crystal_system_index(space_group)), lattice)
+    images = _images(_SYSTEM_SHIFTS.get(crystal_system_index(space_group), _NO_SHIFTS), lattice)
     sizes = np.array([2, 4, 1, 3])
     coords = rng.random((sizes.sum(), 3))
     firsts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
@@ -62,6 +62,6 @@ def test_contact_ratios_match_brute_force(space_group):
 def test_an_empty_neighbourhood_is_infinitely_far():
     lattice = np.eye(3) * 4.0
     closest, worst = closest_ratios(
-        np.zeros((3, 1, 3)), np.empty((0, 3)), np.empty(0), lattice, _images(None, lattice)
+        np.zeros((3, 1, 3)), np.empty((0, 3)), np.empty(0), lattice, _images(_NO_SHIFTS, lattice)
     )
     assert np.isinf(closest).all() and (worst == 0).all()

@@ -51,7 +51,7 @@ import moyopy
 import numpy as np
 
 from ..crystallography import NUM_SPACE_GROUPS, crystal_system_index
-from ._placement import closest_ratios, contact_ratios
+from ._placement import compact, place
 from .priors import resolve_prior, sample_space_groups
 from .structures import Crystal, lattice_matrix
 from .wyckoff import (
@@ -365,6 +365,7 @@ def _shift_block(axes: tuple[int, ...]) -> np.ndarray:
 
 
 _NONZERO_SHIFTS = np.delete(_shift_block((0, 1, 2)), 13, axis=0)
+_NO_SHIFTS = np.zeros((0, 3))
 _SYSTEM_SHIFTS = {
     _TRICLINIC: _shift_block((0, 1, 2)),
     _MONOCLINIC: _shift_block((0, 2)),
@@ -373,122 +374,39 @@ _SYSTEM_SHIFTS = {
 }
 
 
-def _grow(lattice: np.ndarray, direction: np.ndarray, system: int, step: float) -> np.ndarray:
-    """The lattice with its vectors lengthened by up to ``step`` (0.1 = 10%) along a fractional
-    ``direction [3]`` (axes the crystal system ties together grow together; angles kept)."""
-    weights = direction * np.linalg.norm(lattice, axis=1)
-    if system in (_TETRAGONAL, _TRIGONAL, _HEXAGONAL):
-        weights[:2] = weights[:2].mean()
-    if system == _CUBIC or not weights.sum() > 0:
-        weights[:] = 1.0
-    growth = 1.0 + step * weights / weights.max()
-    return lattice * growth[:, None]
-
-
 def _place(
     operators: list[_Orbit],
     dof: np.ndarray,
     contacts: np.ndarray,
     lattice: np.ndarray,
-    shifts: np.ndarray | None,
+    shifts: np.ndarray,
     factor: float,
     system: int,
     rng: np.random.Generator,
-) -> tuple[list[np.ndarray], np.ndarray] | None:
-    """Positions ``[m_o, 3]`` of every orbit and the lattice, grown where an orbit found no
-    place (fractional positions keep their distances when the cell grows), or None.
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Positions ``[N, 3]`` of every orbit's atoms (orbit after orbit) and the lattice, grown
+    where an orbit found no place (fractional positions keep their distances when the cell
+    grows), or None.
 
-    ``contacts [O, O]`` holds the contact distance of every pair of orbits' elements; atoms stay
-    ``factor`` times that apart. Symmetry makes the checks cheap: every atom of an orbit sees the
-    orbit and the atoms placed before (themselves whole orbits) as its first atom does, so only
-    the first atom's distances are checked, ``[T, m + P]`` instead of ``[T, m, m + P]``.
+    Fixed points go first, then the others from the largest; each tries ``_CANDIDATES`` random
+    free points at once (:func:`._placement.place`). Symmetry makes the checks cheap: every atom
+    of an orbit sees the orbit and the atoms placed before (themselves whole orbits) as its first
+    atom does, so only the first atom's distances are checked.
     """
     order = sorted(range(len(operators)), key=lambda o: (dof[o] > 0, -operators[o].size))
-    placed = np.empty((0, 3))
-    placed_orbit = np.empty(0, dtype=np.int64)
-    result: list[np.ndarray] = [placed] * len(operators)
-    growths = 0
-    for o in order:
-        size = operators[o].size
-        neighbours = np.concatenate([np.full(size - 1, o), placed_orbit])
-        limits = (factor * contacts[o, neighbours]) ** 2
-        candidates = _orbit_positions(operators[o], rng.random((_CANDIDATES if dof[o] else 1, 3)))
-        while True:
-            closest, worst = closest_ratios(
-                candidates, placed, limits, lattice, _images(shifts, lattice)
-            )
-            if (closest >= 1).any():
-                break
-            growths += 1
-            if growths > _MAX_GROWTHS:
-                return None
-            # Grow just enough for the best candidate, along the axes its worst contact runs
-            # along: atoms on a line (0, 0, z) need a long c, not a bigger cell.
-            t = int(np.argmax(closest))
-            j = int(worst[t])
-            other = candidates[t, j + 1] if j < size - 1 else placed[j - size + 1]
-            delta = other - candidates[t, 0]
-            needed = min(1.0 / math.sqrt(max(closest[t], 1e-12)), _MAX_STEP) * 1.001
-            lattice = _grow(lattice, np.abs(delta - np.rint(delta)), system, needed - 1.0)
-        chosen = candidates[int(np.argmax(closest >= 1))]
-        result[o] = chosen
-        placed = np.concatenate([placed, chosen])
-        placed_orbit = np.concatenate([placed_orbit, np.full(len(chosen), o)])
-    return result, lattice
-
-
-def _closest_contacts(
-    orbits: list[np.ndarray], contacts: np.ndarray, lattice: np.ndarray, shifts: np.ndarray | None
-) -> np.ndarray:
-    """Least ``distance / contact distance`` of every orbit's atoms to any atom, ``[O]`` (as in
-    :func:`_place`, each orbit's first atom stands for the whole orbit)."""
-    sizes = [len(orbit) for orbit in orbits]
-    orbit_of_atom = np.repeat(np.arange(len(orbits)), sizes)
-    firsts = np.cumsum([0, *sizes[:-1]])
-    return contact_ratios(
-        np.concatenate(orbits), firsts, orbit_of_atom, contacts, lattice, _images(shifts, lattice)
-    )
-
-
-_NO_IMAGES = np.zeros((0, 3))
-
-
-def _images(shifts: np.ndarray | None, lattice: np.ndarray) -> np.ndarray:
-    """The Cartesian lattice translations ``[S, 3]`` the distance kernels search (see
-    :mod:`._placement`)."""
-    return _NO_IMAGES if shifts is None else shifts @ lattice
-
-
-def _shortest_translation(lattice: np.ndarray) -> float:
-    translations = _NONZERO_SHIFTS @ lattice
-    return math.sqrt(np.einsum("ij,ij->i", translations, translations).min())
-
-
-def _compact(orbits, operators, dof, contacts, lattice, shifts, factor, volume, rng):
-    """Shrink the cell towards ``volume``: scale it until the closest contact reaches
-    ``factor``, move an orbit of that contact to a random place where it fits, repeat."""
-    self_contact = float(np.diag(contacts).max())
-    for _ in range(_COMPACTION_ROUNDS):
-        ratios = _closest_contacts(orbits, contacts, lattice, shifts)
-        floor = max(factor / ratios.min(), factor * self_contact / _shortest_translation(lattice))
-        target = (volume / abs(np.linalg.det(lattice))) ** (1 / 3)
-        lattice = lattice * min(max(target, floor), 1.0)
-        if target >= floor:  # the drawn volume is reached
-            break
-        movable = np.flatnonzero((ratios <= ratios.min() * (1 + 1e-9)) & (dof > 0))
-        if not len(movable):
-            break
-        o = int(rng.choice(movable))
-        orbit_of_atom = np.repeat(np.arange(len(orbits)), [len(orbit) for orbit in orbits])
-        others = np.concatenate(orbits)[orbit_of_atom != o]
-        other_orbit = orbit_of_atom[orbit_of_atom != o]
-        neighbours = np.concatenate([np.full(operators[o].size - 1, o), other_orbit])
-        limits = (factor * contacts[o, neighbours]) ** 2
-        candidates = _orbit_positions(operators[o], rng.random((_CANDIDATES, 3)))
-        closest, _ = closest_ratios(candidates, others, limits, lattice, _images(shifts, lattice))
-        if (closest >= 1).any():
-            orbits = [*orbits[:o], candidates[int(np.argmax(closest))], *orbits[o + 1 :]]
-    return orbits, lattice
+    counts = np.where(dof > 0, _CANDIDATES, 1)
+    blocks: list[np.ndarray] = [_NO_SHIFTS] * len(operators)
+    for o in order:  # drawn in placing order
+        blocks[o] = _orbit_positions(operators[o], rng.random((counts[o], 3)))
+    sizes = np.array([orbit.size for orbit in operators])
+    offsets = np.cumsum([0, *(counts * sizes)[:-1]])
+    chosen, lattice, placed = place(
+        np.concatenate([block.reshape(-1, 3) for block in blocks]), offsets, counts, sizes,
+        np.array(order), contacts, lattice, shifts, factor, system, _MAX_GROWTHS, _MAX_STEP,
+    )  # fmt: skip
+    if not placed:
+        return None
+    return np.concatenate([block[t] for block, t in zip(blocks, chosen, strict=True)]), lattice
 
 
 def _build(
@@ -507,7 +425,7 @@ def _build(
     contacts = np.array([[_contact_distance(a, b) for b in orbit_elements] for a in orbit_elements])
     multiplicities = np.array([orbit.size for orbit in operators])
     system = crystal_system_index(space_group)
-    shifts = _SYSTEM_SHIFTS.get(system)
+    shifts = _SYSTEM_SHIFTS.get(system, _NO_SHIFTS)
     # The volume of a solid: atoms as spheres of their shortest contact distance filling a
     # fraction of it (0.74 for close-packed metals, 0.5 for rock salt, 0.25 for quartz). The
     # cell grows where the atoms do not fit.
@@ -521,13 +439,18 @@ def _build(
     placement = _place(operators, dof, contacts, lattice, shifts, factor, system, rng)
     if placement is None:
         return None
-    orbits, lattice = placement
-    orbits, lattice = _compact(
-        orbits, operators, dof, contacts, lattice, shifts, factor, volume, rng
-    )
+    positions, lattice = placement
+    positions, lattice = compact(
+        positions, multiplicities, dof, contacts, lattice, shifts, _NONZERO_SHIFTS, factor,
+        volume, np.concatenate([orbit.rotation for orbit in operators], axis=1),
+        np.concatenate([orbit.translation for orbit in operators]),
+        rng.random((_COMPACTION_ROUNDS, 1 + 3 * _CANDIDATES)),
+    )  # fmt: skip
     if abs(np.linalg.det(lattice)) > _MAX_VOLUME_PER_ATOM * multiplicities.sum():
         return None
     species = [
-        element for element, orbit in zip(orbit_elements, orbits, strict=True) for _ in orbit
+        element
+        for element, orbit in zip(orbit_elements, operators, strict=True)
+        for _ in range(orbit.size)
     ]
-    return lattice, species, np.concatenate(orbits)
+    return lattice, species, positions
