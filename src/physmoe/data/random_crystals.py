@@ -395,9 +395,8 @@ def _place(
     """
     order = sorted(range(len(operators)), key=lambda o: (dof[o] > 0, -operators[o].size))
     counts = np.where(dof > 0, _CANDIDATES, 1)
-    blocks: list[np.ndarray] = [_NO_SHIFTS] * len(operators)
-    for o in order:  # drawn in placing order
-        blocks[o] = _orbit_positions(operators[o], rng.random((counts[o], 3)))
+    drawn = {o: _orbit_positions(operators[o], rng.random((counts[o], 3))) for o in order}
+    blocks = [drawn[o] for o in range(len(operators))]  # [counts[o], m_o, 3], drawn in order
     sizes = np.array([orbit.size for orbit in operators])
     offsets = np.cumsum([0, *(counts * sizes)[:-1]])
     chosen, lattice, placed = place(
