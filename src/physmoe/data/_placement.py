@@ -1,10 +1,12 @@
-"""Compiled distance checks of the random-crystal generator (numba).
+"""Compiled loops of the random-crystal generator (numba): placing the orbits, compacting the
+cell, and the distance checks both use.
 
 Placing an orbit asks, for a handful of candidate positions, how close the candidate's first atom
 comes to the atoms of its own orbit and to those already placed, each pair measured against its
 own contact distance. In numpy that is a dozen calls on arrays of a few hundred entries, so call
-overhead, not arithmetic, set the generator's speed; one compiled loop does the same work in a
-single call (``scripts/benchmark_data.py`` measures the generator).
+overhead, not arithmetic, set the generator's speed; the compiled loops do the same work with one
+call per crystal for placement and one for compaction (``scripts/benchmark_data.py`` measures
+the generator).
 
 Distances are to the nearest periodic image: the fractional difference is rounded to the nearest
 integer, and where the cell is oblique the images in ``images`` (Cartesian lattice translations,
@@ -16,13 +18,14 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
+
+from .._jit import jit
 
 __all__ = ["closest_ratios", "compact", "contact_ratios", "grow", "place"]
 
 
-@numba.njit(cache=True)
+@jit
 def _image_squared(d0, d1, d2, lattice, images):
     """Squared Cartesian length of the fractional difference ``(d0, d1, d2)``, nearest image."""
     d0 -= np.rint(d0)
@@ -38,7 +41,7 @@ def _image_squared(d0, d1, d2, lattice, images):
     return best
 
 
-@numba.njit(cache=True)
+@jit
 def closest_ratios(candidates, placed, limits, lattice, images):
     """How close each candidate orbit comes to a contact, and with which neighbour.
 
@@ -69,7 +72,7 @@ def closest_ratios(candidates, placed, limits, lattice, images):
     return closest, worst
 
 
-@numba.njit(cache=True)
+@jit
 def contact_ratios(coords, firsts, orbit_of_atom, contacts, lattice, images):
     """Least ``distance / contact distance`` from each orbit's first atom to any other atom.
 
@@ -97,7 +100,7 @@ def contact_ratios(coords, firsts, orbit_of_atom, contacts, lattice, images):
 _TETRAGONAL, _TRIGONAL, _HEXAGONAL, _CUBIC = 3, 4, 5, 6
 
 
-@numba.njit(cache=True)
+@jit
 def _images(shifts, lattice):
     """Cartesian translations ``[S, 3]`` of the fractional ``shifts [S, 3]``."""
     images = np.empty((shifts.shape[0], 3))
@@ -111,7 +114,7 @@ def _images(shifts, lattice):
     return images
 
 
-@numba.njit(cache=True)
+@jit
 def grow(lattice, direction, system, step):
     """The lattice with its vectors lengthened by up to ``step`` (0.1 = 10%) along a fractional
     ``direction [3]`` (axes the crystal system ties together grow together; angles kept)."""
@@ -130,7 +133,7 @@ def grow(lattice, direction, system, step):
     return grown
 
 
-@numba.njit(cache=True)
+@jit
 def place(candidates, offsets, counts, sizes, order, contacts, lattice, shifts, factor, system,
           max_growths, max_step):  # fmt: skip
     """Place orbits one by one, growing the cell where an orbit finds no place.
@@ -187,7 +190,7 @@ def place(candidates, offsets, counts, sizes, order, contacts, lattice, shifts, 
     return chosen, lattice, True
 
 
-@numba.njit(cache=True)
+@jit
 def _determinant(m):
     return (
         m[0, 0] * (m[1, 1] * m[2, 2] - m[1, 2] * m[2, 1])
@@ -196,13 +199,13 @@ def _determinant(m):
     )
 
 
-@numba.njit(cache=True)
+@jit
 def _shortest_translation(lattice, nonzero_shifts):
     images = _images(nonzero_shifts, lattice)
     return math.sqrt((images * images).sum(axis=1).min())
 
 
-@numba.njit(cache=True)
+@jit
 def compact(positions, sizes, dof, contacts, lattice, shifts, nonzero_shifts, factor, volume,
             rotations, translations, draws):  # fmt: skip
     """Shrink the cell towards ``volume``: scale it until the closest contact reaches

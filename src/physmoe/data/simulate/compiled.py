@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
+
+from ..._jit import jit
 
 __all__ = ["lines_of_one", "pair_squared", "reflections_in_range"]
 
 
-@numba.njit(cache=True)
+@jit
 def reflections_in_range(hkl, quad, terms, g2_low, g2_high):
     """The points of an hkl box (``hkl [M0, 3]``, ``quad [M0, 6]`` = ``h^2, k^2, l^2, 2hk, 2hl,
     2kl``) with ``g2_low <= |g|^2 <= g2_high`` for the metric ``terms [6]``: ``hkl [M, 3]`` and
@@ -43,7 +44,7 @@ def reflections_in_range(hkl, quad, terms, g2_low, g2_high):
     return kept, g2[:count]
 
 
-@numba.njit(cache=True)
+@jit
 def _phase_tables(hkl, coords):
     """``exp(2 pi i n x)`` of every site for every index ``n`` each axis of ``hkl`` takes:
     real and imaginary parts ``[3, n_max - n_min + 1, N]``, and ``n_min`` of each axis."""
@@ -69,7 +70,7 @@ def _phase_tables(hkl, coords):
     return real, imaginary, low
 
 
-@numba.njit(cache=True)
+@jit
 def pair_squared(hkl, s2, form, coords, site_element, occupancy, b_site):
     """``|F|^2 [M]`` of reflections ``hkl [M, 3]`` (integer-valued) at ``s^2 [M]``.
 
@@ -103,7 +104,7 @@ def pair_squared(hkl, s2, form, coords, site_element, occupancy, b_site):
     return squared
 
 
-@numba.njit(cache=True)
+@jit
 def lines_of_one(g2, squared, absent, bragg, ratios, sin2_low, sin2_high, merge_tol):
     """The lines of one structure before the intensity cut, sorted by 2θ.
 
