@@ -22,7 +22,7 @@ import numpy as np
 
 from .._jit import jit
 
-__all__ = ["closest_ratios", "compact", "contact_ratios", "grow", "place"]
+__all__ = ["closest_ratios", "compact", "contact_ratios", "grow", "place", "shortest_translation"]
 
 
 @jit
@@ -200,7 +200,8 @@ def _determinant(m):
 
 
 @jit
-def _shortest_translation(lattice, nonzero_shifts):
+def shortest_translation(lattice, nonzero_shifts):
+    """Length of the shortest of the lattice translations ``nonzero_shifts [S, 3]`` (fractional)."""
     images = _images(nonzero_shifts, lattice)
     return math.sqrt((images * images).sum(axis=1).min())
 
@@ -239,7 +240,7 @@ def compact(positions, sizes, dof, contacts, lattice, shifts, nonzero_shifts, fa
         ratios = contact_ratios(positions, firsts, orbit_of_atom, contacts, lattice, images)
         least = ratios.min()
         floor = max(
-            factor / least, factor * self_contact / _shortest_translation(lattice, nonzero_shifts)
+            factor / least, factor * self_contact / shortest_translation(lattice, nonzero_shifts)
         )
         target = (volume / abs(_determinant(lattice))) ** (1 / 3)
         lattice = lattice * min(max(target, floor), 1.0)

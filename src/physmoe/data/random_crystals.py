@@ -51,7 +51,7 @@ import moyopy
 import numpy as np
 
 from ..crystallography import NUM_SPACE_GROUPS, crystal_system_index
-from ._placement import compact, place
+from ._placement import compact, place, shortest_translation
 from .priors import resolve_prior, sample_space_groups
 from .structures import Crystal, lattice_matrix
 from .wyckoff import (
@@ -432,8 +432,7 @@ def _build(
     volume = float((math.pi / 6 * nearest**3 * multiplicities).sum()) / rng.uniform(*_FILLING)
     lattice = _random_lattice(space_group, volume, rng)
     # An atom's own images: the shortest lattice vector must keep the largest atom apart.
-    translations = _NONZERO_SHIFTS @ lattice
-    shortest = math.sqrt(np.einsum("ij,ij->i", translations, translations).min())
+    shortest = shortest_translation(lattice, _NONZERO_SHIFTS)
     lattice = lattice * max(1.0, factor * float(np.diag(contacts).max()) / shortest)
     placement = _place(operators, dof, contacts, lattice, shifts, factor, system, rng)
     if placement is None:
