@@ -1,7 +1,7 @@
 """Training throughput on streamed crystals against the model-only step rate.
 
     python scripts/benchmark_streaming.py [--preset small] [--batch-size 32] [--steps 60]
-        [--workers 1] [--patterns-per-crystal 8] [--max-atoms 64] [--json out.json]
+        [--workers 1] [--patterns-per-crystal 8] [--max-atoms 64] [--rounds 3] [--json out.json]
 
 Measures, in one process on the CPU (bf16 autocast where recommended, as ``physmoe train``):
 
@@ -18,7 +18,9 @@ Measures, in one process on the CPU (bf16 autocast where recommended, as ``physm
 
 Trainer rates are patterns per second between the end of step ``--warmup`` and the last step;
 the model-only rate is the median step. ``--workers`` and ``--patterns-per-crystal`` take
-comma-separated lists (every combination is measured).
+comma-separated lists (every combination is measured). The machine's speed drifts, so every
+setting is measured ``--rounds`` times in turn; the table gives each setting's median rate and
+the median over rounds of its rate divided by the bare step's rate in the same round.
 """
 
 from __future__ import annotations
@@ -100,12 +102,22 @@ def trainer_rate(preset, batch, steps, warmup, dtype, train_dataset, workers: in
     return steps * batch / elapsed
 
 
+def fewer_threads(threads: int, measure) -> float:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return measure()
+    finally:
+        torch.set_num_threads(saved)
+
+
 def stored_patterns(preset: str, count: int) -> Dataset:
     num_points = ResNet1DMoEConfig.from_preset(preset).num_points
     generator = torch.Generator().manual_seed(0)
     patterns = torch.rand(count, num_points, generator=generator)
     labels = torch.randint(0, 230, (count,), generator=generator)
-    return Dataset.from_dict({"input_values": patterns.numpy(), "space_group": labels.numpy()})
+    dataset = Dataset.from_dict({"input_values": patterns.numpy(), "space_group": labels.numpy()})
+    return dataset.with_format("numpy")  # as arrays: python lists would cost ~7 ms per batch
 
 
 def stream_alone(preset, batch, steps, warmup, workers, stream) -> float:
@@ -132,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-atoms", type=int, default=64)
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
     parser.add_argument("--skip-alone", action="store_true", help="skip the stream-alone rate")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="times every setting is measured, in turn"
+    )
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     malloc = configure_malloc(reexec=True)
@@ -143,28 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.warmup}, precision {'bf16' if dtype is not None else 'fp32'}, "
         f"malloc {malloc['method']}"
     )
-    rows = []
-
-    def report(name: str, rate: float) -> None:
-        rows.append({"setting": name, "patterns_per_s": rate})
-        print(f"| {name} | {rate:.1f} |", flush=True)
-
-    print("| setting | patterns/s |\n|---|---:|")
     batch, steps, warmup = args.batch_size, args.steps, args.warmup
-    report(
-        f"model only (bare step, {threads} threads)",
-        model_only(args.preset, batch, steps, warmup, dtype),
-    )
-    if threads > 1:  # what PhysMoETrainer leaves the model beside one stream worker
-        torch.set_num_threads(threads - 1)
-        rate = model_only(args.preset, batch, steps, warmup, dtype)
-        report(f"model only (bare step, {threads - 1} threads)", rate)
-        torch.set_num_threads(threads)
-    stored = stored_patterns(args.preset, batch * 8)
-    rate = trainer_rate(args.preset, batch, steps, warmup, dtype, stored, 0)
-    report("trainer, stored patterns", rate)
     worker_counts = [int(w) for w in args.workers.split(",")]
     per_crystal_counts = [int(p) for p in args.patterns_per_crystal.split(",")]
+    settings = {f"model only (bare step, {threads} threads)": lambda: model_only(
+        args.preset, batch, steps, warmup, dtype
+    )}  # fmt: skip
+    if threads > 1 and any(workers > 0 for workers in worker_counts):
+        settings[f"model only (bare step, {threads - 1} threads)"] = lambda: fewer_threads(
+            threads - 1, lambda: model_only(args.preset, batch, steps, warmup, dtype)
+        )
+    stored = stored_patterns(args.preset, batch * 8)
+    settings["trainer, stored patterns"] = lambda: trainer_rate(
+        args.preset, batch, steps, warmup, dtype, stored, 0
+    )
     for workers, per_crystal in itertools.product(worker_counts, per_crystal_counts):
 
         def stream(per_crystal=per_crystal):
@@ -174,10 +181,33 @@ def main(argv: list[str] | None = None) -> int:
 
         name = f"{workers} worker(s), {per_crystal} patterns/crystal"
         if not args.skip_alone:
-            rate = stream_alone(args.preset, batch, steps, warmup, workers, stream())
-            report(f"stream alone, {name}", rate)
-        rate = trainer_rate(args.preset, batch, steps, warmup, dtype, stream(), workers)
-        report(f"trainer, stream, {name}", rate)
+            settings[f"stream alone, {name}"] = lambda workers=workers, stream=stream: stream_alone(
+                args.preset, batch, steps, warmup, workers, stream()
+            )
+        settings[f"trainer, stream, {name}"] = lambda workers=workers, stream=stream: trainer_rate(
+            args.preset, batch, steps, warmup, dtype, stream(), workers
+        )
+    # The machine's speed drifts by 10-20 % over minutes: every round measures every setting,
+    # and each is compared with the bare step of its own round.
+    rates = {name: [] for name in settings}
+    for round_index in range(args.rounds):
+        for name, measure in settings.items():
+            rates[name].append(measure())
+            print(f"round {round_index + 1}: {name}: {rates[name][-1]:.1f}", flush=True)
+    bare = rates[next(iter(settings))]
+    rows = [
+        {
+            "setting": name,
+            "patterns_per_s": statistics.median(values),
+            "of_bare_step": statistics.median(v / b for v, b in zip(values, bare, strict=True)),
+            "rounds": values,
+        }
+        for name, values in rates.items()
+    ]
+    print("\n| setting | patterns/s (median) | of the bare step (median of rounds) |")
+    print("|---|---:|---:|")
+    for row in rows:
+        print(f"| {row['setting']} | {row['patterns_per_s']:.1f} | {row['of_bare_step']:.1%} |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 from torch import nn
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from physmoe.data import PXRDCollator, TwoThetaGrid
 from physmoe.training import (
@@ -388,3 +388,18 @@ def test_named_predictions_follow_prediction_step(tmp_path):
     assert named_predictions(named["logits"]) == {"logits": named["logits"]}
     with pytest.raises(ValueError, match="at most 4 prediction arrays"):
         named_predictions((1, 2, 3, 4, 5))
+
+
+def test_total_flos_are_the_trainers_estimate(tmp_path):
+    # PhysMoETrainer counts the parameters once instead of every step: total_flos must equal
+    # transformers' own per-step estimate (6 x input values x non-embedding parameters) summed.
+    model = tiny_model()
+    trainer = PhysMoETrainer(model, arguments(tmp_path, max_steps=3), train_dataset=peak_rows(16))
+    trainer.train()
+    batch = {"input_values": torch.zeros(4, model.config.num_points)}
+    expected = Trainer.floating_point_ops(trainer, batch)
+    assert expected == 6 * 4 * model.config.num_points * model.num_parameters(
+        exclude_embeddings=True
+    )
+    assert trainer.floating_point_ops(batch) == expected
+    assert trainer.state.total_flos == 3 * expected

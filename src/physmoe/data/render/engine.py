@@ -19,6 +19,13 @@ in bf16 casts its input itself. On CPU, patterns are rendered 32 at a time so th
 stay in cache. Results are bitwise deterministic given the generator on CPU; on CUDA
 ``index_add_`` uses atomics, so the last bits may vary. Devices without float64 (Apple MPS) are
 not supported.
+
+On the CPU, the loops over lines (corrections, positions, spline taps), the pseudo-Voigt
+spectrum, the width integral and the read-back with background and noise are compiled kernels
+(:mod:`.compiled`): torch spends most of a CPU render on a chunk's padding (lines) and on
+passes over ``[b, L]`` temporaries. They draw the same random numbers as the torch steps, give
+identical sticks and patterns equal to ~2e-5 of the maximum (float32 rounding of the read-back
+index), and the torch steps run everywhere else.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import numpy as np
 import torch
 
 from ..grid import TwoThetaGrid
+from .compiled import apply_pseudo_voigt, finish_patterns, spread_lines, width_integral
 from .conditions import _MAX_BACKGROUND_DEGREE, SampledConditions
 from .physics import _fwhm_deg, _preferred_orientation_factors, add_counting_noise
 
@@ -45,6 +53,13 @@ _TABLE_EXTENSION_DEG = 20.0
 # Background (smooth) is evaluated on this many points and interpolated onto the grid.
 _BACKGROUND_NODES = 256
 _FOUR_LN2 = 4.0 * math.log(2.0)
+# On the CPU the per-line and per-point loops run as the compiled kernels of ``compiled``; the
+# torch steps (other devices) are the reference they are tested against (tests switch this off).
+_COMPILED_ON_CPU = True
+
+
+def _compiled(device: torch.device) -> bool:
+    return _COMPILED_ON_CPU and device.type == "cpu"
 
 
 @functools.lru_cache(maxsize=4096)
@@ -155,35 +170,10 @@ class _UAxis(NamedTuple):
     index_step: torch.Tensor  # its increments  [B, T-1]
 
 
-def _render_profiles(
-    two_theta: torch.Tensor,
-    intensity: torch.Tensor,
-    valid: torch.Tensor,
-    cond: SampledConditions,
-    grid: TwoThetaGrid,
-) -> torch.Tensor:
-    """Pseudo-Voigt profiles through the constant-width axis u (see the module docstring).
-
-    ``two_theta``, ``intensity``, ``valid``: ``[B, P]`` observed positions (deg), intensities,
-    usable flags. Returns unnormalised float32 patterns ``[B, L]``.
-    """
-    geometry = _grid_geometry(grid, two_theta.device)
-    axis = _u_axis(geometry, cond, grid, batch=two_theta.shape[0])
-    peak_index, weight = _stick_positions(two_theta, intensity, valid, geometry, axis)
-    sticks = _spread_sticks(peak_index, weight, axis.size)
-    profile_u = _convolve_pseudo_voigt(sticks, axis, cond)
-    return _read_back(profile_u, axis, geometry)
-
-
 def _u_axis(geometry: dict, cond: SampledConditions, grid: TwoThetaGrid, batch: int) -> _UAxis:
     """u(2θ) on the width-table nodes, and the FFT grid that samples it."""
-    spacing, inner = geometry["table_spacing"], geometry["inner"]
-    # u(2θ) on the table nodes: cumulative trapezoid of 1 / FWHM.  [B, T]
-    inverse_fwhm = _fwhm_deg(
-        geometry["table_axis"].expand(batch, -1), cond, grid.wavelength, grid.step
-    ).reciprocal()
-    u_table = torch.cumsum((inverse_fwhm[:, 1:] + inverse_fwhm[:, :-1]) * (spacing / 2), dim=1)
-    u_table = torch.nn.functional.pad(u_table, (1, 0))
+    inner = geometry["inner"]
+    u_table = _width_integral(geometry, cond, grid, batch)
 
     # The u domain: the grid's u range plus two margins on each side, sampled with
     # _POINTS_PER_FWHM points per unit; reflections are kept within one margin of the grid.
@@ -194,6 +184,28 @@ def _u_axis(geometry: dict, cond: SampledConditions, grid: TwoThetaGrid, batch: 
     scale = size / span
     index_table = (u_table - start[:, None]) * scale[:, None]
     return _UAxis(size, scale, index_table, torch.diff(index_table, dim=1))
+
+
+def _width_integral(
+    geometry: dict, cond: SampledConditions, grid: TwoThetaGrid, batch: int
+) -> torch.Tensor:
+    """u(2θ) on the table nodes ``[B, T]``: cumulative trapezoid of 1 / FWHM (float64)."""
+    table_axis, spacing = geometry["table_axis"], geometry["table_spacing"]
+    if _compiled(table_axis.device):
+        return torch.from_numpy(
+            width_integral(
+                table_axis.numpy(), spacing, cond.scherrer_constant,
+                *(getattr(cond, name).numpy() for name in _WIDTH_PARAMETERS),
+                grid.wavelength, grid.step,
+            )
+        )  # fmt: skip
+    inverse_fwhm = _fwhm_deg(table_axis.expand(batch, -1), cond, grid.wavelength, grid.step)
+    inverse_fwhm = inverse_fwhm.reciprocal()
+    u_table = torch.cumsum((inverse_fwhm[:, 1:] + inverse_fwhm[:, :-1]) * (spacing / 2), dim=1)
+    return torch.nn.functional.pad(u_table, (1, 0))
+
+
+_WIDTH_PARAMETERS = ("crystallite_size_nm", "microstrain", "caglioti_u", "caglioti_v", "caglioti_w")
 
 
 def _stick_positions(
@@ -257,20 +269,33 @@ def _convolve_pseudo_voigt(
 ) -> torch.Tensor:
     """Convolution ``[B, size]`` with the area-normalised pseudo-Voigt of FWHM ``scale`` points.
 
-    By FFT; the spectrum is analytic (no truncated tails), divided by that of the B-spline.
+    By FFT; the spectrum is analytic (no truncated tails), divided by that of the B-spline. On
+    the CPU the multiplication is ``compiled.apply_pseudo_voigt`` (no exponentials per point).
     """
     size = axis.size
+    spectrum = torch.fft.rfft(sticks)
+    if _compiled(sticks.device):
+        apply_pseudo_voigt(
+            spectrum.numpy(), axis.scale.numpy(), cond.eta.numpy(), size, _unspread(size)
+        )
+        return torch.fft.irfft(spectrum, n=size)
     frequency = torch.arange(size // 2 + 1, device=sticks.device, dtype=torch.float32) / size
     unspread = torch.sinc(frequency).pow_(-4)
     x = (torch.pi * axis.scale.float())[:, None] * frequency
     eta = cond.eta.float()[:, None]
-    spectrum = (
+    pseudo_voigt = (
         torch.exp(-x)
         .mul_(eta)
         .add_(torch.exp(x.square_().mul_(-1 / _FOUR_LN2)).mul_(1 - eta))
         .mul_(unspread)
     )
-    return torch.fft.irfft(torch.fft.rfft(sticks).mul_(spectrum), n=size)
+    return torch.fft.irfft(spectrum.mul_(pseudo_voigt), n=size)
+
+
+@functools.lru_cache(maxsize=64)
+def _unspread(size: int) -> np.ndarray:
+    """sinc(k / size)⁻⁴ for k = 0 .. size // 2 (float64): the inverse B-spline spectrum."""
+    return np.sinc(np.arange(size // 2 + 1) / size) ** -4
 
 
 def _read_back(profile_u: torch.Tensor, axis: _UAxis, geometry: dict) -> torch.Tensor:
@@ -303,6 +328,14 @@ def _background(cond: SampledConditions, grid: TwoThetaGrid, device: torch.devic
 
     Both are smooth, so they are evaluated on ``_BACKGROUND_NODES`` points and interpolated.
     """
+    coarse_lerp = _grid_geometry(grid, device)["coarse_lerp"]
+    return _lerp(_coarse_background(cond, grid, device), coarse_lerp)
+
+
+def _coarse_background(
+    cond: SampledConditions, grid: TwoThetaGrid, device: torch.device
+) -> torch.Tensor:
+    """The background ``[B, _BACKGROUND_NODES]`` on its coarse nodes."""
     geometry = _grid_geometry(grid, device)
     coefficients = cond.background_coefficients.float()
     degree = coefficients.shape[1] - 1
@@ -318,8 +351,7 @@ def _background(cond: SampledConditions, grid: TwoThetaGrid, device: torch.devic
         geometry["coarse_axis"] - cond.amorphous_center_deg.float()[:, None]
     ) / cond.amorphous_fwhm_deg.float()[:, None]
     hump = cond.amorphous_height.float()[:, None] * torch.exp(-_FOUR_LN2 * offset.square())
-    coarse = cond.background_amplitude.float()[:, None] * polynomial + hump
-    return _lerp(coarse, geometry["coarse_lerp"])
+    return cond.background_amplitude.float()[:, None] * polynomial + hump
 
 
 def _render_chunk(
@@ -333,34 +365,27 @@ def _render_chunk(
     generator: torch.Generator | None,
     peaks_wavelength: float,
 ) -> torch.Tensor:
-    """Render a few patterns at once (their tensors stay in cache): peak corrections and
-    positions ``[b, P]``, profiles, background and noise ``[b, L]``."""
-    # Intensity corrections: overall Debye-Waller and March-Dollase preferred orientation.
-    line_d = peaks_wavelength / (2 * torch.sin(torch.deg2rad(two_theta) / 2).clamp_min(1e-12))
-    if d_spacing is None:
-        d_spacing = line_d
+    """Render a few patterns at once (their tensors stay in cache): the lines' sticks on the u
+    axis, pseudo-Voigt profiles through it (see the module docstring), background and noise
+    ``[b, L]``. On the CPU the per-line work is one compiled call (``compiled.spread_lines``),
+    elsewhere torch steps over the padded ``[b, P]`` tensors; both give the same sticks."""
+    geometry = _grid_geometry(grid, two_theta.device)
+    axis = _u_axis(geometry, cond, grid, batch=two_theta.shape[0])
+    lines = _Lines(two_theta, intensity, mask, hkl, d_spacing)
+    if _compiled(two_theta.device):
+        sticks = _compiled_sticks(lines, cond, grid, generator, peaks_wavelength, geometry, axis)
     else:
-        d_spacing = torch.where(torch.isfinite(d_spacing) & (d_spacing > 0), d_spacing, line_d)
-    intensity = intensity * torch.exp(-cond.debye_waller_b[:, None] / (2 * d_spacing.square()))
-    if cond.has_preferred_orientation:
-        intensity = intensity * _preferred_orientation_factors(
-            hkl, d_spacing, mask, cond.preferred_direction, cond.march_dollase_r, generator
-        )
+        sticks = _torch_sticks(lines, cond, grid, generator, peaks_wavelength, geometry, axis)
+    profile_u = _convolve_pseudo_voigt(sticks, axis, cond)
+    if _compiled(two_theta.device) and not (cond.has_noise and cond.exact_poisson):
+        return _compiled_finish(profile_u, axis, geometry, cond, grid, generator)
+    return _torch_finish(profile_u, axis, geometry, cond, grid, generator)
 
-    # Positions: cell strain through d, the grid wavelength (and Kα2), then zero shift and
-    # sample displacement.
-    sin_observed = grid.wavelength / (2 * line_d * (1 + cond.cell_strain[:, None]))
-    if cond.has_ka2:
-        sin_observed = torch.cat([sin_observed, sin_observed * cond.ka2_wavelength_ratio], dim=1)
-        intensity = torch.cat([intensity, intensity * (cond.ka2 * cond.ka2_ratio)[:, None]], dim=1)
-        mask = torch.cat([mask, mask], dim=1)
-    valid = mask & (sin_observed <= 1.0)
-    theta = torch.asin(sin_observed.clamp(max=1.0))
-    displacement = -2 * cond.displacement_mm[:, None] * torch.cos(theta) / cond.goniometer_radius_mm
-    position = torch.rad2deg(2 * theta + displacement) + cond.zero_shift_deg[:, None]
-    valid = valid & (position > 0) & (position < 180)
 
-    pattern = _scale_to_max_(_render_profiles(position, intensity, valid, cond, grid))
+def _torch_finish(profile_u, axis, geometry, cond, grid, generator) -> torch.Tensor:
+    """Profiles ``[b, size]`` -> patterns ``[b, L]`` by torch steps: read back at the grid,
+    scale, background, noise, scale (an all-zero pattern stays zero)."""
+    pattern = _scale_to_max_(_read_back(profile_u, axis, geometry))
     if not (cond.has_background or cond.has_noise):
         return pattern
     has_signal = pattern.amax(dim=1, keepdim=True) > 0
@@ -371,3 +396,111 @@ def _render_chunk(
             pattern, cond.counts, cond.read_noise, generator, cond.exact_poisson
         )
     return _scale_to_max_(pattern).mul_(has_signal)
+
+
+def _compiled_finish(profile_u, axis, geometry, cond, grid, generator) -> torch.Tensor:
+    """:func:`_torch_finish` as one ``compiled.finish_patterns`` call on the CPU (not for exact
+    Poisson noise); the noise is drawn as :func:`add_counting_noise` draws it."""
+    empty = np.zeros((0, 0), np.float32)
+    background, noise = empty, empty
+    read_variance = inverse_counts = np.zeros(axis.scale.shape[0], np.float32)
+    if cond.has_background:
+        background = _coarse_background(cond, grid, profile_u.device).numpy()
+    if cond.has_noise:
+        noise = torch.randn(
+            (profile_u.shape[0], grid.num_points), generator=generator, dtype=torch.float32
+        ).numpy()
+        counts = cond.counts.float()
+        read_variance = cond.read_noise.float().square().numpy()
+        inverse_counts = torch.where(torch.isfinite(counts), counts.reciprocal(), 0.0).numpy()
+    node_left, node_fraction = geometry["table_lerp"]
+    background_left, background_fraction = geometry["coarse_lerp"]
+    patterns = finish_patterns(
+        profile_u.numpy(), axis.index_table[:, geometry["inner"]].float().numpy(),
+        node_left.numpy(), node_fraction.numpy(), background, background_left.numpy(),
+        background_fraction.numpy(), noise, read_variance, inverse_counts,
+    )  # fmt: skip
+    return torch.from_numpy(patterns)
+
+
+class _Lines(NamedTuple):
+    """A chunk's padded lines: ``[b, P]`` float64 positions (deg, at the peaks' wavelength),
+    intensities, bool mask; ``[b, P, 3]`` Miller indices and ``[b, P]`` d-spacings or None."""
+
+    two_theta: torch.Tensor
+    intensity: torch.Tensor
+    mask: torch.Tensor
+    hkl: torch.Tensor | None
+    d_spacing: torch.Tensor | None
+
+
+def _line_d_spacing(lines: _Lines, peaks_wavelength: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The d of each line's position, and the d of its reflection where known (else the same)."""
+    sin_theta = torch.sin(torch.deg2rad(lines.two_theta) / 2).clamp_min(1e-12)
+    line_d = peaks_wavelength / (2 * sin_theta)
+    if lines.d_spacing is None:
+        return line_d, line_d
+    known = torch.isfinite(lines.d_spacing) & (lines.d_spacing > 0)
+    return line_d, torch.where(known, lines.d_spacing, line_d)
+
+
+def _torch_sticks(lines, cond, grid, generator, peaks_wavelength, geometry, axis) -> torch.Tensor:
+    """The sticks ``[b, size]`` by torch steps over the padded lines (any device)."""
+    # Intensity corrections: overall Debye-Waller and March-Dollase preferred orientation.
+    line_d, d_spacing = _line_d_spacing(lines, peaks_wavelength)
+    debye_waller = torch.exp(-cond.debye_waller_b[:, None] / (2 * d_spacing.square()))
+    intensity = lines.intensity * debye_waller
+    if cond.has_preferred_orientation:
+        intensity = intensity * _preferred_orientation_factors(
+            lines.hkl, d_spacing, lines.mask, cond.preferred_direction, cond.march_dollase_r,
+            generator,
+        )  # fmt: skip
+
+    # Positions: cell strain through d, the grid wavelength (and Kα2), then zero shift and
+    # sample displacement.
+    mask = lines.mask
+    sin_observed = grid.wavelength / (2 * line_d * (1 + cond.cell_strain[:, None]))
+    if cond.has_ka2:
+        sin_observed = torch.cat([sin_observed, sin_observed * cond.ka2_wavelength_ratio], dim=1)
+        intensity = torch.cat([intensity, intensity * (cond.ka2 * cond.ka2_ratio)[:, None]], dim=1)
+        mask = torch.cat([mask, mask], dim=1)
+    valid = mask & (sin_observed <= 1.0)
+    theta = torch.asin(sin_observed.clamp(max=1.0))
+    displacement = -2 * cond.displacement_mm[:, None] * torch.cos(theta) / cond.goniometer_radius_mm
+    position = torch.rad2deg(2 * theta + displacement) + cond.zero_shift_deg[:, None]
+    valid = valid & (position > 0) & (position < 180)
+    peak_index, weight = _stick_positions(position, intensity, valid, geometry, axis)
+    return _spread_sticks(peak_index, weight, axis.size)
+
+
+def _compiled_sticks(
+    lines, cond, grid, generator, peaks_wavelength, geometry, axis
+) -> torch.Tensor:
+    """The sticks ``[b, size]`` from ``compiled.spread_lines`` (CPU tensors); the random numbers
+    are drawn as :func:`_torch_sticks` draws them."""
+    empty = np.zeros((0, 0))
+    d_spacing, orientation, is_cosine = empty, empty, False
+    if lines.d_spacing is not None:
+        d_spacing = lines.d_spacing.numpy()
+    if cond.has_preferred_orientation and lines.hkl is None:
+        orientation = torch.rand(
+            lines.two_theta.shape, generator=generator, dtype=lines.two_theta.dtype
+        ).numpy()
+        is_cosine = True
+    elif cond.has_preferred_orientation:
+        orientation = _preferred_orientation_factors(
+            lines.hkl, _line_d_spacing(lines, peaks_wavelength)[1], lines.mask,
+            cond.preferred_direction, cond.march_dollase_r, generator,
+        ).numpy()  # fmt: skip
+    ka2_weight = (cond.ka2 * cond.ka2_ratio) if cond.has_ka2 else torch.zeros_like(cond.ka2)
+    sticks = spread_lines(
+        lines.two_theta.numpy(), lines.intensity.numpy(), lines.mask.numpy(),
+        d_spacing, orientation, is_cosine, cond.march_dollase_r.numpy(),
+        cond.debye_waller_b.numpy(), cond.cell_strain.numpy(), ka2_weight.numpy(),
+        float(cond.ka2_wavelength_ratio), cond.displacement_mm.numpy(),
+        float(cond.goniometer_radius_mm), cond.zero_shift_deg.numpy(),
+        float(peaks_wavelength), float(grid.wavelength), float(geometry["table_first"]),
+        float(geometry["table_spacing"]), axis.index_table.numpy(), axis.index_step.numpy(),
+        axis.scale.numpy(), _MARGIN_FWHM, axis.size,
+    )  # fmt: skip
+    return torch.from_numpy(sticks)

@@ -61,10 +61,23 @@ def render_padded(
         Float32 patterns ``[B, grid.num_points]``, each scaled to maximum 1; a pattern without
         observable peaks is all zeros.
     """
-    if mode not in _MODES:
-        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     device = torch.device(device) if device is not None else two_theta.device
     peaks = _checked_peaks(two_theta, intensity, mask, hkl, d_spacing, device)
+    return _render(peaks, grid, conditions, mode, generator, device, peaks_wavelength)
+
+
+def _render(
+    peaks: _PaddedPeaks,
+    grid: TwoThetaGrid,
+    conditions: MeasurementConditions | SampledConditions | None,
+    mode: str,
+    generator: torch.Generator | None,
+    device: torch.device,
+    peaks_wavelength: float,
+) -> torch.Tensor:
+    """:func:`render_padded` of checked peak tensors on ``device``."""
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {_MODES}, got {mode!r}")
     batch = peaks.two_theta.shape[0]
     if batch == 0:
         return torch.zeros(0, grid.num_points, dtype=torch.float32, device=device)
@@ -186,20 +199,10 @@ def render_patterns(
         ...     generator=torch.Generator().manual_seed(0),
         ... )
     """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    # _pad checks every value (and names the peak list); render_padded's check would repeat it.
     padded = _pad(peaks, peaks_wavelength, device)
-    return render_padded(
-        padded.two_theta,
-        padded.intensity,
-        padded.mask,
-        grid,
-        conditions,
-        mode=mode,
-        generator=generator,
-        device=device,
-        peaks_wavelength=peaks_wavelength,
-        hkl=padded.hkl,
-        d_spacing=padded.d_spacing,
-    )
+    return _render(padded, grid, conditions, mode, generator, device, peaks_wavelength)
 
 
 @dataclass
