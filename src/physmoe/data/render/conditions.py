@@ -372,6 +372,10 @@ class SampledConditions:
 
     def to(self, device: torch.device | str) -> SampledConditions:
         """The same conditions with every tensor on ``device`` (float64)."""
+        device = torch.device(device)
+        tensors = [getattr(self, name) for name in self._tensor_names()]
+        if all(t.device == device and t.dtype == torch.float64 for t in tensors):
+            return self
         return self._map(lambda t: t.to(device=device, dtype=torch.float64))
 
     def select(self, rows: slice) -> SampledConditions:

@@ -40,7 +40,12 @@ import torch
 from ..grid import TwoThetaGrid
 from .compiled import apply_pseudo_voigt, finish_patterns, spread_lines, width_integral
 from .conditions import _MAX_BACKGROUND_DEGREE, SampledConditions
-from .physics import _fwhm_deg, _preferred_orientation_factors, add_counting_noise
+from .physics import (
+    _fwhm_deg,
+    _preferred_orientation_factors,
+    add_counting_noise,
+    random_cosines,
+)
 
 # FFT points per FWHM in the u axis; 8 keeps the splat/read-back error well below 1 % of a peak.
 _POINTS_PER_FWHM = 8
@@ -483,9 +488,7 @@ def _compiled_sticks(
     if lines.d_spacing is not None:
         d_spacing = lines.d_spacing.numpy()
     if cond.has_preferred_orientation and lines.hkl is None:
-        orientation = torch.rand(
-            lines.two_theta.shape, generator=generator, dtype=lines.two_theta.dtype
-        ).numpy()
+        orientation = random_cosines(lines.mask, generator).numpy()
         is_cosine = True
     elif cond.has_preferred_orientation:
         orientation = _preferred_orientation_factors(

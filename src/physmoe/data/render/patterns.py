@@ -89,10 +89,11 @@ def _render(
     generator = _device_generator(generator, device)
     cond = _sampled_conditions(conditions, batch, generator, device)
     patterns = torch.empty(batch, grid.num_points, dtype=torch.float32, device=device)
-    for rows, width in _chunks(peaks.mask):
+    chunks = _chunks(peaks.mask)
+    for rows, width in chunks:
         patterns[rows] = _render_chunk(
             *(None if t is None else t[rows, :width] for t in peaks),
-            cond.select(rows),
+            cond if len(chunks) == 1 else cond.select(rows),
             grid,
             generator,
             peaks_wavelength,
@@ -167,6 +168,8 @@ def _chunks(mask: torch.Tensor) -> list[tuple[torch.Tensor | slice, int]]:
         return [(slice(0, mask.shape[0]), mask.shape[1])]
     positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
     counts = torch.where(mask, positions, 0).amax(dim=1)
+    if len(counts) <= _CHUNK_ROWS:  # one chunk: a view, no reordering copies
+        return [(slice(0, len(counts)), max(int(counts.max()), 1))]
     order = torch.argsort(counts, stable=True)
     chunks = [order[start : start + _CHUNK_ROWS] for start in range(0, len(order), _CHUNK_ROWS)]
     return [(rows, max(int(counts[rows[-1]]), 1)) for rows in chunks]

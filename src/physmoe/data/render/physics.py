@@ -142,6 +142,18 @@ def _lattice_rotations() -> tuple[np.ndarray, int]:
     return np.stack(proper + list(hexagonal.values())), len(proper)
 
 
+def random_cosines(
+    usable: torch.Tensor, generator: torch.Generator | None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """cos α uniform in [0, 1) for the ``usable [B, P]`` lines (randomly oriented planes), 0 in
+    the padding: one draw per line, in row-major order, whatever the padding (a chunk is padded
+    to its longest list, often ten times the median)."""
+    values = torch.zeros(usable.shape, dtype=dtype, device=usable.device)
+    count = int(usable.sum())  # one host sync per chunk
+    values[usable] = torch.rand(count, generator=generator, dtype=dtype, device=usable.device)
+    return values
+
+
 def _preferred_orientation_factors(
     hkl: torch.Tensor | None,
     d_spacing: torch.Tensor,
@@ -160,9 +172,7 @@ def _preferred_orientation_factors(
     is the holohedry. Reflections without Miller indices (``hkl`` None or (0, 0, 0)) get cos α
     drawn uniformly in [0, 1] (the distribution for randomly oriented planes).
     """
-    random_cos = torch.rand(
-        d_spacing.shape, generator=generator, dtype=d_spacing.dtype, device=d_spacing.device
-    )
+    random_cos = random_cosines(usable, generator, d_spacing.dtype)
     r = r[:, None]
     random_factor = march_dollase_factor(random_cos, r)
     if hkl is None:
