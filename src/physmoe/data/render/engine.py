@@ -58,6 +58,8 @@ _TABLE_EXTENSION_DEG = 20.0
 # Background (smooth) is evaluated on this many points and interpolated onto the grid.
 _BACKGROUND_NODES = 256
 _FOUR_LN2 = 4.0 * math.log(2.0)
+# The conditions that set a pattern's FWHM (besides the Scherrer constant), in the kernel's order.
+_WIDTH_PARAMETERS = ("crystallite_size_nm", "microstrain", "caglioti_u", "caglioti_v", "caglioti_w")
 # On the CPU the per-line and per-point loops run as the compiled kernels of ``compiled``; the
 # torch steps (other devices) are the reference they are tested against (tests switch this off).
 _COMPILED_ON_CPU = True
@@ -208,9 +210,6 @@ def _width_integral(
     inverse_fwhm = inverse_fwhm.reciprocal()
     u_table = torch.cumsum((inverse_fwhm[:, 1:] + inverse_fwhm[:, :-1]) * (spacing / 2), dim=1)
     return torch.nn.functional.pad(u_table, (1, 0))
-
-
-_WIDTH_PARAMETERS = ("crystallite_size_nm", "microstrain", "caglioti_u", "caglioti_v", "caglioti_w")
 
 
 def _stick_positions(
