@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         settings[f"trainer, stream, {name}"] = lambda workers=workers, stream=stream: trainer_rate(
             args.preset, batch, steps, warmup, dtype, stream(), workers
         )
-    # The machine's speed drifts by 10-20 % over minutes: every round measures every setting,
+    # The machine's speed drifts by 10-30 % over minutes: every round measures every setting,
     # and each is compared with the bare step of its own round.
     rates = {name: [] for name in settings}
     for round_index in range(args.rounds):
