@@ -373,7 +373,9 @@ class PhysMoETrainer(Trainer):
     def _cpu_threads_beside_workers(self) -> Iterator[None]:
         """On the CPU, leave one core to every stream worker: torch's OpenMP threads wait for
         each other at every operator, and one of them pre-empted by a busy worker stalls the
-        step (measured 10-30x slower on 2 cores with 2 threads + 1 worker)."""
+        step (10-30x slower on 2 cores with 2 threads + 1 worker before the renderer was
+        compiled; since then 51-91% of the bare step against 60-64% with 1 thread, so keeping
+        2 threads gains nothing dependable)."""
         workers = self.args.dataloader_num_workers
         threads = torch.get_num_threads()
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
