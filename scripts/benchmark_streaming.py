@@ -1,14 +1,16 @@
 """Training throughput on streamed crystals against the model-only step rate.
 
     python scripts/benchmark_streaming.py [--preset small] [--batch-size 32] [--steps 60]
-        [--workers 1] [--patterns-per-crystal 8] [--max-atoms 64] [--rounds 3] [--json out.json]
+        [--workers 1] [--patterns-per-crystal 8] [--max-atoms 64] [--rounds 3] [--device cpu]
+        [--json out.json]
 
-Measures, in one process on the CPU (bf16 autocast where recommended, as ``physmoe train``):
+Measures, in one process on ``--device`` (``cpu`` or ``cuda``; bf16 autocast where recommended,
+as ``physmoe train``; on CUDA every step ends with a synchronisation):
 
 * ``model only``: the bare training step (forward with labels + PhysMoE loss + backward + AdamW)
-  on a fixed batch, as ``scripts/benchmark_speed.py`` times it, with all torch threads and with
-  one fewer (what :class:`~physmoe.training.PhysMoETrainer` leaves the model beside a stream
-  worker on the CPU);
+  on a fixed batch, as ``scripts/benchmark_speed.py`` times it; on the CPU with all torch
+  threads and with one fewer (what :class:`~physmoe.training.PhysMoETrainer` leaves the model
+  beside a stream worker);
 * ``trainer, stored patterns``: :class:`~physmoe.training.PhysMoETrainer` on pre-rendered
   patterns (the Trainer's own overhead, no data cost);
 * ``trainer, stream``: :class:`~physmoe.training.PhysMoETrainer` on a
@@ -53,7 +55,13 @@ class StepClock(TrainerCallback):
         self.times: list[float] = []
 
     def on_step_end(self, args, state, control, **kwargs):
+        synchronize(args.device)
         self.times.append(time.perf_counter())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def build_model(preset: str) -> ResNet1D_MoE:
@@ -61,11 +69,11 @@ def build_model(preset: str) -> ResNet1D_MoE:
     return ResNet1D_MoE(ResNet1DMoEConfig.from_preset(preset))
 
 
-def model_only(preset: str, batch: int, steps: int, warmup: int, dtype) -> float:
-    model = build_model(preset)
+def model_only(preset: str, batch: int, steps: int, warmup: int, dtype, device) -> float:
+    model = build_model(preset).to(device)
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.rand(batch, model.config.num_points, generator=generator)
-    labels = torch.randint(0, 230, (batch,), generator=generator)
+    inputs = torch.rand(batch, model.config.num_points, generator=generator).to(device)
+    labels = torch.randint(0, 230, (batch,), generator=generator).to(device)
     # fused AdamW, as benchmark_speed.py and the Trainer's default optim (adamw_torch_fused)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     times = []
@@ -73,16 +81,17 @@ def model_only(preset: str, batch: int, steps: int, warmup: int, dtype) -> float
         start = time.perf_counter()
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = model(inputs, labels=labels).loss
         loss.backward()
         optimizer.step()
+        synchronize(device)
         if step >= warmup:
             times.append(time.perf_counter() - start)
     return batch / statistics.median(times)
 
 
-def trainer_rate(preset, batch, steps, warmup, dtype, train_dataset, workers: int) -> float:
+def trainer_rate(preset, batch, steps, warmup, dtype, device, train_dataset, workers) -> float:
     model = build_model(preset)
     clock = StepClock()
     with tempfile.TemporaryDirectory(prefix="physmoe-bench-") as out:
@@ -94,7 +103,7 @@ def trainer_rate(preset, batch, steps, warmup, dtype, train_dataset, workers: in
             logging_steps=50,
             save_strategy="no",
             report_to=[],
-            use_cpu=True,
+            use_cpu=device.type == "cpu",
             disable_tqdm=True,
             bf16=dtype is not None,
             dataloader_num_workers=workers,
@@ -151,13 +160,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rounds", type=int, default=3, help="times every setting is measured, in turn"
     )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     malloc = configure_malloc(reexec=True)
-    dtype = None if args.fp32 else recommended_autocast_dtype("cpu")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
+    dtype = None if args.fp32 else recommended_autocast_dtype(device)
     threads = torch.get_num_threads()
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(
-        f"torch {torch.__version__}, {os.cpu_count()} CPUs, {threads} torch threads, "
+        f"{where}, torch {torch.__version__}, {os.cpu_count()} CPUs, {threads} torch threads, "
         f"preset {args.preset}, batch {args.batch_size}, {args.steps} timed steps after "
         f"{args.warmup}, precision {'bf16' if dtype is not None else 'fp32'}, "
         f"malloc {malloc['method']}"
@@ -165,16 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     batch, steps, warmup = args.batch_size, args.steps, args.warmup
     worker_counts = [int(w) for w in args.workers.split(",")]
     per_crystal_counts = [int(p) for p in args.patterns_per_crystal.split(",")]
-    settings = {f"model only (bare step, {threads} threads)": lambda: model_only(
-        args.preset, batch, steps, warmup, dtype
+    bare = f"{threads} threads" if device.type == "cpu" else args.device
+    settings = {f"model only (bare step, {bare})": lambda: model_only(
+        args.preset, batch, steps, warmup, dtype, device
     )}  # fmt: skip
-    if threads > 1 and any(workers > 0 for workers in worker_counts):
+    if device.type == "cpu" and threads > 1 and any(workers > 0 for workers in worker_counts):
         settings[f"model only (bare step, {threads - 1} threads)"] = lambda: fewer_threads(
-            threads - 1, lambda: model_only(args.preset, batch, steps, warmup, dtype)
+            threads - 1, lambda: model_only(args.preset, batch, steps, warmup, dtype, device)
         )
     stored = stored_patterns(args.preset, batch * 8)
     settings["trainer, stored patterns"] = lambda: trainer_rate(
-        args.preset, batch, steps, warmup, dtype, stored, 0
+        args.preset, batch, steps, warmup, dtype, device, stored, 0
     )
     for workers, per_crystal in itertools.product(worker_counts, per_crystal_counts):
 
@@ -189,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.preset, batch, steps, warmup, workers, stream()
             )
         settings[f"trainer, stream, {name}"] = lambda workers=workers, stream=stream: trainer_rate(
-            args.preset, batch, steps, warmup, dtype, stream(), workers
+            args.preset, batch, steps, warmup, dtype, device, stream(), workers
         )
     # The machine's speed drifts by 10-30 % over minutes: every round measures every setting,
     # and each is compared with the bare step of its own round.
