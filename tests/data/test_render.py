@@ -18,6 +18,7 @@ from physmoe.data.render import (
     SampledConditions,
     add_counting_noise,
     convert_two_theta,
+    engine,
     march_dollase_factor,
     pad_peaks,
     render_padded,
@@ -578,7 +579,10 @@ def test_bad_input_raises_clear_errors():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_matches_cpu():
+def test_cuda_matches_cpu(monkeypatch):
+    # CUDA runs the torch steps: compare them with the same steps on the CPU (the CPU's compiled
+    # kernels are compared with those steps in test_render_compiled.py).
+    monkeypatch.setattr(engine, "_COMPILED_ON_CPU", False)
     rng = np.random.default_rng(11)
     peaks = [random_peaks(rng, n) for n in (50, 300)]
     cpu = render_patterns(peaks, GRID)
