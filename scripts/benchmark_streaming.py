@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     batch, steps, warmup = args.batch_size, args.steps, args.warmup
     worker_counts = [int(w) for w in args.workers.split(",")]
     per_crystal_counts = [int(p) for p in args.patterns_per_crystal.split(",")]
-    bare = f"{threads} threads" if device.type == "cpu" else args.device
-    settings = {f"model only (bare step, {bare})": lambda: model_only(
+    bare_on = f"{threads} threads" if device.type == "cpu" else args.device
+    settings = {f"model only (bare step, {bare_on})": lambda: model_only(
         args.preset, batch, steps, warmup, dtype, device
     )}  # fmt: skip
     if device.type == "cpu" and threads > 1 and any(workers > 0 for workers in worker_counts):
